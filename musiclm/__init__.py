@@ -1,0 +1,1 @@
+"""MusicLM-style text-to-music."""
