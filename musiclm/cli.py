@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def usage() -> str:
     lines = ["usage: musiclm <command> [options]", "", "commands:"]
-    lines.append(f"  {'fit|validate|test':<18} train or evaluate a stage: --config conf/<stage>.yaml")
+    lines.append(f"  {'fit|validate|test':<18} train a stage: --config conf/<stage>.yaml")
     for name, (_, text) in COMMANDS.items():
         lines.append(f"  {name:<18} {text}")
     lines.append("")

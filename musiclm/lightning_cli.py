@@ -9,6 +9,7 @@ the TensorBoard events.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
@@ -60,4 +61,5 @@ class MusicLMCLI(LightningCLI):
 
 def run_lightning(args: list[str]) -> MusicLMCLI:
     """Run one LightningCLI subcommand (``fit``, ``validate`` or ``test``)."""
-    return MusicLMCLI(args=args)
+    # Straight from the shell, let LightningCLI read sys.argv itself (it warns on both).
+    return MusicLMCLI(args=None if args == sys.argv[1:] else args)

@@ -29,8 +29,10 @@ class TinyCodec:
 
 
 def test_third_party_codec_is_discovered_and_loaded(fake_distribution):
-    fake_distribution({"musiclm.codecs": {"tiny-codec": "tiny_codec_mod:TinyCodec"}},
-                      {"tiny_codec_mod": CODEC_SRC})
+    fake_distribution(
+        {"musiclm.codecs": {"tiny-codec": "tiny_codec_mod:TinyCodec"}},
+        {"tiny_codec_mod": CODEC_SRC},
+    )
     assert "tiny-codec" in registry.available("codecs")
     assert "tiny_codec_mod" not in sys.modules  # discovery imports nothing
     codec = base.build("codecs", "tiny-codec", scale=3)
@@ -40,8 +42,10 @@ def test_third_party_codec_is_discovered_and_loaded(fake_distribution):
 
 
 def test_unknown_name_lists_available(fake_distribution):
-    fake_distribution({"musiclm.codecs": {"tiny-codec": "tiny_codec_mod:TinyCodec"}},
-                      {"tiny_codec_mod": CODEC_SRC})
+    fake_distribution(
+        {"musiclm.codecs": {"tiny-codec": "tiny_codec_mod:TinyCodec"}},
+        {"tiny_codec_mod": CODEC_SRC},
+    )
     with pytest.raises(registry.PluginError, match=r"no codecs plugin named 'nope'.*tiny-codec"):
         registry.load("codecs", "nope")
 
@@ -64,8 +68,10 @@ def test_broken_plugin_names_entry_point_and_others_stay_usable(fake_distributio
 
 
 def test_protocol_mismatch_is_an_error(fake_distribution):
-    fake_distribution({"musiclm.codecs": {"notacodec": "nc_mod:make"}},
-                      {"nc_mod": "def make():\n    return object()\n"})
+    fake_distribution(
+        {"musiclm.codecs": {"notacodec": "nc_mod:make"}},
+        {"nc_mod": "def make():\n    return object()\n"},
+    )
     with pytest.raises(registry.PluginError, match="does not implement Codec"):
         base.build("codecs", "notacodec")
 
