@@ -1,0 +1,237 @@
+"""MuLan: a joint music-text embedding (Huang et al., 2022), as plain ``nn.Module``s.
+
+Audio tower over log-mel spectrograms (a small ResNet-style CNN or a transformer over
+spectrogram patches, the paper's ResNet-50 / AST variants), text tower = a text-encoder
+plugin + pooling + projection; both land on the unit sphere of ``embed_dim`` dimensions.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+from itertools import pairwise
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LogMel(nn.Module):
+    """Waveform (B, T) -> log-mel (B, n_mels, frames), normalised per mel bin (BatchNorm)."""
+
+    def __init__(self, sample_rate: int, n_mels: int, n_fft: int, hop_length: int) -> None:
+        super().__init__()
+        import torchaudio
+
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels
+        )
+        self.norm = nn.BatchNorm1d(n_mels)
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(wav.device.type, enabled=False):
+            spec = self.mel(wav.float())
+        return self.norm(torch.log(spec + 1e-5))
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+        )
+        self.skip = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 1, stride=2, bias=False), nn.BatchNorm2d(c_out)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.body(x) + self.skip(x))
+
+
+class CNNAudioTower(nn.Module):
+    """Residual CNN over the log-mel image; mean+max pooled over time and frequency."""
+
+    def __init__(self, channels: Sequence[int]) -> None:
+        super().__init__()
+        chans = [1, *channels]
+        self.blocks = nn.Sequential(*[_ResBlock(a, b) for a, b in pairwise(chans)])
+        self.out_dim = 2 * chans[-1]
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(mel.unsqueeze(1))  # (B, C, M', F')
+        x = x.mean(dim=2)  # (B, C, F')
+        return torch.cat([x.mean(dim=-1), x.amax(dim=-1)], dim=-1)
+
+
+class PatchTransformerAudioTower(nn.Module):
+    """AST-like: square spectrogram patches, learned frequency + sinusoidal time positions."""
+
+    def __init__(self, n_mels: int, *, patch_size: int, dim: int, depth: int, heads: int) -> None:
+        super().__init__()
+        from x_transformers import Encoder
+
+        if n_mels % patch_size:
+            raise ValueError(
+                f"mulan: n_mels={n_mels} must be a multiple of patch_size={patch_size}"
+            )
+        self.patch = nn.Conv2d(1, dim, patch_size, stride=patch_size)
+        self.freq_pos = nn.Parameter(torch.randn(n_mels // patch_size, dim) * 0.02)
+        self.encoder = Encoder(dim=dim, depth=depth, heads=heads)
+        self.dim = self.out_dim = dim
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        x = self.patch(mel.unsqueeze(1))  # (B, dim, Fq, Ft)
+        _, _, fq, ft = x.shape
+        x = x + self.freq_pos.T[:, :, None] + _sinusoid(ft, self.dim, x.device).T[None, :, None]
+        tokens = x.flatten(2).transpose(1, 2)  # (B, Fq*Ft, dim)
+        return self.encoder(tokens).mean(dim=1)
+
+
+def _sinusoid(length: int, dim: int, device: torch.device) -> torch.Tensor:
+    pos = torch.arange(length, device=device, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, device=device) * (-math.log(10000.0) / dim))
+    out = torch.zeros(length, dim, device=device)
+    out[:, 0::2] = torch.sin(pos * freq)
+    out[:, 1::2] = torch.cos(pos * freq)
+    return out
+
+
+def _masked_pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    if how == "cls":
+        return hidden[:, 0]
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def _projection(d_in: int, d_out: int, hidden: int) -> nn.Module:
+    if hidden <= 0:
+        return nn.Linear(d_in, d_out)
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, d_out))
+
+
+class MuLan(nn.Module):
+    """Audio and text towers projected to one L2-normalised space of ``embed_dim``."""
+
+    def __init__(
+        self,
+        *,
+        sample_rate: int = 16000,
+        embed_dim: int = 128,
+        n_mels: int = 64,
+        n_fft: int = 1024,
+        hop_length: int = 160,
+        audio_tower: str = "cnn",
+        cnn_channels: Sequence[int] = (32, 64, 128, 256),
+        patch_size: int = 16,
+        transformer_dim: int = 256,
+        transformer_depth: int = 4,
+        transformer_heads: int = 4,
+        audio_proj_hidden: int = 0,
+        text_encoder: str = "minilm",
+        text_encoder_args: dict[str, Any] | None = None,
+        text_pooling: str = "mean",
+        text_proj_hidden: int = 512,
+        window_s: float = 10.0,
+    ) -> None:
+        super().__init__()
+        from musiclm.tokenizers.base import build
+
+        if text_pooling not in ("mean", "cls"):
+            raise ValueError(f"mulan: text_pooling must be 'mean' or 'cls', got {text_pooling!r}")
+        self.sample_rate = sample_rate
+        self.embed_dim = embed_dim
+        self.window_s = window_s
+        self.text_pooling = text_pooling
+        self.frontend = LogMel(sample_rate, n_mels, n_fft, hop_length)
+        if audio_tower == "cnn":
+            self.audio_tower: nn.Module = CNNAudioTower(list(cnn_channels))
+        elif audio_tower == "transformer":
+            self.audio_tower = PatchTransformerAudioTower(
+                n_mels,
+                patch_size=patch_size,
+                dim=transformer_dim,
+                depth=transformer_depth,
+                heads=transformer_heads,
+            )
+        else:
+            raise ValueError(
+                f"mulan: audio_tower must be 'cnn' or 'transformer', got {audio_tower!r}"
+            )
+        self.audio_proj = _projection(self.audio_tower.out_dim, embed_dim, audio_proj_hidden)
+        # An nn.Module attribute, so a trainable plugin's parameters are optimised and saved.
+        self.text_encoder = build("text_encoders", text_encoder, **(text_encoder_args or {}))
+        self.text_proj = _projection(self.text_encoder.dim, embed_dim, text_proj_hidden)
+
+    def embed_audio(self, wav: torch.Tensor) -> torch.Tensor:
+        """wav (B, T) or (B, 1, T) at ``sample_rate`` -> unit vectors (B, embed_dim)."""
+        if wav.dim() == 3:
+            wav = wav.squeeze(1)
+        if wav.dim() != 2:
+            raise ValueError(f"mulan: audio must be (B, T) or (B, 1, T), got {tuple(wav.shape)}")
+        feats = self.audio_tower(self.frontend(wav))
+        return F.normalize(self.audio_proj(feats), dim=-1)
+
+    def embed_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Captions -> unit vectors (B, embed_dim)."""
+        if isinstance(texts, str):
+            raise TypeError("mulan: embed_text takes a list of strings, got one string")
+        hidden, mask = self.text_encoder(list(texts))
+        return F.normalize(self.text_proj(_masked_pool(hidden, mask, self.text_pooling)), dim=-1)
+
+    @torch.no_grad()
+    def embed_audio_windows(
+        self,
+        wav: torch.Tensor,
+        window_s: float | None = None,
+        *,
+        hop_s: float = 1.0,
+        chunk: int = 64,
+    ) -> torch.Tensor:
+        """Mean of the embeddings of ``window_s`` windows every ``hop_s`` (the paper's 10 s / 1 s),
+        re-normalised; a clip shorter than one window is embedded whole."""
+        if wav.dim() == 3:
+            wav = wav.squeeze(1)
+        win = int(round((window_s or self.window_s) * self.sample_rate))
+        hop = max(1, int(round(hop_s * self.sample_rate)))
+        if wav.shape[-1] <= win:
+            return self.embed_audio(wav)
+        windows = wav.unfold(-1, win, hop)  # (B, W, win)
+        b, w, _ = windows.shape
+        flat = windows.reshape(b * w, win)
+        embs = torch.cat([self.embed_audio(flat[i : i + chunk]) for i in range(0, b * w, chunk)])
+        return F.normalize(embs.view(b, w, -1).mean(dim=1), dim=-1)
+
+
+def mulan_kwargs(hparams: dict[str, Any]) -> dict[str, Any]:
+    """The subset of a stage's hyper-parameters that ``MuLan`` takes."""
+    names = set(inspect.signature(MuLan.__init__).parameters) - {"self"}
+    return {k: v for k, v in hparams.items() if k in names}
+
+
+def load_mulan(checkpoint_path: str, *, map_location: str | torch.device = "cpu") -> MuLan:
+    """Rebuild ``MuLan`` from a ``MulanStage`` checkpoint (``weights_only`` load, eval mode)."""
+    try:
+        ckpt = torch.load(checkpoint_path, map_location=map_location, weights_only=True)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"mulan checkpoint not found: {checkpoint_path}") from exc
+    if "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
+        raise ValueError(
+            f"{checkpoint_path}: not a Lightning checkpoint (keys: {sorted(ckpt)[:8]})"
+        )
+    model = MuLan(**mulan_kwargs(ckpt["hyper_parameters"]))
+    state = {k[6:]: v for k, v in ckpt["state_dict"].items() if k.startswith("mulan.")}
+    if not state:
+        raise ValueError(f"{checkpoint_path}: no 'mulan.*' weights; is it a MulanStage checkpoint?")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{checkpoint_path}: weights do not match its hyper-parameters; missing "
+            f"{missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    return model.eval()
