@@ -1,0 +1,334 @@
+"""Conditioning tokens M: residual k-means over MuLan audio embeddings (MusicLM: 12 x 1024).
+
+``ConditioningRVQ`` is fitted on the MuLan audio embeddings of the training set and saved as
+safetensors (codebooks) with its configuration, quantisation error and fingerprint as JSON in
+the header and in a ``.json`` sidecar; nothing is pickled. ``MulanConditioner`` pairs a MuLan
+checkpoint with its RVQ and is what token preparation and generation call.
+
+    musiclm prepare mulan-rvq --checkpoint CKPT --audio SHARDS/train --out rvq.safetensors \
+        --levels 12 --codebook-size 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "musiclm.conditioning_rvq/1"
+
+
+def kmeans(x: torch.Tensor, k: int, *, iters: int = 30, seed: int = 0) -> torch.Tensor:
+    """Lloyd's k-means on (N, D); empty clusters are re-seeded at the worst-fitted points."""
+    n = x.shape[0]
+    if n < k:
+        raise ValueError(
+            f"k-means needs at least codebook_size={k} embeddings, got {n}: "
+            "use more clips or a smaller --codebook-size"
+        )
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    centers = x[torch.randperm(n, generator=gen)[:k].to(x.device)].clone()
+    for _ in range(iters):
+        dist = torch.cdist(x, centers)  # (N, K)
+        assign = dist.argmin(dim=1)
+        counts = torch.bincount(assign, minlength=k)
+        sums = torch.zeros_like(centers).index_add_(0, assign, x)
+        moved = sums / counts.clamp(min=1).unsqueeze(1).to(x.dtype)
+        empty = counts == 0
+        if empty.any():
+            worst = dist.gather(1, assign[:, None]).squeeze(1).argsort(descending=True)
+            moved[empty] = x[worst[: int(empty.sum())]]
+        if torch.allclose(moved, centers):
+            break
+        centers = moved
+    return centers
+
+
+class ConditioningRVQ:
+    """Residual k-means: level l quantises what levels < l left over."""
+
+    def __init__(self, codebooks: torch.Tensor, meta: dict[str, Any] | None = None) -> None:
+        if codebooks.dim() != 3:
+            raise ValueError(f"codebooks must be (levels, size, dim), got {tuple(codebooks.shape)}")
+        self.codebooks = codebooks.float()
+        self.meta = dict(meta or {})
+
+    @property
+    def num_levels(self) -> int:
+        return self.codebooks.shape[0]
+
+    @property
+    def codebook_size(self) -> int:
+        return self.codebooks.shape[1]
+
+    @property
+    def dim(self) -> int:
+        return self.codebooks.shape[2]
+
+    @classmethod
+    def fit(
+        cls,
+        emb: torch.Tensor,
+        *,
+        levels: int,
+        codebook_size: int,
+        iters: int = 30,
+        seed: int = 0,
+        meta: dict[str, Any] | None = None,
+    ) -> ConditioningRVQ:
+        """Fit ``levels`` codebooks of ``codebook_size`` on embeddings (N, D)."""
+        if levels < 1 or codebook_size < 1:
+            raise ValueError(
+                f"levels and codebook_size must be >= 1, got {levels}, {codebook_size}"
+            )
+        residual = emb.float().clone()
+        books = []
+        for level in range(levels):
+            centers = kmeans(residual, codebook_size, iters=iters, seed=seed + level)
+            books.append(centers)
+            residual = residual - centers[torch.cdist(residual, centers).argmin(dim=1)]
+        rvq = cls(torch.stack(books), meta)
+        rvq.meta["fit_count"] = int(emb.shape[0])
+        rvq.meta["quantization_mse"] = rvq.quantization_errors(emb)
+        return rvq
+
+    def tokens(self, emb: torch.Tensor) -> torch.Tensor:
+        """Embeddings (B, D) -> tokens (B, num_levels) long."""
+        if emb.dim() != 2 or emb.shape[1] != self.dim:
+            raise ValueError(f"conditioning RVQ expects (B, {self.dim}), got {tuple(emb.shape)}")
+        books = self.codebooks.to(emb.device)
+        residual = emb.float()
+        out = []
+        for book in books:
+            idx = torch.cdist(residual, book).argmin(dim=1)
+            out.append(idx)
+            residual = residual - book[idx]
+        return torch.stack(out, dim=1)
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, L'), L' <= num_levels -> summed codewords (B, D)."""
+        if tokens.dim() != 2 or tokens.shape[1] > self.num_levels:
+            raise ValueError(
+                f"conditioning RVQ decodes (B, <= {self.num_levels}) tokens, got "
+                f"{tuple(tokens.shape)}"
+            )
+        books = self.codebooks.to(tokens.device)
+        return sum(books[level][tokens[:, level]] for level in range(tokens.shape[1]))
+
+    def quantization_errors(self, emb: torch.Tensor) -> list[float]:
+        """Mean squared error of ``emb`` reconstructed from the first 1..num_levels levels."""
+        toks = self.tokens(emb)
+        return [
+            (emb.float() - self.decode(toks[:, : n + 1])).pow(2).sum(1).mean().item()
+            for n in range(self.num_levels)
+        ]
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256(self.codebooks.contiguous().numpy().tobytes()).hexdigest()
+        return f"rvq-{self.num_levels}x{self.codebook_size}x{self.dim}-{digest[:16]}"
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Atomically write ``path`` (safetensors) and ``path``.json (a readable copy of meta)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {**self.meta, "format": FORMAT, "fingerprint": self.fingerprint()}
+        meta.update(levels=self.num_levels, codebook_size=self.codebook_size, dim=self.dim)
+        header = {"musiclm": json.dumps(meta)}
+        _atomic(path, lambda tmp: save_file({"codebooks": self.codebooks}, tmp, metadata=header))
+        sidecar = Path(f"{path}.json")
+        _atomic(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1) + "\n"))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ConditioningRVQ:
+        from safetensors import safe_open
+
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"conditioning RVQ file not found: {path}")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = json.loads((f.metadata() or {}).get("musiclm", "{}"))
+                codebooks = f.get_tensor("codebooks")
+        except Exception as exc:
+            raise ValueError(f"{path}: not a conditioning RVQ safetensors file: {exc}") from exc
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        rvq = cls(codebooks, meta)
+        if meta.get("fingerprint") != rvq.fingerprint():
+            raise ValueError(
+                f"{path}: codebooks do not match the stored fingerprint "
+                f"({meta.get('fingerprint')} vs {rvq.fingerprint()}); the file is corrupt"
+            )
+        return rvq
+
+
+def _atomic(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def mulan_fingerprint(model: torch.nn.Module) -> str:
+    """Hash of a MuLan network's weights and buffers."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return f"mulan-{h.hexdigest()[:16]}"
+
+
+class MulanConditioner:
+    """A MuLan checkpoint plus its conditioning RVQ: audio or text -> conditioning tokens."""
+
+    def __init__(self, mulan: torch.nn.Module, rvq: ConditioningRVQ) -> None:
+        self.mulan = mulan.eval()
+        self.rvq = rvq
+        self._mulan_fp = mulan_fingerprint(mulan)
+        fitted_on = rvq.meta.get("mulan_fingerprint")
+        if fitted_on is not None and fitted_on != self._mulan_fp:
+            raise ValueError(
+                f"conditioning RVQ was fitted on MuLan {fitted_on}, but this checkpoint is "
+                f"{self._mulan_fp}: refit it with `musiclm prepare mulan-rvq`"
+            )
+        if rvq.dim != mulan.embed_dim:
+            raise ValueError(f"RVQ dim {rvq.dim} != MuLan embed_dim {mulan.embed_dim}")
+
+    @classmethod
+    def from_files(cls, ckpt: str, rvq: str, *, device: str = "cpu") -> MulanConditioner:
+        from musiclm.models.mulan import load_mulan
+
+        return cls(load_mulan(ckpt, map_location=device), ConditioningRVQ.load(rvq))
+
+    @property
+    def sample_rate(self) -> int:
+        return self.mulan.sample_rate
+
+    @property
+    def num_levels(self) -> int:
+        return self.rvq.num_levels
+
+    @property
+    def codebook_size(self) -> int:
+        return self.rvq.codebook_size
+
+    def to(self, device: str | torch.device) -> MulanConditioner:
+        self.mulan.to(device)
+        return self
+
+    @torch.no_grad()
+    def embed_audio(self, wav: torch.Tensor) -> torch.Tensor:
+        """wav (B, 1, T) or (B, T) at ``sample_rate`` -> mean of windowed embeddings (B, D)."""
+        return self.mulan.embed_audio_windows(wav.to(self._device()))
+
+    @torch.no_grad()
+    def embed_text(self, texts: list[str]) -> torch.Tensor:
+        return self.mulan.embed_text(texts)
+
+    def audio_tokens(self, wav: torch.Tensor) -> torch.Tensor:
+        """wav (B, 1, T) -> conditioning tokens (B, num_levels) long."""
+        return self.rvq.tokens(self.embed_audio(wav))
+
+    def text_tokens(self, texts: list[str]) -> torch.Tensor:
+        """Prompts -> conditioning tokens (B, num_levels) long."""
+        return self.rvq.tokens(self.embed_text(texts))
+
+    def fingerprint(self) -> str:
+        return f"{self._mulan_fp}+{self.rvq.fingerprint()}"
+
+    def _device(self) -> torch.device:
+        return next(self.mulan.parameters()).device
+
+
+def _clip_batches(
+    directory: str, sample_rate: int, batch_size: int, max_clips: int | None
+) -> Iterator[torch.Tensor]:
+    """Equal-length clips of an audio shard folder, resampled to ``sample_rate``, batched."""
+    import torchaudio
+
+    from musiclm.datamodules.shards import iter_audio_samples
+
+    pending: list[torch.Tensor] = []
+    seen = 0
+    for sample in iter_audio_samples(directory):
+        wav = torch.from_numpy(sample["audio"]).float()
+        if sample["sample_rate"] != sample_rate:
+            wav = torchaudio.functional.resample(wav, sample["sample_rate"], sample_rate)
+        if pending and (len(pending) == batch_size or pending[0].shape != wav.shape):
+            yield torch.stack(pending)
+            pending = []
+        pending.append(wav)
+        seen += 1
+        if max_clips is not None and seen >= max_clips:
+            break
+    if pending:
+        yield torch.stack(pending)
+
+
+@torch.no_grad()
+def embed_audio_shards(
+    conditioner_mulan: torch.nn.Module,
+    directory: str,
+    *,
+    batch_size: int = 16,
+    max_clips: int | None = None,
+) -> torch.Tensor:
+    """Mean-of-windows MuLan audio embeddings (N, D) of every clip in a shard folder."""
+    device = next(conditioner_mulan.parameters()).device
+    embs = [
+        conditioner_mulan.embed_audio_windows(batch.to(device)).cpu()
+        for batch in _clip_batches(directory, conditioner_mulan.sample_rate, batch_size, max_clips)
+    ]
+    if not embs:
+        raise ValueError(f"no audio clips found in {directory}")
+    return torch.cat(embs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``musiclm prepare mulan-rvq``: fit the conditioning RVQ over a training shard folder."""
+    from musiclm.models.mulan import load_mulan
+
+    p = argparse.ArgumentParser(prog="musiclm prepare mulan-rvq", description=main.__doc__)
+    p.add_argument("--checkpoint", required=True, help="MulanStage checkpoint (.ckpt)")
+    p.add_argument("--audio", required=True, help="audio shard folder (the training split)")
+    p.add_argument("--out", required=True, help="output .safetensors (a .json sidecar beside)")
+    p.add_argument("--levels", type=int, default=12)
+    p.add_argument("--codebook-size", type=int, default=1024)
+    p.add_argument("--iters", type=int, default=30, help="k-means iterations per level")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-clips", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+
+    mulan = load_mulan(args.checkpoint, map_location=args.device)
+    emb = embed_audio_shards(
+        mulan, args.audio, batch_size=args.batch_size, max_clips=args.max_clips
+    )
+    meta = {
+        "mulan_fingerprint": mulan_fingerprint(mulan),
+        "mulan_checkpoint": os.path.abspath(args.checkpoint),
+        "audio": os.path.abspath(args.audio),
+        "seed": args.seed,
+    }
+    rvq = ConditioningRVQ.fit(
+        emb, levels=args.levels, codebook_size=args.codebook_size, iters=args.iters,
+        seed=args.seed, meta=meta,
+    )  # fmt: skip
+    rvq.save(args.out)
+    errors = rvq.meta["quantization_mse"]
+    print(json.dumps({"out": args.out, "clips": emb.shape[0], "fingerprint": rvq.fingerprint(),
+                      "quantization_mse_by_levels": [round(e, 5) for e in errors]}))  # fmt: skip
+    return 0
