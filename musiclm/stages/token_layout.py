@@ -1,0 +1,290 @@
+"""How token streams become one LM sequence for each stage, and back.
+
+Every stage trains the same ``TokenLM`` on ``[BOS] + conditioning prefix + targets``:
+
+| stage    | conditioning prefix                         | targets                          |
+|----------|---------------------------------------------|----------------------------------|
+| semantic | MuLan tokens M (``Q_m``)                    | semantic tokens S (``F_s``)      |
+| coarse   | M, then S (``F_s``)                         | codec levels ``0..Q_c-1``        |
+| fine     | coarse levels (``F_a * Q_c``); M if asked   | codec levels ``Q_c..Q_c+Q_f-1``  |
+
+Acoustic levels are flattened frame by frame (``f0q0 f0q1 .. f1q0 ..``). M is left out when
+the shards carry none. Ids: one unified *input* vocabulary where each stream level owns a
+disjoint range (``PAD=0, BOS=1, NULL=2`` first, then the streams in the order used by the
+stage), and a smaller *target* vocabulary (``level * K + code``) that the output head covers.
+
+API used by training and generation (kept stable):
+
+- ``TokenSpec.from_manifest(manifest)``: sizes, rates, fingerprints from a token manifest;
+- ``TokenLayout(stage=, spec=, coarse_levels=, fine_levels=, fine_sees_mulan=)``;
+  ``num_tokens`` / ``num_targets`` size the network;
+- ``layout.sequence(streams)`` -> ``LMSequence(tokens, labels, prefix_len)`` from raw
+  streams ``{"mulan": (B, Q_m), "semantic": (B, F_s), "acoustic": (B, Q, F_a)}``
+  (``-1`` marks padding: input PAD, label ``IGNORE``);
+- ``layout.prefix(streams)``: ``[BOS] + conditioning`` ids only (the generation prompt);
+- ``layout.drop_conditioning(tokens, drop)``: MuLan ids of rows ``drop`` -> NULL (CFG);
+- ``layout.target_levels(n, offset)``: level of each target position;
+- ``layout.allowed_targets(n, offset)``: bool ``(n, num_targets)``, which ids each target
+  position may take (sampling masks the rest);
+- ``layout.target_to_input(ids)``: sampled target ids -> input ids to feed back;
+- ``layout.targets_to_codes(ids)``: flat target ids -> raw codes ``(B, F_s)`` or
+  ``(B, Q_t, F)``; ``layout.codes_to_targets(codes)`` is the inverse.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+import torch
+
+PAD, BOS, NULL = 0, 1, 2
+NUM_SPECIAL = 3
+IGNORE = -100
+STAGES = ("semantic", "coarse", "fine")
+
+
+@dataclass(frozen=True)
+class TokenSpec:
+    """What the token shards hold, read from their manifest (plain values only)."""
+
+    semantic_vocab: int
+    semantic_rate: float
+    codebook_size: int
+    num_quantizers: int
+    acoustic_rate: float
+    mulan_levels: int = 0
+    mulan_codebook: int = 0
+    codec_name: str = ""
+    codec_fingerprint: str = ""
+    semantic_name: str = ""
+    semantic_fingerprint: str = ""
+    mulan_fingerprint: str = ""
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any], where: str = "manifest.json") -> TokenSpec:
+        """Read sizes, rates and fingerprints; a missing key names ``where`` and the key."""
+
+        def get(section: str, key: str) -> Any:
+            block = manifest.get(section)
+            if not isinstance(block, dict) or key not in block:
+                raise KeyError(f"{where}: token manifest has no '{section}.{key}'")
+            return block[key]
+
+        if manifest.get("kind") != "tokens":
+            raise ValueError(f"{where}: kind is {manifest.get('kind')!r}, expected 'tokens'")
+        mulan = manifest.get("mulan") or None
+        return cls(
+            semantic_vocab=int(get("semantic", "vocab_size")),
+            semantic_rate=float(get("semantic", "frame_rate")),
+            codebook_size=int(get("codec", "codebook_size")),
+            num_quantizers=int(get("codec", "num_quantizers")),
+            acoustic_rate=float(get("codec", "frame_rate")),
+            mulan_levels=int(get("mulan", "num_levels")) if mulan else 0,
+            mulan_codebook=int(get("mulan", "codebook_size")) if mulan else 0,
+            codec_name=str(manifest["codec"].get("name", "")),
+            codec_fingerprint=str(get("codec", "fingerprint")),
+            semantic_name=str(manifest["semantic"].get("name", "")),
+            semantic_fingerprint=str(get("semantic", "fingerprint")),
+            mulan_fingerprint=str(get("mulan", "fingerprint")) if mulan else "",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class LMSequence(NamedTuple):
+    tokens: torch.Tensor  # (B, N) input ids, BOS + prefix + targets
+    labels: torch.Tensor  # (B, T) target ids of the last T positions, IGNORE at padding
+    prefix_len: int  # P = N - T; logits of positions P-1 .. N-2 predict the labels
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """One stage's sequence layout over a ``TokenSpec``."""
+
+    stage: Literal["semantic", "coarse", "fine"]
+    spec: TokenSpec
+    coarse_levels: int = 4
+    fine_levels: int | None = None  # None: every codec level above the coarse ones
+    fine_sees_mulan: bool = False  # AudioLM/MusicLM: the fine stage sees coarse tokens only
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"unknown stage {self.stage!r}; stages: {', '.join(STAGES)}")
+        q = self.spec.num_quantizers
+        if self.stage != "semantic" and not 1 <= self.coarse_levels <= q:
+            raise ValueError(f"coarse_levels={self.coarse_levels} not in 1..{q} codec levels")
+        if self.stage == "fine" and not 1 <= self.num_fine <= q - self.coarse_levels:
+            raise ValueError(
+                f"fine stage needs 1..{q - self.coarse_levels} levels above coarse_levels="
+                f"{self.coarse_levels} (codec has {q}), got {self.num_fine}"
+            )
+
+    # --- vocabulary ---------------------------------------------------------------------
+
+    @property
+    def num_fine(self) -> int:
+        if self.fine_levels is not None:
+            return self.fine_levels
+        return self.spec.num_quantizers - self.coarse_levels
+
+    @property
+    def uses_mulan(self) -> bool:
+        if self.spec.mulan_levels == 0:
+            return False
+        return self.stage != "fine" or self.fine_sees_mulan
+
+    def streams(self) -> list[tuple[str, int, int]]:
+        """``(name, levels, size per level)`` of the input streams, target stream last."""
+        k = self.spec.codebook_size
+        out = (
+            [("mulan", self.spec.mulan_levels, self.spec.mulan_codebook)] if self.uses_mulan else []
+        )
+        if self.stage in ("semantic", "coarse"):
+            out.append(("semantic", 1, self.spec.semantic_vocab))
+        if self.stage in ("coarse", "fine"):
+            out.append(("coarse", self.coarse_levels, k))
+        if self.stage == "fine":
+            out.append(("fine", self.num_fine, k))
+        return out
+
+    def offsets(self) -> dict[str, int]:
+        """First input id of each stream."""
+        out, at = {}, NUM_SPECIAL
+        for name, levels, size in self.streams():
+            out[name] = at
+            at += levels * size
+        return out
+
+    @property
+    def target_stream(self) -> str:
+        return {"semantic": "semantic", "coarse": "coarse", "fine": "fine"}[self.stage]
+
+    @property
+    def target_level_count(self) -> int:
+        """Levels interleaved in the target stream (1 for semantic)."""
+        return {"semantic": 1, "coarse": self.coarse_levels, "fine": self.num_fine}[self.stage]
+
+    @property
+    def target_level_size(self) -> int:
+        return self.spec.semantic_vocab if self.stage == "semantic" else self.spec.codebook_size
+
+    @property
+    def num_targets(self) -> int:
+        return self.target_level_count * self.target_level_size
+
+    @property
+    def num_tokens(self) -> int:
+        return NUM_SPECIAL + sum(levels * size for _, levels, size in self.streams())
+
+    # --- raw streams -> ids -------------------------------------------------------------
+
+    def _levels_to_ids(self, codes: torch.Tensor, name: str) -> torch.Tensor:
+        """Raw codes ``(B, L, F)`` of stream ``name`` -> flat input ids ``(B, F * L)``."""
+        size = dict((n, s) for n, _, s in self.streams())[name]
+        levels = torch.arange(codes.shape[1], device=codes.device).view(1, -1, 1)
+        ids = codes + self.offsets()[name] + levels * size
+        ids = torch.where(codes < 0, PAD, ids)
+        return ids.transpose(1, 2).reshape(codes.shape[0], -1)  # (B, F * L), frame-major
+
+    def _stream(self, streams: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+        """Raw codes ``(B, L, F)`` of stream ``name`` picked out of the sample's arrays."""
+        try:
+            if name == "mulan":
+                return streams["mulan"].long().unsqueeze(-1)  # (B, Q_m, 1)
+            if name == "semantic":
+                return streams["semantic"].long().unsqueeze(1)  # (B, 1, F_s)
+            acoustic = streams["acoustic"].long()
+        except KeyError as err:
+            raise KeyError(
+                f"{self.stage} stage needs stream {err.args[0]!r} in the batch"
+            ) from None
+        lo = 0 if name == "coarse" else self.coarse_levels
+        hi = self.coarse_levels if name == "coarse" else self.coarse_levels + self.num_fine
+        if acoustic.shape[1] < hi:
+            raise ValueError(
+                f"{self.stage} stage needs codec levels {lo}..{hi - 1}, batch has "
+                f"{acoustic.shape[1]}"
+            )
+        return acoustic[:, lo:hi]
+
+    def prefix(self, streams: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[BOS] + conditioning`` input ids ``(B, P)``: the prompt of a generation."""
+        parts = [
+            self._levels_to_ids(self._stream(streams, n), n) for n, _, _ in self.streams()[:-1]
+        ]
+        batch = parts[0].shape[0] if parts else _batch_size(streams)
+        device = parts[0].device if parts else next(iter(streams.values())).device
+        bos = torch.full((batch, 1), BOS, dtype=torch.long, device=device)
+        return torch.cat([bos, *parts], dim=1)
+
+    def sequence(self, streams: dict[str, torch.Tensor]) -> LMSequence:
+        """Whole training sequence and the labels of its target positions."""
+        prefix = self.prefix(streams)
+        codes = self._stream(streams, self.target_stream)  # (B, L, F)
+        tokens = torch.cat([prefix, self._levels_to_ids(codes, self.target_stream)], dim=1)
+        return LMSequence(tokens, self.codes_to_targets(codes), prefix.shape[1])
+
+    def drop_conditioning(self, tokens: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+        """Replace the MuLan ids of rows where ``drop`` is true by NULL (a copy)."""
+        if not self.uses_mulan:
+            return tokens
+        span = slice(1, 1 + self.spec.mulan_levels)
+        out = tokens.clone()
+        out[:, span] = torch.where(drop.view(-1, 1), NULL, tokens[:, span])
+        return out
+
+    # --- target ids <-> codes -----------------------------------------------------------
+
+    def target_levels(self, n: int, offset: int = 0, device: Any = None) -> torch.Tensor:
+        """Level (0-based within the target stream) of target positions ``offset..offset+n``."""
+        return torch.arange(offset, offset + n, device=device) % self.target_level_count
+
+    def allowed_targets(self, n: int, offset: int = 0, device: Any = None) -> torch.Tensor:
+        """``(n, num_targets)`` bool: the ids each target position may take."""
+        level = self.target_levels(n, offset, device).view(-1, 1)
+        ids = torch.arange(self.num_targets, device=device).view(1, -1)
+        return (ids // self.target_level_size) == level
+
+    def target_to_input(self, ids: torch.Tensor) -> torch.Tensor:
+        """Target ids (as sampled from the logits) -> input ids to append to the sequence."""
+        return ids + self.offsets()[self.target_stream]
+
+    def codes_to_targets(self, codes: torch.Tensor) -> torch.Tensor:
+        """Raw codes ``(B, F)`` (semantic) or ``(B, L, F)`` -> flat target ids ``(B, F*L)``."""
+        if codes.dim() == 2:
+            codes = codes.unsqueeze(1)
+        levels = torch.arange(codes.shape[1], device=codes.device).view(1, -1, 1)
+        ids = torch.where(codes < 0, IGNORE, codes + levels * self.target_level_size)
+        return ids.transpose(1, 2).reshape(codes.shape[0], -1)
+
+    def targets_to_codes(self, ids: torch.Tensor) -> torch.Tensor:
+        """Flat target ids ``(B, T)`` -> ``(B, F_s)`` semantic or ``(B, L, F)`` codec codes.
+
+        ``T`` must be whole frames (a multiple of the target level count).
+        """
+        levels = self.target_level_count
+        if ids.shape[1] % levels:
+            raise ValueError(
+                f"{ids.shape[1]} target tokens is not a whole number of {levels}-level frames"
+            )
+        codes = ids % self.target_level_size
+        if self.stage == "semantic":
+            return codes
+        return codes.view(ids.shape[0], -1, levels).transpose(1, 2)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (for checkpoint hyper-parameters)."""
+        out = dataclasses.asdict(self)
+        out["spec"] = self.spec.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TokenLayout:
+        return cls(**{**data, "spec": TokenSpec(**data["spec"])})
+
+
+def _batch_size(streams: dict[str, torch.Tensor]) -> int:
+    return next(iter(streams.values())).shape[0]
