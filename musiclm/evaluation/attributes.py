@@ -38,6 +38,7 @@ DEFAULT_FAST_WORD = "fast"
 TEMPO_TOLERANCE = 0.08  # relative BPM error counted as correct (MIREX "Acc1" uses 4 %)
 _OCTAVE_FACTORS = (1.0, 2.0, 0.5, 3.0, 1.0 / 3.0)  # MIREX "Acc2" factors
 HOP = 256
+AC_SECONDS = 8.0  # autocorrelation window of the tempogram
 
 
 def pitch_class(name: str) -> int:
@@ -68,7 +69,7 @@ class ClipAnalysis:
     """What the estimators need from one clip, computed once."""
 
     timbre: np.ndarray  # (F,) spectral statistics
-    onset_envelope: np.ndarray  # (frames,) at HOP
+    tempogram: np.ndarray  # (lags,) time-averaged onset autocorrelation at HOP
     chroma: np.ndarray  # (12,) mean chroma, sums to 1
 
 
@@ -95,7 +96,7 @@ def analyse_clip(audio: np.ndarray, sample_rate: int, *, target_rate: int = 1600
     rolloff = np.log1p(librosa.feature.spectral_rolloff(S=spec, sr=sr)[0])
     flatness = np.log(librosa.feature.spectral_flatness(S=spec)[0] + 1e-8)
     contrast = librosa.feature.spectral_contrast(S=spec, sr=sr, n_bands=5, fmin=100.0)
-    frame_rms = librosa.feature.rms(S=spec)[0]
+    frame_rms = librosa.feature.rms(S=spec, frame_length=1024)[0]
     env = np.log(frame_rms + 1e-5)
     onset = librosa.onset.onset_strength(S=librosa.power_to_db(mel), sr=sr, hop_length=HOP)
     parts = [
@@ -109,9 +110,13 @@ def analyse_clip(audio: np.ndarray, sample_rate: int, *, target_rate: int = 1600
     parts += [np.array([s.mean(), s.std()]) for s in scalars]
     parts.append(np.array([onset.mean(), onset.std(), np.diff(env).clip(min=0).mean()]))
     timbre = np.concatenate(parts).astype(np.float64)
+    win = int(round(AC_SECONDS * sr / HOP))
+    tempogram = librosa.feature.tempogram(
+        onset_envelope=onset, sr=sr, hop_length=HOP, win_length=win
+    ).mean(1)
     chroma = librosa.feature.chroma_cqt(y=y, sr=sr, hop_length=512).mean(1)
     chroma = chroma / max(float(chroma.sum()), 1e-8)
-    return ClipAnalysis(timbre=timbre, onset_envelope=onset.astype(np.float64), chroma=chroma)
+    return ClipAnalysis(timbre=timbre, tempogram=tempogram.astype(np.float64), chroma=chroma)
 
 
 # ----------------------------------------------------------------------------- estimators
@@ -170,11 +175,12 @@ class InstrumentClassifier:
         )
 
 
-def _tempo(onset_envelope: np.ndarray, sample_rate: int, start_bpm: float, std_bpm: float) -> float:
+def _tempo(tempogram: np.ndarray, sample_rate: int, start_bpm: float, std_bpm: float) -> float:
     import librosa
 
     bpm = librosa.feature.tempo(
-        onset_envelope=onset_envelope,
+        tg=tempogram[:, None],
+        aggregate=None,
         sr=sample_rate,
         hop_length=HOP,
         start_bpm=start_bpm,
@@ -200,20 +206,20 @@ class TempoEstimator:
 
     @classmethod
     def fit(
-        cls, envelopes: Sequence[np.ndarray], bpms: Sequence[float], *, sample_rate: int
+        cls, tempograms: Sequence[np.ndarray], bpms: Sequence[float], *, sample_rate: int
     ) -> TempoEstimator:
         """Choose the prior that makes the most training clips correct within tolerance."""
         best, best_score = cls(sample_rate), -1.0
         for start in np.arange(60.0, 200.0, 10.0):
             for std in (0.25, 0.5, 1.0, 2.0):
                 est = cls(sample_rate, float(start), std)
-                score = np.mean([bpm_correct(est.predict(e), b) for e, b in zip(envelopes, bpms)])
+                score = np.mean([bpm_correct(est.predict(e), b) for e, b in zip(tempograms, bpms)])
                 if score > best_score:
                     best, best_score = est, float(score)
         return best
 
-    def predict(self, onset_envelope: np.ndarray) -> float:
-        return _tempo(onset_envelope, self.sample_rate, self.start_bpm, self.std_bpm)
+    def predict(self, tempogram: np.ndarray) -> float:
+        return _tempo(tempogram, self.sample_rate, self.start_bpm, self.std_bpm)
 
 
 @dataclass
@@ -236,7 +242,9 @@ class KeyEstimator:
         """Mean training chroma rotated to C per mode; a mode with < ``min_clips`` keeps K-K."""
         est = cls()
         for mode in MODES:
-            rotated = [np.roll(c, -pitch_class(k)) for c, k, m in zip(chromas, keys, modes) if m == mode]
+            rotated = [
+                np.roll(c, -pitch_class(k)) for c, k, m in zip(chromas, keys, modes) if m == mode
+            ]
             if len(rotated) >= min_clips:
                 est.profiles[mode] = np.mean(rotated, axis=0).tolist()
         return est
@@ -292,7 +300,7 @@ class AttributeEstimators:
         idx = [i for i, a in enumerate(attributes) if a.get("bpm")]
         tempo = None
         if idx:
-            envs = [analyses[i].onset_envelope for i in idx]
+            envs = [analyses[i].tempogram for i in idx]
             bpms = [float(attributes[i]["bpm"]) for i in idx]
             tempo = TempoEstimator.fit(envs, bpms, sample_rate=sample_rate)
         idx = [i for i, a in enumerate(attributes) if a.get("key") and a.get("mode") in MODES]
@@ -319,7 +327,7 @@ class AttributeEstimators:
         if self.instrument is not None:
             out["instrument"] = self.instrument.predict(analysis.timbre)[0]
         if self.tempo is not None:
-            out["bpm"] = round(self.tempo.predict(analysis.onset_envelope), 2)
+            out["bpm"] = round(self.tempo.predict(analysis.tempogram), 2)
         if self.key is not None:
             out["key"], out["mode"] = self.key.predict(analysis.chroma)
         return out
@@ -342,7 +350,9 @@ class AttributeEstimators:
             raise ValueError(f"{where} is not a musiclm attribute-estimators file")
         return cls(
             sample_rate=int(d["sample_rate"]),
-            instrument=None if d["instrument"] is None else InstrumentClassifier.from_dict(d["instrument"]),
+            instrument=None
+            if d["instrument"] is None
+            else InstrumentClassifier.from_dict(d["instrument"]),
             tempo=None if d["tempo"] is None else TempoEstimator(**d["tempo"]),
             key=None if d["key"] is None else KeyEstimator(profiles=d["key"]["profiles"]),
             tempo_words=[(float(u), str(w)) for u, w in d["tempo_words"]],
@@ -368,7 +378,9 @@ class AttributeEstimators:
 Scorer = Callable[[dict, dict], bool]
 
 
-def scorers(tempo_words: Sequence[tuple[float, str]] = DEFAULT_TEMPO_WORDS) -> dict[str, tuple[tuple[str, ...], Scorer]]:
+def scorers(
+    tempo_words: Sequence[tuple[float, str]] = DEFAULT_TEMPO_WORDS,
+) -> dict[str, tuple[tuple[str, ...], Scorer]]:
     """Attribute name -> (target keys it needs, correct(predicted, target))."""
     return {
         "instrument": (("instrument",), lambda p, t: p["instrument"] == t["instrument"]),
@@ -379,8 +391,9 @@ def scorers(tempo_words: Sequence[tuple[float, str]] = DEFAULT_TEMPO_WORDS) -> d
         ),
         "tempo_word": (
             ("bpm",),
-            lambda p, t: tempo_word(float(p["bpm"]), tempo_words)
-            == tempo_word(float(t["bpm"]), tempo_words),
+            lambda p, t: (
+                tempo_word(float(p["bpm"]), tempo_words) == tempo_word(float(t["bpm"]), tempo_words)
+            ),
         ),
         "key_and_mode": (
             ("key", "mode"),
