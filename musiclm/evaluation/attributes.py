@@ -213,7 +213,9 @@ class TempoEstimator:
         for start in np.arange(60.0, 200.0, 10.0):
             for std in (0.25, 0.5, 1.0, 2.0):
                 est = cls(sample_rate, float(start), std)
-                score = np.mean([bpm_correct(est.predict(e), b) for e, b in zip(tempograms, bpms)])
+                score = np.mean(
+                    [bpm_correct(est.predict(e), b) for e, b in zip(tempograms, bpms, strict=True)]
+                )
                 if score > best_score:
                     best, best_score = est, float(score)
         return best
@@ -243,7 +245,9 @@ class KeyEstimator:
         est = cls()
         for mode in MODES:
             rotated = [
-                np.roll(c, -pitch_class(k)) for c, k, m in zip(chromas, keys, modes) if m == mode
+                np.roll(c, -pitch_class(k))
+                for c, k, m in zip(chromas, keys, modes, strict=True)
+                if m == mode
             ]
             if len(rotated) >= min_clips:
                 est.profiles[mode] = np.mean(rotated, axis=0).tolist()
@@ -418,7 +422,11 @@ def adherence(
         raise ValueError(f"{len(predicted)} predictions but {len(targets)} targets")
     out = {}
     for name, (keys, correct) in scorers(tempo_words).items():
-        hits = [correct(p, t) for p, t in zip(predicted, targets) if _applicable(keys, p, t)]
+        hits = [
+            correct(p, t)
+            for p, t in zip(predicted, targets, strict=True)
+            if _applicable(keys, p, t)
+        ]
         if hits:
             out[name] = {"accuracy": float(np.mean(hits)), "n": len(hits)}
     return out
