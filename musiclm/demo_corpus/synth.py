@@ -167,12 +167,12 @@ def _render_note(
 
 
 def _reverb(y: np.ndarray, sr: int, rng: np.random.Generator, wet: float = 0.12) -> np.ndarray:
-    from scipy.signal import fftconvolve
-
     n = int(0.35 * sr)
     ir = rng.standard_normal(n) * np.exp(-np.arange(n) / (0.08 * sr))
     ir[: int(0.01 * sr)] = 0.0  # pre-delay
-    tail = fftconvolve(y, ir / np.sqrt((ir**2).sum()))[: len(y)]
+    ir /= np.sqrt((ir**2).sum())
+    size = 1 << int(np.ceil(np.log2(len(y) + n)))  # FFT convolution, no scipy import
+    tail = np.fft.irfft(np.fft.rfft(y, size) * np.fft.rfft(ir, size), size)[: len(y)]
     return (y + wet * tail).astype(np.float32)
 
 
