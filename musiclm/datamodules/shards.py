@@ -16,7 +16,6 @@ import json
 import os
 import tarfile
 import tempfile
-import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,13 +196,12 @@ class ShardWriter:
             self._open()
         if key in self._keys:
             raise ValueError(f"ShardWriter: duplicate key {key!r} in one shard")
-        now = time.time()
         for field, value in sample.items():
             if field.startswith("__"):
                 continue
             data = _encode_value(field, value)
             info = tarfile.TarInfo(f"{key}.{field}")
-            info.size, info.mtime, info.mode = len(data), now, 0o644
+            info.size, info.mode = len(data), 0o644  # mtime 0: reproducible tars
             self._tar.addfile(info, io.BytesIO(data))
         self._keys.add(key)
         self._count += 1

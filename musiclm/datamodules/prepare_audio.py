@@ -1,0 +1,240 @@
+"""``musiclm prepare audio``: a corpus -> WebDataset audio shards, one folder per split.
+
+Output: ``OUT/<split>/audio-<rank>-<index>.tar`` and ``OUT/<split>/manifest.json``. Each rank
+cuts its slice of every split into fixed chunks of ``--shard-size`` entries; chunk ``j``
+becomes shard ``j`` (minus skipped items). A finished chunk leaves a small record in
+``OUT/<split>/progress/``; a rerun keeps those shards and redoes only the others, so a killed
+job resumes with nothing lost or duplicated. The manifest is rewritten from the records by
+every rank when it finishes; ``complete`` says whether every rank's chunks are in it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from musiclm.datamodules.corpora import SOURCES, SPLITS, Entry, SkipItem, list_entries, load_entry
+from musiclm.datamodules.shards import (
+    SCHEMA_VERSION,
+    ShardWriter,
+    atomic_write_json,
+    encode_flac,
+    shard_name,
+)
+
+PREFIX = "audio"
+
+
+def rank_from_env() -> tuple[int, int]:
+    """(rank, world size) from torchrun's or Lightning's environment (0, 1 when absent)."""
+    env = os.environ
+    world = int(env.get("WORLD_SIZE", "1"))
+    if "RANK" in env:
+        return int(env["RANK"]), world
+    local_world = int(env.get("LOCAL_WORLD_SIZE", "1"))
+    return int(env.get("NODE_RANK", "0")) * local_world + int(env.get("LOCAL_RANK", "0")), world
+
+
+def _chunks(entries: list[Entry], size: int) -> list[list[Entry]]:
+    return [entries[i : i + size] for i in range(0, len(entries), size)]
+
+
+def _write_chunk(job: tuple[Path, int, int, list[Entry], int, float]) -> dict:
+    """Load a chunk's entries and write them as one shard plus its progress record."""
+    split_dir, rank, index, entries, sample_rate, min_seconds = job
+    skipped, items = [], []
+    for e in entries:
+        try:
+            items.append(load_entry(e, sample_rate=sample_rate, min_seconds=min_seconds))
+        except SkipItem as exc:
+            skipped.append({"item": e.name, "reason": str(exc)})
+    record = {"file": None, "num_samples": 0, "seconds": 0.0, "skipped": skipped}
+    if items:
+        with ShardWriter(
+            split_dir, prefix=PREFIX, max_count=len(items), rank=rank, start_index=index
+        ) as w:
+            for it in items:
+                w.write(
+                    {
+                        "__key__": it.id,
+                        "audio.flac": encode_flac(it.audio, sample_rate),
+                        "caption.txt": it.caption,
+                        "json": it.meta,
+                    },
+                    seconds=len(it.audio) / sample_rate,
+                )
+        record.update(w.completed[0])
+    record["entries"] = len(entries)
+    atomic_write_json(_record_path(split_dir, rank, index), record)
+    return record
+
+
+def _record_path(split_dir: Path, rank: int, index: int) -> Path:
+    return split_dir / "progress" / shard_name(PREFIX, rank, index).replace(".tar", ".json")
+
+
+def _chunk_done(split_dir: Path, rank: int, index: int) -> bool:
+    rec = _record_path(split_dir, rank, index)
+    if not rec.is_file():
+        return False
+    try:
+        data = json.loads(rec.read_text())
+    except json.JSONDecodeError:
+        return False
+    return data["file"] is None or (split_dir / data["file"]).is_file()
+
+
+def write_manifest(split_dir: Path, *, sample_rate: int, source: dict, expected: int) -> dict:
+    """Rebuild ``manifest.json`` of one split from the progress records of every rank."""
+    records = sorted((split_dir / "progress").glob(f"{PREFIX}-*.json"))
+    shards, skipped = [], []
+    for rec in records:
+        data = json.loads(rec.read_text())
+        skipped += data["skipped"]
+        if data["file"]:
+            shards.append({k: data[k] for k in ("file", "num_samples", "seconds")})
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "audio",
+        "sample_rate": sample_rate,
+        "num_samples": sum(s["num_samples"] for s in shards),
+        "total_seconds": round(sum(s["seconds"] for s in shards), 3),
+        "shards": shards,
+        "skipped": skipped,
+        "complete": len(records) == expected,
+        "source": source,
+    }
+    atomic_write_json(split_dir / "manifest.json", manifest)
+    return manifest
+
+
+def prepare_audio(
+    source: str,
+    input: str | Path,
+    out: str | Path,
+    *,
+    sample_rate: int = 16000,
+    audio_dir: str | Path | None = None,
+    min_seconds: float = 1.0,
+    shard_size: int = 64,
+    workers: int = 1,
+    rank: int = 0,
+    world_size: int = 1,
+    valid_fraction: float = 0.05,
+    test_fraction: float = 0.05,
+    progress: bool = True,
+) -> dict[str, dict]:
+    """Write this rank's shards of every split and return the manifests by split."""
+    from tqdm import tqdm
+
+    if not 0 <= rank < world_size:
+        raise ValueError(f"--rank {rank} must be in [0, --world-size {world_size})")
+    if shard_size < 1:
+        raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
+    out = Path(out)
+    entries = list_entries(
+        source,
+        input,
+        audio_dir=audio_dir,
+        valid_fraction=valid_fraction,
+        test_fraction=test_fraction,
+    )
+    source_info = {"kind": source, "input": str(input), "audio_dir": audio_dir and str(audio_dir)}
+    source_info |= {"min_seconds": min_seconds, "shard_size": shard_size, "world_size": world_size}
+    by_split = {s: [e for e in entries if e.split == s] for s in SPLITS}
+    jobs, expected = [], {}
+    for split, items in by_split.items():
+        if not items:
+            continue
+        split_dir = out / split
+        (split_dir / "progress").mkdir(parents=True, exist_ok=True)
+        for stale in split_dir.glob(f".{PREFIX}-{rank:03d}-*.tmp"):
+            stale.unlink()  # a killed run's unfinished shard
+        expected[split] = sum(
+            len(_chunks(items[r::world_size], shard_size)) for r in range(world_size)
+        )
+        for index, chunk in enumerate(_chunks(items[rank::world_size], shard_size)):
+            if not _chunk_done(split_dir, rank, index):
+                jobs.append((split_dir, rank, index, chunk, sample_rate, min_seconds))
+    todo = sum(len(j[3]) for j in jobs)
+    bar = tqdm(total=todo, desc=f"prepare audio (rank {rank})", unit="item", disable=not progress)
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            for job, _ in zip(jobs, pool.map(_write_chunk, jobs), strict=True):
+                bar.update(len(job[3]))
+    else:
+        for job in jobs:
+            _write_chunk(job)
+            bar.update(len(job[3]))
+    bar.close()
+    return {
+        split: write_manifest(
+            out / split, sample_rate=sample_rate, source=source_info, expected=expected[split]
+        )
+        for split in expected
+    }
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="musiclm prepare audio",
+        description="Corpus -> WebDataset audio shards OUT/<split>/audio-*.tar + manifest.json. "
+        "Resumable: rerun the same command after an interruption.",
+    )
+    p.add_argument("--source", required=True, choices=SOURCES, help="corpus adapter")
+    p.add_argument("--input", required=True, help="folder, JSONL manifest or MusicCaps CSV")
+    p.add_argument("--audio-dir", help="musiccaps: folder holding <ytid>.<ext>")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--sample-rate", type=int, default=16000)
+    p.add_argument("--min-seconds", type=float, default=1.0, help="shorter items are skipped")
+    p.add_argument("--shard-size", type=int, default=64, help="samples per shard")
+    p.add_argument("--workers", type=int, default=1, help="processes on this machine")
+    p.add_argument("--rank", type=int, help="this job's slice (default: RANK/NODE_RANK env)")
+    p.add_argument("--world-size", type=int, help="number of slices (default: WORLD_SIZE env)")
+    p.add_argument("--valid-fraction", type=float, default=0.05, help="for items without split")
+    p.add_argument("--test-fraction", type=float, default=0.05, help="for items without split")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    env_rank, env_world = rank_from_env()
+    rank = env_rank if args.rank is None else args.rank
+    world = env_world if args.world_size is None else args.world_size
+    start = time.perf_counter()
+    try:
+        manifests = prepare_audio(
+            args.source,
+            args.input,
+            args.out,
+            sample_rate=args.sample_rate,
+            audio_dir=args.audio_dir,
+            min_seconds=args.min_seconds,
+            shard_size=args.shard_size,
+            workers=max(1, args.workers),
+            rank=rank,
+            world_size=world,
+            valid_fraction=args.valid_fraction,
+            test_fraction=args.test_fraction,
+            progress=not args.quiet,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"musiclm prepare audio: {exc}", file=sys.stderr)
+        return 2
+    took = time.perf_counter() - start
+    for split, m in manifests.items():
+        state = "" if m["complete"] else " (other ranks still running)"
+        print(
+            f"{split}: {m['num_samples']} samples, {m['total_seconds']:.1f} s in "
+            f"{len(m['shards'])} shards, {len(m['skipped'])} skipped{state}"
+        )
+        for s in m["skipped"][:10]:
+            print(f"  skipped {s['item']}: {s['reason']}")
+    print(f"done in {took:.1f} s -> {args.out}")
+    return 0
