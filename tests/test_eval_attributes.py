@@ -59,6 +59,7 @@ def test_bpm_tolerance_and_octaves():
     assert A.bpm_correct(200.0, 100.0, octave=True)
     assert A.bpm_correct(50.0, 100.0, octave=True)
     assert A.tempo_word(60.0) == "slow" and A.tempo_word(150.0) == "fast"
+    assert A.tempo_word(120.0) == "lively"
 
 
 def test_key_estimator_on_profile_chroma():
@@ -121,3 +122,9 @@ def test_fit_without_labels_is_an_error():
     analysis = A.ClipAnalysis(np.zeros(3), np.ones(500), np.full(12, 1 / 12))
     with pytest.raises(ValueError, match="nothing to fit"):
         A.AttributeEstimators.fit([analysis], [{"caption": "x"}])
+
+
+def test_tempo_words_agree_with_demo_captions():
+    captions = pytest.importorskip("musiclm.demo_corpus.captions")
+    for bpm in range(40, 220):
+        assert A.tempo_word(bpm) == captions.tempo_word(bpm), bpm

@@ -17,7 +17,6 @@ Fitted state is plain JSON (``save``/``load``), never pickle.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +31,13 @@ _SHARP_ODD = {"E#": "F", "B#": "C"}
 KK_MAJOR = (6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88)
 KK_MINOR = (6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17)
 MODES = ("major", "minor")
-# Tempo words by upper BPM bound (exclusive); matches the demo corpus captions' wording.
-DEFAULT_TEMPO_WORDS: tuple[tuple[float, str], ...] = ((80.0, "slow"), (115.0, "moderate"))
+# Tempo words by upper BPM bound (exclusive): the demo corpus captions' buckets
+# (musiclm.demo_corpus.captions.tempo_word; a test checks that they agree).
+DEFAULT_TEMPO_WORDS: tuple[tuple[float, str], ...] = (
+    (76.0, "slow"),
+    (108.0, "moderate"),
+    (140.0, "lively"),
+)
 DEFAULT_FAST_WORD = "fast"
 TEMPO_TOLERANCE = 0.08  # relative BPM error counted as correct (MIREX "Acc1" uses 4 %)
 _OCTAVE_FACTORS = (1.0, 2.0, 0.5, 3.0, 1.0 / 3.0)  # MIREX "Acc2" factors
@@ -282,6 +286,8 @@ class AttributeEstimators:
     key: KeyEstimator | None
     tempo_words: list[tuple[float, str]] = field(default_factory=lambda: list(DEFAULT_TEMPO_WORDS))
     num_train_clips: int = 0
+    # the training labels (instrument, bpm, key, mode), kept for chance levels
+    train_attributes: list[dict] = field(default_factory=list)
 
     @classmethod
     def fit(
@@ -320,7 +326,16 @@ class AttributeEstimators:
                 "no clip carries instrument/bpm/key+mode attributes: nothing to fit the "
                 "attribute estimators on"
             )
-        return cls(sample_rate, instrument, tempo, key, num_train_clips=len(analyses))
+        keep = ("instrument", "bpm", "key", "mode")
+        labels = [{k: a[k] for k in keep if a.get(k) not in (None, "")} for a in attributes]
+        return cls(
+            sample_rate,
+            instrument,
+            tempo,
+            key,
+            num_train_clips=len(analyses),
+            train_attributes=labels,
+        )
 
     def analyse(self, audio: np.ndarray, sample_rate: int) -> ClipAnalysis:
         return analyse_clip(audio, sample_rate, target_rate=self.sample_rate)
@@ -342,6 +357,7 @@ class AttributeEstimators:
             "version": 1,
             "sample_rate": self.sample_rate,
             "num_train_clips": self.num_train_clips,
+            "train_attributes": self.train_attributes,
             "tempo_words": [[u, w] for u, w in self.tempo_words],
             "instrument": None if self.instrument is None else self.instrument.to_dict(),
             "tempo": None if self.tempo is None else vars(self.tempo),
@@ -361,6 +377,7 @@ class AttributeEstimators:
             key=None if d["key"] is None else KeyEstimator(profiles=d["key"]["profiles"]),
             tempo_words=[(float(u), str(w)) for u, w in d["tempo_words"]],
             num_train_clips=int(d.get("num_train_clips", 0)),
+            train_attributes=list(d.get("train_attributes", [])),
         )
 
     def save(self, path: str | Path) -> None:
@@ -463,8 +480,3 @@ def analyse_many(
 ) -> list[ClipAnalysis]:
     """``analyse_clip`` over (audio, sample rate) pairs."""
     return [analyse_clip(a, sr, target_rate=target_rate) for a, sr in clips]
-
-
-def finite(x: float) -> float | None:
-    """JSON-safe float (None for NaN/inf)."""
-    return x if math.isfinite(x) else None

@@ -168,3 +168,38 @@ def memorization_study(
         "mismatched_mean_ot_distance": float(mis.mean()),
         "by_prompt_length": rows,
     }
+
+
+def semantic_lm_continue_fn(checkpoint: str, *, device: str = "cpu") -> ContinueFn:
+    """Greedy continuation with a trained semantic stage (``musiclm fit`` checkpoint).
+
+    The prompt is ``[BOS] + MuLan tokens + prefix semantic tokens``; decoding uses the
+    network's key/value cache, one token per step, argmax over the semantic vocabulary.
+    """
+    import torch
+
+    from musiclm.stages.token_lm_stage import load_network
+
+    net, layout = load_network(checkpoint, map_location=device)
+    if layout.stage != "semantic":
+        raise ValueError(f"{checkpoint} is a {layout.stage} stage checkpoint, not semantic")
+
+    @torch.no_grad()
+    def continue_fn(prefix: np.ndarray, conditioning: Any, n: int) -> np.ndarray:
+        sem = torch.as_tensor(np.asarray(prefix, dtype=np.int64), device=device)[None]
+        streams: dict[str, torch.Tensor] = {"semantic": sem}
+        if layout.uses_mulan:
+            if conditioning is None:
+                raise ValueError(f"{checkpoint} is conditioned on MuLan tokens; the clip has none")
+            cond = np.asarray(conditioning, dtype=np.int64).reshape(1, -1)
+            streams["mulan"] = torch.as_tensor(cond, device=device)
+        tokens = torch.cat([layout.prefix(streams), layout.target_to_input(sem)], dim=1)
+        logits, cache = net(tokens, return_cache=True)
+        out = []
+        for _ in range(n):
+            nxt = logits[:, -1].argmax(-1, keepdim=True)  # (1, 1) target id
+            out.append(nxt)
+            logits, cache = net(layout.target_to_input(nxt), cache=cache, return_cache=True)
+        return layout.targets_to_codes(torch.cat(out, dim=1))[0].cpu().numpy()
+
+    return continue_fn

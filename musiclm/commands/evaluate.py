@@ -1,0 +1,302 @@
+"""``musiclm evaluate``: MCC, FAD, attribute adherence and memorization -> metrics.json/.md.
+
+    musiclm evaluate --generated GEN --reference SHARDS/test --train-reference SHARDS/train \
+        --pipeline PIPELINE.yaml --out EVAL [--embedding mulan] [--memorization]
+
+See docs/evaluation.md for the inputs each metric needs and how each is computed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from musiclm.evaluation.clips import Clip
+
+METRICS = ("adherence", "mcc", "fad", "memorization")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="musiclm evaluate",
+        description="Score generated audio: attribute adherence, MuLan cycle consistency, "
+        "Fréchet audio distance, and (with --memorization) the semantic LM's memorization.",
+    )
+    p.add_argument("--generated", required=True, help="folder of <name>.wav + <name>.json")
+    p.add_argument("--reference", required=True, help="real held-out audio: shard split folder")
+    p.add_argument("--out", required=True, help="folder for metrics.json and metrics.md")
+    p.add_argument("--train-reference", help="real training audio (shards) to fit estimators on")
+    p.add_argument(
+        "--estimators",
+        help="attribute estimators JSON: loaded if it exists, else fitted on "
+        "--train-reference and saved here (default OUT/attribute_estimators.json)",
+    )
+    p.add_argument("--pipeline", help="PIPELINE.yaml naming the MuLan and semantic checkpoints")
+    p.add_argument("--mulan", help="MuLan checkpoint (overrides the pipeline's)")
+    p.add_argument(
+        "--embedding",
+        help="FAD embedding: mulan (default when MuLan is given), logmel (default otherwise), "
+        "semantic:NAME[:JSON-args], or package.module:function",
+    )
+    p.add_argument(
+        "--metrics",
+        default="adherence,mcc,fad",
+        help=f"comma-separated subset of {','.join(METRICS)} (default adherence,mcc,fad)",
+    )
+    p.add_argument("--memorization", action="store_true", help="add the memorization study")
+    p.add_argument("--tokens", help="token shards of the training split (memorization)")
+    p.add_argument("--semantic-checkpoint", help="semantic stage checkpoint (memorization)")
+    p.add_argument("--centroids", help="semantic k-means safetensors artifact (memorization)")
+    p.add_argument("--prompt-seconds", default="0,1,2,5,10", help="memorization prompt lengths")
+    p.add_argument("--continuation-seconds", type=float, default=5.0)
+    p.add_argument("--threshold-percentile", type=float, default=1.0)
+    p.add_argument("--max-memorization-clips", type=int, default=64)
+    p.add_argument("--max-train-clips", type=int, default=400)
+    p.add_argument("--max-reference-clips", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _log(msg: str) -> None:
+    print(f"[evaluate] {msg}", file=sys.stderr, flush=True)
+
+
+def _lookup(d: Any, *paths: str) -> Any:
+    for path in paths:
+        node = d
+        for part in path.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node not in (None, ""):
+            return node
+    return None
+
+
+def read_pipeline(path: str) -> dict[str, str | None]:
+    """Paths named by PIPELINE.yaml (relative paths resolve against its folder)."""
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"pipeline file not found: {file}")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"invalid YAML in pipeline file {file}: {exc}") from exc
+
+    def resolve(value: Any) -> str | None:
+        if value is None:
+            return None
+        p = Path(str(value))
+        return str(p if p.is_absolute() else file.parent / p)
+
+    return {
+        "mulan": resolve(_lookup(data, "mulan.checkpoint", "stages.mulan.checkpoint")),
+        "semantic": resolve(_lookup(data, "semantic.checkpoint", "stages.semantic.checkpoint")),
+        "centroids": resolve(
+            _lookup(
+                data,
+                "semantic_tokenizer.args.kmeans",
+                "semantic_tokenizer.kmeans",
+                "semantic.kmeans",
+            )
+        ),
+    }
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def run_adherence(
+    args: argparse.Namespace, generated: list[Clip], reference: list[Clip]
+) -> dict[str, Any]:
+    from musiclm.evaluation import attributes as A
+    from musiclm.evaluation.clips import load_reference
+
+    path = Path(args.estimators or Path(args.out) / "attribute_estimators.json")
+    if path.is_file():
+        _log(f"attribute estimators: loading {path}")
+        est = A.AttributeEstimators.load(path)
+    elif args.train_reference:
+        train = [c for c in load_reference(args.train_reference, limit=args.max_train_clips)]
+        train = [c for c in train if c.attributes]
+        if not train:
+            raise ValueError(f"no clip in {args.train_reference} carries attributes")
+        _log(f"attribute estimators: fitting on {len(train)} real training clips")
+        t0 = time.perf_counter()
+        analyses = [A.analyse_clip(c.audio, c.sample_rate) for c in train]
+        est = A.AttributeEstimators.fit(analyses, [c.attributes for c in train], seed=args.seed)
+        est.save(path)
+        _log(f"attribute estimators: fitted in {time.perf_counter() - t0:.1f} s -> {path}")
+    else:
+        raise ValueError(
+            "adherence needs --train-reference (real training clips) or --estimators FILE"
+        )
+
+    def score(clips: list[Clip]) -> tuple[dict, list[dict]]:
+        clips = [c for c in clips if c.attributes]
+        preds = [est.predict(est.analyse(c.audio, c.sample_rate)) for c in clips]
+        table = A.adherence(preds, [c.attributes for c in clips], tempo_words=est.tempo_words)
+        return table, [{"name": c.name, "predicted": p} for c, p in zip(clips, preds, strict=True)]
+
+    gen_table, gen_preds = score(generated)
+    real_table, _ = score(reference)
+    targets = [c.attributes for c in generated if c.attributes] or [
+        c.attributes for c in reference if c.attributes
+    ]
+    return {
+        "estimators": str(path),
+        "num_train_clips": est.num_train_clips,
+        "generated": gen_table,
+        "real": real_table,
+        "chance": A.chance_levels(est.train_attributes, targets, tempo_words=est.tempo_words),
+        "predictions": gen_preds,
+    }
+
+
+def run_mcc(mulan: Any, generated: list[Clip], reference: list[Clip]) -> dict[str, Any]:
+    from musiclm.evaluation.mcc import mcc_report, mulan_embedders
+
+    text, audio = mulan_embedders(mulan)
+    gen = [c for c in generated if c.text]
+    ref = [c for c in reference if c.text]
+    if not gen:
+        raise ValueError("MCC needs generated clips with a prompt in their JSON sidecar")
+    return mcc_report(
+        text,
+        audio,
+        generated=([c.text for c in gen], [(c.audio, c.sample_rate) for c in gen]),
+        reference=([c.text for c in ref], [(c.audio, c.sample_rate) for c in ref]) if ref else None,
+    )
+
+
+def run_fad(
+    spec: str, mulan: Any, generated: list[Clip], reference: list[Clip], seed: int
+) -> dict[str, Any]:
+    from musiclm.evaluation.fad import embed_clips, frechet_audio_distance, resolve_embedding
+
+    embed = resolve_embedding(spec, mulan=mulan)
+    g = embed_clips(embed, [(c.name, c.audio, c.sample_rate) for c in generated])
+    r_per_clip = [embed_clips(embed, [(c.name, c.audio, c.sample_rate)]) for c in reference]
+    r = np.concatenate(r_per_clip)
+    out: dict[str, Any] = {
+        "embedding": spec,
+        "generated_vs_reference": frechet_audio_distance(g, r),
+        "frames_generated": int(g.shape[0]),
+        "frames_reference": int(r.shape[0]),
+        "dim": int(g.shape[1]),
+    }
+    # the same statistic between two random halves of the real clips: the floor FAD reaches
+    # with this many clips, which gives the generated figure its scale
+    if len(r_per_clip) >= 4:
+        order = np.random.default_rng(seed).permutation(len(r_per_clip))
+        half = len(order) // 2
+        a = np.concatenate([r_per_clip[i] for i in order[:half]])
+        b = np.concatenate([r_per_clip[i] for i in order[half:]])
+        if min(a.shape[0], b.shape[0]) >= 2:
+            out["reference_halves"] = frechet_audio_distance(a, b)
+    return out
+
+
+def run_memorization(args: argparse.Namespace, paths: dict[str, str | None]) -> dict[str, Any]:
+    from musiclm.evaluation.clips import load_centroids, load_token_examples
+    from musiclm.evaluation.memorization import memorization_study, semantic_lm_continue_fn
+
+    ckpt = args.semantic_checkpoint or paths.get("semantic")
+    centroids = args.centroids or paths.get("centroids")
+    missing = [
+        n
+        for n, v in (
+            ("--tokens", args.tokens),
+            ("--semantic-checkpoint", ckpt),
+            ("--centroids", centroids),
+        )
+        if not v
+    ]
+    if missing:
+        raise ValueError(f"memorization needs {', '.join(missing)} (or a pipeline naming them)")
+    examples = load_token_examples(args.tokens, limit=args.max_memorization_clips)
+    from musiclm.datamodules.shards import read_manifest
+
+    rate = float(read_manifest(args.tokens)["semantic"]["frame_rate"])
+    prompt_seconds = [float(s) for s in args.prompt_seconds.split(",") if s.strip()]
+    _log(f"memorization: {len(examples)} training clips, prompts {prompt_seconds} s")
+    return memorization_study(
+        semantic_lm_continue_fn(ckpt),
+        examples,
+        centroids=load_centroids(centroids),
+        frame_rate=rate,
+        prompt_seconds=prompt_seconds,
+        continuation_seconds=args.continuation_seconds,
+        percentile=args.threshold_percentile,
+    )
+
+
+# ----------------------------------------------------------------------------- command
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the chosen metrics and return the metrics dict (also written to ``args.out``)."""
+    from musiclm.evaluation.clips import load_folder, load_reference
+    from musiclm.evaluation.report import write_report
+
+    chosen = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if args.memorization and "memorization" not in chosen:
+        chosen.append("memorization")
+    unknown = sorted(set(chosen) - set(METRICS))
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; choose from {', '.join(METRICS)}")
+    paths = read_pipeline(args.pipeline) if args.pipeline else {}
+    mulan_ckpt = args.mulan or paths.get("mulan")
+    mulan = None
+    if mulan_ckpt and ("mcc" in chosen or (args.embedding or "mulan") == "mulan"):
+        from musiclm.models.mulan import load_mulan
+
+        _log(f"MuLan: {mulan_ckpt}")
+        mulan = load_mulan(mulan_ckpt)
+    generated, bare = load_folder(args.generated)
+    reference = load_reference(args.reference, limit=args.max_reference_clips)
+    _log(f"{len(generated)} generated clips ({len(bare)} without sidecar), {len(reference)} real")
+    metrics: dict[str, Any] = {
+        "inputs": {
+            "generated": str(args.generated),
+            "reference": str(args.reference),
+            "generated_clips": len(generated),
+            "generated_without_sidecar": len(bare),
+            "reference_clips": len(reference),
+            "mulan": mulan_ckpt,
+        },
+        "notes": [],
+    }
+    if "adherence" in chosen:
+        metrics["adherence"] = run_adherence(args, generated, reference)
+    if "mcc" in chosen:
+        if mulan is None:
+            metrics["notes"].append("MCC skipped: no MuLan checkpoint (--pipeline or --mulan)")
+        else:
+            _log("MuLan cycle consistency")
+            metrics["mcc"] = run_mcc(mulan, generated, reference)
+    if "fad" in chosen:
+        spec = args.embedding or ("mulan" if mulan is not None else "logmel")
+        _log(f"Fréchet audio distance over {spec!r} embeddings")
+        metrics["fad"] = run_fad(spec, mulan, generated, reference, args.seed)
+    if "memorization" in chosen:
+        metrics["memorization"] = run_memorization(args, paths)
+    json_path, md_path = write_report(args.out, metrics)
+    _log(f"wrote {json_path} and {md_path}")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        evaluate(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"musiclm evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    print((Path(args.out) / "metrics.md").read_text(encoding="utf-8"))
+    return 0

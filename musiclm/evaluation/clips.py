@@ -1,0 +1,149 @@
+"""Reading what ``musiclm evaluate`` scores: generated folders, audio shards, token shards.
+
+A *generated folder* holds ``<name>.wav`` files, each with a ``<name>.json`` sidecar
+``{"prompt": str, "attributes": {...}}`` naming what was asked for (the attributes use the
+demo corpus' keys: ``instrument``, ``bpm``, ``key``, ``mode``). A wav without a sidecar
+counts for FAD only. Reference audio is an audio shard folder (``musiclm prepare audio``,
+one split) or a folder in the same convention (``caption`` may stand for ``prompt``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from musiclm.evaluation.memorization import MemorizationExample
+
+
+@dataclass
+class Clip:
+    name: str
+    audio: np.ndarray  # float32 [T], mono
+    sample_rate: int
+    text: str | None = None  # the prompt (generated) or caption (real)
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """Mono float32 audio and its sample rate; unreadable or empty audio names the file."""
+    import soundfile as sf
+
+    try:
+        audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:  # soundfile raises several types for bad files
+        raise ValueError(f"cannot read audio {path}: {exc}") from exc
+    if audio.shape[0] == 0:
+        raise ValueError(f"audio file {path} is empty")
+    return audio.mean(axis=1), int(sr)
+
+
+def _sidecar(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"invalid JSON sidecar {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"sidecar {path} must hold a JSON object")
+    attrs = data.get("attributes", {})
+    if not isinstance(attrs, dict):
+        raise ValueError(f"sidecar {path}: 'attributes' must be an object, got {type(attrs)}")
+    return data
+
+
+def load_folder(directory: str | Path, *, limit: int | None = None) -> tuple[list[Clip], list[str]]:
+    """Clips of a folder of wavs with JSON sidecars, sorted by name; also the names that
+    have no sidecar."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no such folder of generated audio: {root}")
+    wavs = sorted(p for p in root.iterdir() if p.suffix.lower() in (".wav", ".flac"))
+    if not wavs:
+        raise ValueError(f"{root} holds no .wav or .flac files")
+    clips, bare = [], []
+    for path in wavs[:limit]:
+        audio, sr = read_audio(path)
+        side = _sidecar(path.with_suffix(".json"))
+        if side is None:
+            bare.append(path.stem)
+            clips.append(Clip(path.stem, audio, sr))
+            continue
+        text = side.get("prompt", side.get("caption"))
+        clips.append(Clip(path.stem, audio, sr, text, dict(side.get("attributes", {}))))
+    return clips, bare
+
+
+def load_reference(path: str | Path, *, limit: int | None = None) -> list[Clip]:
+    """Real clips from an audio shard folder (with ``manifest.json``) or a sidecar folder."""
+    root = Path(path)
+    if not (root / "manifest.json").is_file():
+        return load_folder(root, limit=limit)[0]
+    from musiclm.datamodules.shards import SkipCounter, iter_audio_samples
+
+    skips = SkipCounter(warn=False)
+    clips = []
+    for s in iter_audio_samples(root, skips=skips):
+        attrs = s["meta"].get("attributes") or {}
+        clips.append(Clip(s["key"], s["audio"], s["sample_rate"], s["caption"], dict(attrs)))
+        if limit is not None and len(clips) >= limit:
+            break
+    if not clips:
+        raise ValueError(f"no readable clips in audio shards {root} ({skips.count} skipped)")
+    return clips
+
+
+def load_token_examples(
+    directory: str | Path, *, limit: int | None = None
+) -> list[MemorizationExample]:
+    """Semantic tokens and MuLan tokens of a token shard folder (``musiclm prepare tokens``)."""
+    import webdataset as wds
+
+    from musiclm.datamodules.shards import SkipCounter, decode_npy, shard_paths
+
+    skips = SkipCounter(warn=False)
+    urls = shard_paths(directory)
+    pipeline = wds.DataPipeline(
+        wds.SimpleShardList(urls), wds.tarfile_to_samples(handler=skips.handler)
+    )
+    out = []
+    for sample in pipeline:
+        if "semantic.npy" not in sample:
+            raise ValueError(
+                f"sample {sample.get('__key__')!r} in {sample.get('__url__')} has no semantic.npy"
+            )
+        mulan = decode_npy(sample["mulan.npy"]) if "mulan.npy" in sample else None
+        out.append(
+            MemorizationExample(
+                sample["__key__"], decode_npy(sample["semantic.npy"]).astype(np.int64), mulan
+            )
+        )
+        if limit is not None and len(out) >= limit:
+            break
+    if not out:
+        raise ValueError(f"no readable samples in token shards {directory}")
+    return out
+
+
+def load_centroids(path: str | Path) -> np.ndarray:
+    """Semantic k-means centroids (k, D) from a safetensors artifact: the tensor named
+    ``centroids``, else its only 2-D tensor."""
+    from safetensors.numpy import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types
+        raise ValueError(f"cannot read centroids from {path}: {exc}") from exc
+    if "centroids" in tensors:
+        return tensors["centroids"].astype(np.float64)
+    two_d = [v for v in tensors.values() if v.ndim == 2]
+    if len(two_d) != 1:
+        raise ValueError(
+            f"{path}: expected a 'centroids' tensor or exactly one 2-D tensor, "
+            f"has {sorted(tensors)}"
+        )
+    return two_d[0].astype(np.float64)
