@@ -124,13 +124,14 @@ class MulanStage(LightningModule):
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        self._val = {"audio": [], "text": [], "meta": []}
+        self._val = {"audio": [], "text": [], "meta": [], "caption": []}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._val["audio"].append(self.mulan.embed_audio(batch["audio"]).float().cpu())
         self._val["text"].append(self.mulan.embed_text(batch["caption"]).float().cpu())
         meta = batch.get("meta") or [{} for _ in batch["caption"]]
         self._val["meta"].extend(meta)
+        self._val["caption"].extend(batch["caption"])
 
     def on_validation_epoch_end(self) -> None:
         # Every rank sees the whole validation split in the same order, so no gather is needed.
@@ -138,7 +139,11 @@ class MulanStage(LightningModule):
             return
         audio = torch.cat(self._val["audio"])
         text = torch.cat(self._val["text"])
-        metrics = {f"val/{k}": v for k, v in bidirectional_metrics(text, audio).items()}
+        # Clips with identical captions are equally right answers (templated corpora repeat).
+        captions = self._val["caption"]
+        metrics = {
+            f"val/{k}": v for k, v in bidirectional_metrics(text, audio, captions=captions).items()
+        }
         metrics["val/loss"] = contrastive_loss(audio, text, self.logit_scale.detach().cpu()).item()
         metrics.update(self._zero_shot(audio, self._val["meta"]))
         self.log_dict(metrics, sync_dist=True)
