@@ -1,0 +1,253 @@
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from musiclm.datamodules import prepare_audio as pa
+from musiclm.datamodules.shards import (
+    SkipCounter,
+    decode_flac,
+    decode_npy,
+    encode_flac,
+    encode_npy,
+    iter_audio_samples,
+    read_manifest,
+)
+
+SR = 16000
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """A JSONL corpus of 23 clips (distinct tones), one missing and one corrupt file."""
+    root = tmp_path / "corpus"
+    root.mkdir()
+    rows = []
+    for i in range(23):
+        t = np.arange(int((1.0 + 0.1 * (i % 3)) * SR)) / SR
+        sf.write(root / f"c{i}.wav", 0.2 * np.sin(2 * np.pi * (200 + 20 * i) * t), SR)
+        split = "valid" if i % 7 == 3 else "train"
+        rows.append(
+            {
+                "id": f"c{i}",
+                "audio": f"c{i}.wav",
+                "caption": f"tone {i}",
+                "split": split,
+                "attributes": {"piece": f"p{i}", "bpm": 100 + i},
+            }
+        )
+    rows.append({"id": "gone", "audio": "gone.wav", "caption": "missing", "split": "train"})
+    (root / "bad.wav").write_bytes(b"not audio at all")
+    rows.append({"id": "bad", "audio": "bad.wav", "caption": "corrupt", "split": "train"})
+    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root / "manifest.jsonl"
+
+
+def samples(split_dir):
+    return {s["key"]: s for s in iter_audio_samples(split_dir)}
+
+
+def test_codecs_roundtrip():
+    a = np.linspace(-1, 1, 1000, dtype=np.float32)
+    back, sr = decode_flac(encode_flac(a, SR))
+    assert sr == SR and np.abs(back - a).max() < 1e-4
+    arr = np.arange(12, dtype=np.int16).reshape(3, 4)
+    assert np.array_equal(decode_npy(encode_npy(arr)), arr)
+    with pytest.raises(TypeError, match="pickle"):
+        encode_npy(np.array([{"a": 1}], dtype=object))
+
+
+def test_read_manifest_errors_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("{broken")
+    with pytest.raises(ValueError, match="invalid JSON.*manifest.json"):
+        read_manifest(tmp_path)
+
+
+def test_prepare_audio_writes_shards_and_manifest(tmp_path, corpus):
+    out = tmp_path / "shards"
+    code = pa.main(
+        [
+            "--source",
+            "demo",
+            "--input",
+            str(corpus),
+            "--out",
+            str(out),
+            "--shard-size",
+            "4",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    train, valid = read_manifest(out / "train"), read_manifest(out / "valid")
+    assert train["kind"] == "audio" and train["sample_rate"] == SR and train["complete"]
+    assert valid["num_samples"] == 3 and train["num_samples"] == 20
+    assert sum(s["num_samples"] for s in train["shards"]) == 20
+    assert train["total_seconds"] == pytest.approx(sum(s["seconds"] for s in train["shards"]))
+    reasons = {s["item"]: s["reason"] for s in train["skipped"]}
+    assert "audio missing" in reasons["manifest.jsonl:24"]
+    assert "unreadable" in reasons["manifest.jsonl:25"]
+    got = samples(out / "train")
+    assert len(got) == 20 and "c3" not in got
+    s = got["c4"]
+    original, _ = sf.read(corpus.parent / "c4.wav", dtype="float32")
+    assert s["sample_rate"] == SR and np.abs(s["audio"] - original).max() < 1e-3
+    assert s["caption"] == "tone 4" and s["meta"]["attributes"] == {"piece": "p4", "bpm": 104}
+    assert s["meta"]["split"] == "train" and s["meta"]["duration_s"] == pytest.approx(1.1)
+    assert s["meta"]["id"] == "c4" and s["meta"]["source"] == "demo"
+
+
+def test_killed_and_rerun_equals_uninterrupted(tmp_path, corpus, monkeypatch):
+    full = tmp_path / "full"
+    pa.prepare_audio("demo", corpus, full, shard_size=3, progress=False)
+
+    killed = tmp_path / "killed"
+    real = pa._write_chunk
+    calls = {"n": 0}
+
+    def dies_after_two(job):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            # what a SIGKILL leaves: a half-written temporary shard and no record
+            (job[0] / f".audio-000-{job[2]:06d}.tar.999.tmp").write_bytes(b"half a tar")
+            raise KeyboardInterrupt
+        return real(job)
+
+    monkeypatch.setattr(pa, "_write_chunk", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        pa.prepare_audio("demo", corpus, killed, shard_size=3, progress=False)
+    monkeypatch.setattr(pa, "_write_chunk", real)
+    done_before = sorted(p.name for p in (killed / "train").glob("*.tar"))
+    assert len(done_before) == 2
+    mtimes = {n: (killed / "train" / n).stat().st_mtime_ns for n in done_before}
+
+    redone = []
+    monkeypatch.setattr(
+        pa, "_write_chunk", lambda job: redone.append((job[0].name, job[2])) or real(job)
+    )
+    pa.prepare_audio("demo", corpus, killed, shard_size=3, progress=False)
+    # finished shards kept, not rewritten; the rest (incl. the killed one) redone
+    assert ("train", 0) not in redone and ("train", 1) not in redone and ("train", 2) in redone
+    assert {n: (killed / "train" / n).stat().st_mtime_ns for n in done_before} == mtimes
+    assert not list((killed / "train").glob(".*.tmp"))
+    for split in ("train", "valid"):
+        a, b = read_manifest(full / split), read_manifest(killed / split)
+        assert a["shards"] == b["shards"] and a["skipped"] == b["skipped"]
+        sa, sb = samples(full / split), samples(killed / split)
+        assert list(sa) == list(sb)
+        for key in sa:
+            assert np.array_equal(sa[key]["audio"], sb[key]["audio"])
+            assert sa[key]["meta"] == sb[key]["meta"]
+        for shard in a["shards"]:
+            assert (full / split / shard["file"]).read_bytes() == (
+                killed / split / shard["file"]
+            ).read_bytes()
+
+
+def test_ranks_write_disjoint_slices(tmp_path, corpus, monkeypatch):
+    out = tmp_path / "ranked"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert (
+        pa.main(
+            [
+                "--source",
+                "jsonl",
+                "--input",
+                str(corpus),
+                "--out",
+                str(out),
+                "--shard-size",
+                "4",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    half = read_manifest(out / "train")
+    assert not half["complete"] and all("-001-" in s["file"] for s in half["shards"])
+    ones = set(samples(out / "train"))
+    monkeypatch.setenv("RANK", "0")
+    assert (
+        pa.main(
+            [
+                "--source",
+                "jsonl",
+                "--input",
+                str(corpus),
+                "--out",
+                str(out),
+                "--shard-size",
+                "4",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    both = read_manifest(out / "train")
+    assert both["complete"] and both["num_samples"] == 20
+    keys = list(samples(out / "train"))
+    assert len(keys) == len(set(keys)) == 20 and ones < set(keys)
+
+
+def test_parallel_workers_match_serial(tmp_path, corpus):
+    pa.prepare_audio("demo", corpus, tmp_path / "serial", shard_size=5, progress=False)
+    pa.prepare_audio("demo", corpus, tmp_path / "par", shard_size=5, workers=2, progress=False)
+    for split in ("train", "valid"):
+        a = read_manifest(tmp_path / "serial" / split)["shards"]
+        assert a == read_manifest(tmp_path / "par" / split)["shards"]
+        for s in a:
+            assert (tmp_path / "serial" / split / s["file"]).read_bytes() == (
+                tmp_path / "par" / split / s["file"]
+            ).read_bytes()
+
+
+def test_truncated_shard_is_skipped_and_counted(tmp_path, corpus):
+    out = tmp_path / "shards"
+    pa.prepare_audio("demo", corpus, out, shard_size=4, progress=False)
+    shard = out / "train" / "audio-000-000001.tar"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    skips = SkipCounter(warn=False)
+    got = list(iter_audio_samples(out / "train", skips=skips))
+    assert 16 <= len(got) < 20 and skips.count >= 1
+    assert any("audio-000-000001.tar" in r for r in skips.reasons)
+
+
+def test_bad_arguments_are_reported(tmp_path, corpus, capsys):
+    assert (
+        pa.main(
+            [
+                "--source",
+                "demo",
+                "--input",
+                str(tmp_path / "nope.jsonl"),
+                "--out",
+                str(tmp_path / "o"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
+    assert "nope.jsonl" in capsys.readouterr().err
+    assert (
+        pa.main(
+            [
+                "--source",
+                "demo",
+                "--input",
+                str(corpus),
+                "--out",
+                str(tmp_path / "o"),
+                "--rank",
+                "3",
+                "--world-size",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
