@@ -50,7 +50,7 @@ class MusicLMCLI(LightningCLI):
         if config.get("logger") in (None, True):
             config["logger"] = TensorBoardLogger(save_dir=root, name="tensorboard", version="run")
         configured = list(config.get("callbacks") or []) + list(callbacks)
-        if config.get("enable_checkpointing", True) and not any(
+        if config.get("enable_checkpointing") is not False and not any(
             isinstance(cb, ModelCheckpoint) for cb in configured
         ):
             callbacks.append(

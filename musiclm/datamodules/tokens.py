@@ -1,0 +1,373 @@
+"""WebDataset datamodule over token shards (``musiclm prepare tokens``) for the LM stages.
+
+Each sample holds ``semantic.npy`` ``[F_s]``, ``acoustic.npy`` ``[Q, F_a]``, optionally
+``mulan.npy`` ``[Q_m]``, a caption and JSON. A batch is ``{"semantic": (B, F_s),
+"acoustic": (B, Q, F_a), "mulan": (B, Q_m), "key": [B], "skipped": ()}``: one random crop of
+``seconds`` per sample, the same time window in every stream, ``-1`` where a clip is shorter.
+
+Training reads resampled shards (every rank and worker draws shards at random, seeded by
+(seed, data epoch, rank, worker)), so every rank yields exactly ``batches_per_epoch`` batches
+whatever the shard counts: no DDP hang. The data epoch and the position inside it follow from
+the trainer's global step, so the stream is a function of the step: a resumed run continues
+it instead of replaying its start, and a run resumed at step k sees what an uninterrupted
+run sees after step k. Corrupt tars and samples are skipped; each batch carries how many
+were skipped since the previous one (``skipped``), which the stage logs.
+
+Validation reads every validation shard in order with a fixed crop (the window start of
+the clip) on every rank: identical on all ranks and small, so no rank waits for another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterator
+from functools import partial
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import IterableDataset
+
+from musiclm.datamodules.shards import (
+    ShardWriter,
+    SkipCounter,
+    atomic_write_json,
+    decode_npy,
+    read_manifest,
+    shard_paths,
+)
+from musiclm.stages.token_layout import TokenSpec
+
+
+def _seed(*parts: int) -> int:
+    digest = hashlib.sha256(",".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def crop_sample(
+    sample: dict, *, spec: TokenSpec, seconds: float, rng: np.random.Generator | None
+) -> dict:
+    """Decode a raw WebDataset token sample and crop all streams to one time window.
+
+    ``rng=None`` crops from the start (validation). Bad samples raise naming key and shard.
+    """
+    where = f"sample {sample.get('__key__')!r} in {sample.get('__url__')}"
+    for field in ("semantic.npy", "acoustic.npy"):
+        if field not in sample:
+            raise ValueError(f"{where} lacks {field!r} (has {sorted(sample)})")
+    semantic = decode_npy(sample["semantic.npy"])
+    acoustic = decode_npy(sample["acoustic.npy"])
+    if semantic.ndim != 1 or acoustic.ndim != 2 or acoustic.shape[0] != spec.num_quantizers:
+        raise ValueError(
+            f"{where}: semantic {semantic.shape} / acoustic {acoustic.shape}, expected [F_s] "
+            f"and [{spec.num_quantizers}, F_a]"
+        )
+    _check_range(where, "semantic", semantic, spec.semantic_vocab)
+    _check_range(where, "acoustic", acoustic, spec.codebook_size)
+    n_s = max(1, round(seconds * spec.semantic_rate))
+    n_a = max(1, round(seconds * spec.acoustic_rate))
+    clip = min(semantic.shape[0] / spec.semantic_rate, acoustic.shape[1] / spec.acoustic_rate)
+    start = 0.0 if rng is None else rng.uniform(0.0, max(0.0, clip - seconds))
+    # snap the window to the semantic frame grid, then find the acoustic frame at that time
+    s0 = int(start * spec.semantic_rate)
+    a0 = round(s0 / spec.semantic_rate * spec.acoustic_rate)
+    out = {
+        "key": sample["__key__"],
+        "semantic": _window(semantic[None], s0, n_s)[0],
+        "acoustic": _window(acoustic, a0, n_a),
+    }
+    if spec.mulan_levels:
+        if "mulan.npy" not in sample:
+            raise ValueError(f"{where} lacks 'mulan.npy' but the manifest declares MuLan tokens")
+        mulan = decode_npy(sample["mulan.npy"]).reshape(-1)
+        if mulan.shape[0] != spec.mulan_levels:
+            raise ValueError(
+                f"{where}: mulan has {mulan.shape[0]} levels, expected {spec.mulan_levels}"
+            )
+        _check_range(where, "mulan", mulan, spec.mulan_codebook)
+        out["mulan"] = mulan.astype(np.int64)
+    return out
+
+
+def _check_range(where: str, name: str, arr: np.ndarray, size: int) -> None:
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"{where}: {name} has dtype {arr.dtype}, expected integers")
+    if arr.size and (arr.min() < 0 or arr.max() >= size):
+        raise ValueError(f"{where}: {name} ids outside 0..{size - 1}")
+
+
+def _window(arr: np.ndarray, start: int, length: int) -> np.ndarray:
+    """``arr[:, start:start+length]`` as int64, right-padded with -1."""
+    out = np.full((arr.shape[0], length), -1, dtype=np.int64)
+    part = arr[:, start : start + length]
+    out[:, : part.shape[1]] = part
+    return out
+
+
+def collate(samples: list[dict]) -> dict[str, Any]:
+    batch: dict[str, Any] = {"key": [s["key"] for s in samples]}
+    for name in ("semantic", "acoustic", "mulan"):
+        if name in samples[0]:
+            batch[name] = torch.from_numpy(np.stack([s[name] for s in samples]))
+    return batch
+
+
+class TokenStream(IterableDataset):
+    """Endless crops from resampled shards, batched; seeded by (seed, epoch, rank, worker)."""
+
+    def __init__(
+        self,
+        urls: list[str],
+        *,
+        spec: TokenSpec,
+        seconds: float,
+        batch_size: int,
+        seed: int,
+        shuffle_buffer: int,
+    ) -> None:
+        super().__init__()
+        self.urls, self.spec, self.seconds = urls, spec, seconds
+        self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
+        self.epoch = 0  # set by StepSeededLoader before each pass
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        import webdataset as wds
+
+        rank, _, worker, _ = wds.utils.pytorch_worker_info()
+        seed = _seed(self.seed, self.epoch, rank, worker)
+        skips = SkipCounter(warn=False)
+        pipeline = wds.DataPipeline(
+            wds.ResampledShards(self.urls, seed=seed, worker_seed=lambda: 0, deterministic=True),
+            wds.tarfile_to_samples(handler=skips.handler),
+            wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=random.Random(seed)),
+            wds.map(
+                partial(
+                    crop_sample,
+                    spec=self.spec,
+                    seconds=self.seconds,
+                    rng=np.random.default_rng(seed),
+                ),
+                handler=skips.handler,
+            ),
+            wds.batched(self.batch_size, collation_fn=collate, partial=False),
+        )
+        reported = 0
+        for batch in pipeline:
+            batch["skipped"] = torch.tensor(skips.count - reported)
+            reported = skips.count
+            yield batch
+
+
+class StepSeededLoader:
+    """Iterable over a ``WebLoader.with_epoch``: each pass reseeds from the trainer's step.
+
+    Data epoch ``e = batches_done // batches_per_epoch``; a pass started mid-epoch (a resumed
+    run) skips the batches of that epoch already trained on.
+    """
+
+    def __init__(self, stream: TokenStream, loader: Any, batches_per_epoch: int, position: Any):
+        self.stream, self.loader = stream, loader
+        self.batches_per_epoch, self.position = batches_per_epoch, position
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        done = int(self.position())
+        self.stream.epoch, skip = divmod(done, self.batches_per_epoch)
+        return islice(iter(self.loader), skip, None)
+
+
+class TokenDataModule(LightningDataModule):
+    """Token shards for the semantic, coarse and fine stages."""
+
+    def __init__(
+        self,
+        train_dir: str,
+        val_dir: str | None = None,
+        *,
+        seconds: float = 10.0,
+        batch_size: int = 8,
+        num_workers: int = 2,
+        batches_per_epoch: int = 1000,
+        val_batches: int = 16,
+        shuffle_buffer: int = 256,
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            train_dir: token shard folder (``manifest.json`` + ``tokens-*.tar``).
+            val_dir: validation shard folder made by the same tokenizers, or None.
+            seconds: crop length; semantic and acoustic windows cover the same time.
+            batch_size: per rank.
+            num_workers: dataloader worker processes per rank.
+            batches_per_epoch: batches every rank yields per (data) epoch.
+            val_batches: at most this many validation batches.
+            shuffle_buffer: samples held for shuffling per worker.
+            seed: base seed of shard sampling, shuffling and crops.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        if seconds <= 0 or batch_size < 1 or batches_per_epoch < 1:
+            raise ValueError("seconds, batch_size and batches_per_epoch must be positive")
+        self.manifest = read_manifest(train_dir)
+        self.spec = TokenSpec.from_manifest(self.manifest, str(Path(train_dir) / "manifest.json"))
+        self.urls = shard_paths(train_dir, self.manifest)
+        if not self.urls:
+            raise ValueError(f"token shard folder {train_dir} lists no shards in manifest.json")
+        self.val_urls: list[str] = []
+        if val_dir:
+            val_manifest = read_manifest(val_dir)
+            where = str(Path(val_dir) / "manifest.json")
+            val_spec = TokenSpec.from_manifest(val_manifest, where)
+            if val_spec != self.spec:
+                raise ValueError(
+                    f"validation shards {val_dir} were made with other tokenizers or sizes than "
+                    f"training shards {train_dir}: {val_spec} vs {self.spec}"
+                )
+            self.val_urls = shard_paths(val_dir, val_manifest)
+
+    def _batches_done(self) -> int:
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        return trainer.global_step * trainer.accumulate_grad_batches
+
+    def train_dataloader(self) -> StepSeededLoader:
+        import webdataset as wds
+
+        hp = self.hparams
+        stream = TokenStream(
+            self.urls,
+            spec=self.spec,
+            seconds=hp.seconds,
+            batch_size=hp.batch_size,
+            seed=hp.seed,
+            shuffle_buffer=hp.shuffle_buffer,
+        )
+        loader = wds.WebLoader(
+            stream,
+            batch_size=None,
+            num_workers=hp.num_workers,
+            persistent_workers=False,  # workers must see the epoch set before each pass
+            prefetch_factor=4 if hp.num_workers else None,
+        ).with_epoch(hp.batches_per_epoch)
+        return StepSeededLoader(stream, loader, hp.batches_per_epoch, self._batches_done)
+
+    def val_dataloader(self) -> Any:
+        import webdataset as wds
+
+        if not self.val_urls:
+            return []
+        hp = self.hparams
+        skips = SkipCounter()
+        pipeline = wds.DataPipeline(
+            wds.SimpleShardList(self.val_urls),
+            wds.tarfile_to_samples(handler=skips.handler),
+            wds.map(
+                partial(crop_sample, spec=self.spec, seconds=hp.seconds, rng=None),
+                handler=skips.handler,
+            ),
+            wds.batched(hp.batch_size, collation_fn=collate, partial=True),
+            wds.slice(hp.val_batches),
+        )
+        return wds.WebLoader(pipeline, batch_size=None, num_workers=0)
+
+
+def write_synthetic_shards(
+    directory: str | Path,
+    *,
+    sizes: list[int],
+    seconds: float | list[float] = 4.0,
+    spec: TokenSpec | None = None,
+    seed: int = 0,
+) -> TokenSpec:
+    """Token shards of random tokens (``sizes[i]`` samples in shard i) and their manifest.
+
+    For tests and benchmarks: clips are ``seconds`` long (one value or one per sample); the
+    acoustic level-0 token is ``semantic frame % codebook_size`` so aligned crops can be
+    checked. Returns the spec written to the manifest.
+    """
+    spec = spec or TokenSpec(
+        semantic_vocab=32,
+        semantic_rate=5.0,
+        codebook_size=16,
+        num_quantizers=4,
+        acoustic_rate=10.0,
+        mulan_levels=3,
+        mulan_codebook=8,
+        codec_name="synthetic",
+        codec_fingerprint="synthetic-codec",
+        semantic_name="synthetic",
+        semantic_fingerprint="synthetic-semantic",
+        mulan_fingerprint="synthetic-mulan",
+    )
+    rng = np.random.default_rng(seed)
+    directory = Path(directory)
+    total = sum(sizes)
+    lengths = [seconds] * total if isinstance(seconds, int | float) else list(seconds)
+    shards, index = [], 0
+    for shard, size in enumerate(sizes):
+        writer = ShardWriter(directory, prefix="tokens", max_count=max(size, 1), start_index=shard)
+        for _ in range(size):
+            n_s = round(lengths[index] * spec.semantic_rate)
+            n_a = round(lengths[index] * spec.acoustic_rate)
+            semantic = rng.integers(0, spec.semantic_vocab, n_s)
+            acoustic = rng.integers(0, spec.codebook_size, (spec.num_quantizers, n_a))
+            # level 0 at acoustic frame t mirrors the semantic frame covering t
+            frames = (np.arange(n_a) * spec.semantic_rate / spec.acoustic_rate).astype(int)
+            acoustic[0] = semantic[frames] % spec.codebook_size
+            sample = {
+                "__key__": f"clip{index:05d}",
+                "semantic.npy": semantic.astype(np.int16),
+                "acoustic.npy": acoustic.astype(np.int16),
+                "caption.txt": f"synthetic clip {index}",
+                "json": {"seconds": lengths[index]},
+            }
+            if spec.mulan_levels:
+                sample["mulan.npy"] = rng.integers(0, spec.mulan_codebook, spec.mulan_levels)
+            writer.write(sample, seconds=lengths[index])
+            index += 1
+        writer.close()
+        shards += writer.completed
+    spec_dict = spec.to_dict()
+    manifest = {
+        "schema_version": 1,
+        "kind": "tokens",
+        "num_samples": total,
+        "total_seconds": float(sum(lengths)),
+        "shards": shards,
+        "skipped": [],
+        "codec": {
+            "name": spec.codec_name,
+            "args": {},
+            "fingerprint": spec.codec_fingerprint,
+            "sample_rate": 16000,
+            "frame_rate": spec.acoustic_rate,
+            "num_quantizers": spec.num_quantizers,
+            "codebook_size": spec.codebook_size,
+        },
+        "semantic": {
+            "name": spec.semantic_name,
+            "args": {},
+            "fingerprint": spec.semantic_fingerprint,
+            "sample_rate": 16000,
+            "frame_rate": spec.semantic_rate,
+            "vocab_size": spec.semantic_vocab,
+        },
+        "mulan": None
+        if not spec.mulan_levels
+        else {
+            "checkpoint": "synthetic.ckpt",
+            "rvq": "synthetic-rvq",
+            "fingerprint": spec_dict["mulan_fingerprint"],
+            "num_levels": spec.mulan_levels,
+            "codebook_size": spec.mulan_codebook,
+        },
+    }
+    atomic_write_json(directory / "manifest.json", manifest)
+    return spec

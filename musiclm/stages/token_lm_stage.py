@@ -1,0 +1,268 @@
+"""One LightningModule trains every token LM; a stage differs only by its ``TokenLayout``.
+
+What goes in: a token batch from ``TokenDataModule``. What comes out: next-token cross
+entropy over the stage's target tokens (conditioning positions are context, not loss).
+
+Sizes come from the token-shard manifest at ``setup`` (the datamodule's ``spec``), are
+checked against the tokenizers this config names, and are stored in the hyper-parameters as
+plain values, so ``TokenLMStage.load_from_checkpoint(path)`` (or ``load_network``) rebuilds
+the network from the checkpoint alone.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+
+from musiclm.models.token_lm import TokenLM
+from musiclm.stages.token_layout import IGNORE, LMSequence, TokenLayout, TokenSpec
+
+
+class TokenLMStage(LightningModule):
+    """Decoder-only LM over one stage's token layout (``stage`` chosen by the subclass)."""
+
+    stage: str = ""
+
+    def __init__(
+        self,
+        *,
+        dim: int = 1024,
+        depth: int = 24,
+        heads: int = 16,
+        ff_mult: int = 4,
+        dropout: float = 0.0,
+        coarse_levels: int = 4,
+        fine_levels: int | None = None,
+        fine_sees_mulan: bool = False,
+        cond_dropout: float = 0.0,
+        lr: float = 3e-4,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 1000,
+        decay_steps: int = 0,
+        codec: str | None = None,
+        semantic_tokenizer: str | None = None,
+        mulan: str | None = None,
+        spec: dict[str, Any] | None = None,
+        compile: bool = False,
+    ) -> None:
+        """
+        Args:
+            dim, depth, heads, ff_mult, dropout: the decoder (paper: 1024, 24, 16).
+            coarse_levels: codec levels predicted by the coarse stage (paper: 4).
+            fine_levels: levels predicted by the fine stage (None: all remaining).
+            fine_sees_mulan: whether the fine stage is conditioned on MuLan tokens too.
+            cond_dropout: probability of replacing a sample's MuLan tokens by NULL in
+                training, for classifier-free guidance at sampling.
+            lr, weight_decay: AdamW; warmup_steps: linear warm-up; decay_steps: cosine decay
+                to 10% over that many steps after warm-up (0: constant).
+            codec, semantic_tokenizer, mulan: expected name or fingerprint of what made the
+                shards (None: accept any). Shards made otherwise are refused.
+            spec: resolved manifest values (filled in at setup; set in checkpoints).
+            compile: wrap the network with ``torch.compile``.
+        """
+        super().__init__()
+        if not self.stage:
+            raise TypeError("use a concrete stage: SemanticStage, CoarseStage or FineStage")
+        if not 0.0 <= cond_dropout < 1.0:
+            raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
+        self.save_hyperparameters()
+        self.hparams["stage"] = self.stage  # so a checkpoint alone says which layout it uses
+        self.layout: TokenLayout | None = None
+        self.net: TokenLM | None = None
+        self.skipped = 0
+        self.last_batch_tokens = 0  # read by the throughput callback (no device sync)
+        self.last_context = 0
+        if spec is not None:
+            self._build(TokenSpec(**spec))
+
+    # --- construction --------------------------------------------------------------------
+
+    def _build(self, spec: TokenSpec) -> None:
+        hp = self.hparams
+        self.layout = TokenLayout(
+            stage=self.stage,
+            spec=spec,
+            coarse_levels=hp.coarse_levels,
+            fine_levels=hp.fine_levels,
+            fine_sees_mulan=hp.fine_sees_mulan,
+        )
+        self.net = TokenLM(
+            num_tokens=self.layout.num_tokens,
+            num_targets=self.layout.num_targets,
+            dim=hp.dim,
+            depth=hp.depth,
+            heads=hp.heads,
+            ff_mult=hp.ff_mult,
+            dropout=hp.dropout,
+        )
+        # kept outside the module tree so the compiled wrapper adds no state-dict keys
+        object.__setattr__(self, "_forward", torch.compile(self.net) if hp.compile else self.net)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        spec = getattr(datamodule, "spec", None)
+        if spec is None:
+            if self.layout is None:
+                raise RuntimeError(
+                    f"{self.stage} stage needs a TokenDataModule (its manifest gives vocabulary "
+                    "sizes) or a checkpoint's spec"
+                )
+            return
+        where = getattr(datamodule.hparams, "train_dir", "the token shards")
+        check_tokenizers(spec, self.hparams, where, self.stage)
+        if self.layout is not None and self.layout.spec != spec:
+            raise ValueError(
+                f"{self.stage} stage was built for {self.layout.spec} but {where} holds {spec}"
+            )
+        self.hparams["spec"] = spec.to_dict()
+
+    def configure_model(self) -> None:
+        if self.net is None:
+            self._build(TokenSpec(**self.hparams["spec"]))
+
+    # --- training ------------------------------------------------------------------------
+
+    def _loss(self, batch: dict[str, Any], *, train: bool) -> tuple[torch.Tensor, Any, LMSequence]:
+        assert self.layout is not None
+        seq = self.layout.sequence(batch)
+        tokens = seq.tokens
+        if train and self.hparams.cond_dropout > 0:
+            # seeded by the step, not the global RNG, so a resumed run drops the same rows
+            gen = torch.Generator().manual_seed(self.global_step)
+            drop = torch.rand(tokens.shape[0], generator=gen) < self.hparams.cond_dropout
+            drop = drop.to(tokens.device)
+            tokens = self.layout.drop_conditioning(tokens, drop)
+        # position P-1 predicts the first target; the last token predicts nothing
+        logits = self._forward(tokens[:, :-1], start=seq.prefix_len - 1)
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), seq.labels.reshape(-1), ignore_index=IGNORE
+        )
+        self.last_batch_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
+        self.last_context = tokens.shape[1] - 1
+        return loss, logits, seq
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, logits, seq = self._loss(batch, train=True)
+        self.log("train/loss", loss, prog_bar=True)
+        if "skipped" in batch:
+            # a running host-side total: batch["skipped"] is a CPU count from the loader
+            self.skipped += int(batch["skipped"])
+            self.log("train/skipped_samples", float(self.skipped))
+        if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+            # metrics that need an argmax or exp only on logging steps
+            with torch.no_grad():
+                self.log("train/perplexity", loss.detach().exp())
+                for name, value in self._level_accuracy(logits, seq).items():
+                    self.log(f"train/{name}", value)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        loss, logits, seq = self._loss(batch, train=False)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        self.log("val/perplexity", loss.exp(), sync_dist=True)
+        for name, value in self._level_accuracy(logits, seq).items():
+            self.log(f"val/{name}", value, sync_dist=True)
+
+    def _level_accuracy(self, logits: torch.Tensor, seq: LMSequence) -> dict[str, torch.Tensor]:
+        """Next-token accuracy per target level (argmax within the level's own ids)."""
+        assert self.layout is not None
+        n = seq.labels.shape[1]
+        allowed = self.layout.allowed_targets(n, device=logits.device)
+        pred = logits.detach().masked_fill(~allowed, float("-inf")).argmax(-1)
+        valid = seq.labels != IGNORE
+        hit = (pred == seq.labels) & valid
+        levels = self.layout.target_levels(n, device=logits.device)
+        out = {}
+        for level in range(self.layout.target_level_count):
+            sel = levels == level
+            count = valid[:, sel].sum().clamp_min(1)
+            out[f"accuracy_level{level}"] = hit[:, sel].sum() / count
+        return out
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            (decay if p.dim() >= 2 and "token_emb" not in name else no_decay).append(p)
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": hp.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=hp.lr,
+            betas=(0.9, 0.95),
+        )
+        warmup, decay_steps = max(1, hp.warmup_steps), hp.decay_steps
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if decay_steps <= 0:
+                return 1.0
+            t = min(1.0, (step - warmup) / decay_steps)
+            return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * t))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def flops_per_batch(self) -> float:
+        """Model FLOPs of the last training batch (forward + backward)."""
+        if self.net is None or not self.last_batch_tokens:
+            return 0.0
+        return self.net.flops_per_token(self.last_context) * self.last_batch_tokens
+
+
+def check_tokenizers(spec: TokenSpec, expected: Any, where: str, stage: str) -> None:
+    """Refuse shards whose codec / semantic tokenizer / MuLan differ from the config's."""
+    checks = [
+        ("codec", expected.get("codec"), spec.codec_name, spec.codec_fingerprint),
+        (
+            "semantic tokenizer",
+            expected.get("semantic_tokenizer"),
+            spec.semantic_name,
+            spec.semantic_fingerprint,
+        ),
+        ("mulan", expected.get("mulan"), "", spec.mulan_fingerprint),
+    ]
+    for what, want, name, fingerprint in checks:
+        if want and want not in (name, fingerprint):
+            raise ValueError(
+                f"{stage} stage expects {what} {want!r} but {where} was made by "
+                f"{name or 'none'!r} (fingerprint {fingerprint or 'none'!r}); re-run `musiclm "
+                "prepare tokens` with that tokenizer or change the config"
+            )
+
+
+def load_network(checkpoint: str, map_location: str = "cpu") -> tuple[TokenLM, TokenLayout]:
+    """Network (eval mode) and layout of a stage checkpoint, loaded with ``weights_only``."""
+    ckpt = torch.load(checkpoint, map_location=map_location, weights_only=True)
+    hp = ckpt.get("hyper_parameters") or {}
+    if not hp.get("spec"):
+        raise ValueError(f"{checkpoint} holds no token-LM spec in its hyper-parameters")
+    layout = TokenLayout(
+        stage=hp["stage"],
+        spec=TokenSpec(**hp["spec"]),
+        coarse_levels=hp["coarse_levels"],
+        fine_levels=hp["fine_levels"],
+        fine_sees_mulan=hp["fine_sees_mulan"],
+    )
+    net = TokenLM(
+        num_tokens=layout.num_tokens,
+        num_targets=layout.num_targets,
+        dim=hp["dim"],
+        depth=hp["depth"],
+        heads=hp["heads"],
+        ff_mult=hp["ff_mult"],
+    )
+    state = {
+        k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")
+    }
+    net.load_state_dict(state)
+    return net.eval(), layout
