@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from mulan_helpers import NAMES, TINY, ToneCaptions, ToneDataset, collate
 
 from musiclm.evaluation.retrieval import bidirectional_metrics, match_ranks, retrieval_metrics
-from musiclm.models.mulan import MuLan, load_mulan, mulan_kwargs
-from musiclm.stages.mulan import MulanStage, contrastive_loss, zero_shot_accuracy
+from musiclm.models.mulan import MuLan, contrastive_loss, load_mulan, mulan_kwargs
+from musiclm.stages.mulan import MulanStage, zero_shot_accuracy
 
 
 def _unit(*shape: int, seed: int = 0) -> torch.Tensor:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import pairwise
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's cap: temperature never below 0.01
 
 
 class LogMel(nn.Module):
@@ -206,6 +208,26 @@ class MuLan(nn.Module):
         flat = windows.reshape(b * w, win)
         embs = torch.cat([self.embed_audio(flat[i : i + chunk]) for i in range(0, b * w, chunk)])
         return F.normalize(embs.view(b, w, -1).mean(dim=1), dim=-1)
+
+
+def contrastive_loss(
+    audio_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor
+) -> torch.Tensor:
+    """Symmetric InfoNCE over (N, D) unit vectors whose row i is one audio-text pair."""
+    logits = logit_scale.clamp(max=MAX_LOGIT_SCALE).exp() * audio_emb @ text_emb.T
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+def gathered_contrastive_loss(
+    audio_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    logit_scale: torch.Tensor,
+    gather: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """``contrastive_loss`` over every rank's pairs; ``gather`` maps (B, D) -> (W*B, D) with
+    gradients (rank r's rows at r*B..), so each rank holds the loss of the global batch."""
+    return contrastive_loss(gather(audio_emb), gather(text_emb), logit_scale)
 
 
 def mulan_kwargs(hparams: dict[str, Any]) -> dict[str, Any]:

@@ -9,39 +9,23 @@ zero-shot attribute prompts ("played on a {instrument}") where metadata carries 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import nn
 
 from musiclm.evaluation.retrieval import bidirectional_metrics
-from musiclm.models.mulan import MuLan, mulan_kwargs
+from musiclm.models.mulan import (
+    MAX_LOGIT_SCALE,
+    MuLan,
+    contrastive_loss,
+    gathered_contrastive_loss,
+    mulan_kwargs,
+)
 
 DEFAULT_PROMPTS = {"instrument": "played on a {}"}
-MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's cap: temperature never below 0.01
-
-
-def contrastive_loss(
-    audio_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor
-) -> torch.Tensor:
-    """Symmetric InfoNCE over (N, D) unit vectors whose row i is one audio-text pair."""
-    logits = logit_scale.clamp(max=MAX_LOGIT_SCALE).exp() * audio_emb @ text_emb.T
-    labels = torch.arange(logits.shape[0], device=logits.device)
-    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
-
-
-def gathered_contrastive_loss(
-    audio_emb: torch.Tensor,
-    text_emb: torch.Tensor,
-    logit_scale: torch.Tensor,
-    gather: Callable[[torch.Tensor], torch.Tensor],
-) -> torch.Tensor:
-    """``contrastive_loss`` over every rank's pairs; ``gather`` maps (B, D) -> (W*B, D) with
-    gradients (rank r's rows at r*B..), so each rank holds the loss of the global batch."""
-    return contrastive_loss(gather(audio_emb), gather(text_emb), logit_scale)
 
 
 def zero_shot_accuracy(
