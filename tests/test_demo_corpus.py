@@ -175,3 +175,16 @@ def test_cli_writes_corpus(tmp_path):
     rows = (tmp_path / "manifest.jsonl").read_text().splitlines()
     assert len(rows) == 3 and all((tmp_path / json.loads(r)["audio"]).is_file() for r in rows)
     assert main(["demo", "--out", str(tmp_path), "--clips", "0", "--quiet"]) == 2
+
+
+def test_wavetable_phase_rounding_stays_in_bounds():
+    """A phase a hair below a full cycle once rounded to the table end (IndexError)."""
+    from musiclm.demo_corpus.synth import _wavetable
+
+    class ZeroPhases:
+        def uniform(self, low, high, size=None):
+            return np.zeros(size) if size is not None else 0.0
+
+    t = np.array([0.0, 0.5, np.nextafter(1.0, 0.0)])
+    y = _wavetable(np.array([1.0]), np.array([1.0]), 1.0, t, ZeroPhases())
+    assert y.shape == (3,) and abs(y[2]) < 1e-3 and abs(y[1]) < 1e-3

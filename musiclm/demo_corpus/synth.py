@@ -123,9 +123,10 @@ def _wavetable(
     table = (amps[:, None] * np.sin(2 * np.pi * harmonics[:, None] * x + phases)).sum(axis=0)
     table = np.append(table, table[0]).astype(np.float32)
     cycles = f0 * unit * time_axis + rng.uniform(0, 1)
-    pos = ((cycles - np.floor(cycles)) * _TABLE).astype(np.float32)
-    i = pos.astype(np.int64)
-    frac = pos - i
+    pos = (cycles - np.floor(cycles)) * _TABLE
+    whole = np.floor(pos)
+    frac = (pos - whole).astype(np.float32)
+    i = whole.astype(np.int64) % _TABLE  # pos can round up to exactly _TABLE
     return table[i] * (1.0 - frac) + table[i + 1] * frac
 
 

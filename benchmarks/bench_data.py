@@ -1,0 +1,85 @@
+"""Data benchmarks: demo-corpus rendering rate and ``prepare audio`` throughput.
+
+    .venv/bin/python benchmarks/bench_data.py [--clips 120] [--seconds 10] [--workers 2]
+
+Prints one JSON line per figure. The tune cache (``~/.cache/musiclm``) is built first and not
+timed: it is a one-off cost, reported separately when it had to be built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--clips", type=int, default=120)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args()
+
+    from musiclm.datamodules.prepare_audio import prepare_audio
+    from musiclm.demo_corpus import build_demo_corpus, load_tunes
+
+    t = time.perf_counter()
+    load_tunes(workers=args.workers)
+    print(json.dumps({"figure": "tune cache load", "seconds": round(time.perf_counter() - t, 2)}))
+    machine = f"{os.cpu_count()}-core CPU, shared"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        for workers in sorted({1, args.workers}):
+            clips = args.clips if workers > 1 else max(20, args.clips // 4)
+            t = time.perf_counter()
+            build_demo_corpus(
+                out / f"demo{workers}",
+                clips=clips,
+                seconds=args.seconds,
+                workers=workers,
+                progress=False,
+            )
+            took = time.perf_counter() - t
+            print(
+                json.dumps(
+                    {
+                        "figure": "demo corpus rendering",
+                        "clips": clips,
+                        "clip_seconds": args.seconds,
+                        "workers": workers,
+                        "clips_per_minute": round(clips / took * 60, 1),
+                        "machine": machine,
+                    }
+                )
+            )
+        manifest = out / f"demo{args.workers}" / "manifest.jsonl"
+        audio_seconds = args.clips * args.seconds
+        for workers in sorted({1, args.workers}):
+            t = time.perf_counter()
+            prepare_audio(
+                "demo",
+                manifest,
+                out / f"shards{workers}",
+                shard_size=16,
+                workers=workers,
+                progress=False,
+            )
+            took = time.perf_counter() - t
+            print(
+                json.dumps(
+                    {
+                        "figure": "prepare audio throughput",
+                        "workers": workers,
+                        "audio_seconds": audio_seconds,
+                        "audio_seconds_per_second": round(audio_seconds / took, 1),
+                        "machine": machine,
+                    }
+                )
+            )
+
+
+if __name__ == "__main__":
+    main()
