@@ -251,3 +251,87 @@ def test_bad_arguments_are_reported(tmp_path, corpus, capsys):
         )
         == 2
     )
+
+
+def test_truncated_tar_counts_once_and_missing_shard_is_skipped(tmp_path, corpus):
+    out = tmp_path / "shards"
+    pa.prepare_audio("demo", corpus, out, shard_size=4, progress=False)
+    shard = out / "train" / "audio-000-000002.tar"
+    shard.write_bytes(shard.read_bytes()[:3000])  # inside the first member
+    (out / "train" / "audio-000-000004.tar").unlink()
+    skips = SkipCounter(warn=False)
+    got = list(iter_audio_samples(out / "train", skips=skips))
+    assert len(got) == 12 and skips.count == 2, skips.reasons
+
+
+def test_split_by_rank_partitions_shards(tmp_path, corpus, monkeypatch):
+    out = tmp_path / "shards"
+    pa.prepare_audio("demo", corpus, out, shard_size=3, progress=False)
+    everything = set(samples(out / "train"))
+    parts = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        parts.append({s["key"] for s in iter_audio_samples(out / "train", split_by_rank=True)})
+    assert parts[0] and parts[1] and not parts[0] & parts[1]
+    assert parts[0] | parts[1] == everything
+
+
+def test_shard_writer_keys_and_abort(tmp_path):
+    from musiclm.datamodules.shards import ShardWriter
+
+    with ShardWriter(tmp_path, prefix="tokens", max_count=2) as w:
+        with pytest.raises(ValueError, match="without dots"):
+            w.write({"__key__": "a.b", "x.txt": "no"})
+        w.write({"__key__": "a", "codes.npy": np.zeros((2, 3), np.int16), "json": {"k": 1}})
+        with pytest.raises(ValueError, match="duplicate key 'a'"):
+            w.write({"__key__": "a", "x.txt": "again"})
+    assert [c["file"] for c in w.completed] == ["tokens-000-000000.tar"]
+    with pytest.raises(RuntimeError):
+        with ShardWriter(tmp_path / "b", prefix="tokens", max_count=5, rank=3) as w2:
+            w2.write({"__key__": "z", "x.txt": "partial"})
+            raise RuntimeError("killed")
+    assert list((tmp_path / "b").iterdir()) == []  # the unfinished shard is discarded
+
+
+@pytest.mark.slow
+def test_sigkilled_run_resumes_to_the_same_samples(tmp_path, corpus):
+    """A real `musiclm prepare audio` process killed with SIGKILL mid-run, then rerun."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    full = tmp_path / "full"
+    pa.prepare_audio("demo", corpus, full, shard_size=1, progress=False)
+    out = tmp_path / "killed"
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; from musiclm.cli import main; sys.exit(main())",
+        "prepare",
+        "audio",
+        "--source",
+        "demo",
+        "--input",
+        str(corpus),
+        "--out",
+        str(out),
+        "--shard-size",
+        "1",
+        "--quiet",
+    ]
+    proc = subprocess.Popen(cmd)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(out.glob("train/progress/*.json"))) < 3:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = len(list(out.glob("train/progress/*.json")))
+    assert 3 <= finished < 20, "the run finished before it could be killed"
+    subprocess.run(cmd, check=True)
+    for split in ("train", "valid"):
+        assert read_manifest(full / split)["shards"] == read_manifest(out / split)["shards"]
+        a, b = samples(full / split), samples(out / split)
+        assert list(a) == list(b)
+        assert all(np.array_equal(a[k]["audio"], b[k]["audio"]) for k in a)

@@ -245,18 +245,26 @@ class ShardWriter:
 class SkipCounter:
     """A WebDataset exception handler that warns, counts and keeps going.
 
-    Pass ``counter`` (or ``counter.handler``) as ``handler=``; ``count`` is the number of
-    skipped tars/samples and ``reasons`` the first ``keep`` messages.
+    Pass ``counter.handler`` as ``handler=``; ``count`` is the number of skipped tars/samples
+    and ``reasons`` the first ``keep`` messages. WebDataset reports a truncated tar twice (the
+    broken member, then the tar stream itself); the repeat is counted once.
     """
 
     def __init__(self, keep: int = 100, warn: bool = True) -> None:
         self.count = 0
         self.reasons: list[str] = []
         self.keep, self.warn = keep, warn
+        self._last: tuple[str, str, str] = ("", "", "")  # type, message head, full message
 
     def handler(self, exn: BaseException) -> bool:
-        self.count += 1
+        head = str(exn.args[0]).split(" @ ")[0] if exn.args else ""
+        url = str(exn.args[-1]) if len(exn.args) > 1 else ""
         message = f"{type(exn).__name__}: {exn}"
+        last_type, last_head, last_message = self._last
+        self._last = (type(exn).__name__, head, message)
+        if (type(exn).__name__, head) == (last_type, last_head) and url and url in last_message:
+            return True
+        self.count += 1
         if len(self.reasons) < self.keep:
             self.reasons.append(message)
         if self.warn:
