@@ -78,6 +78,10 @@ def _register_of(pitches: list[int]) -> str:
     return "low" if median < 57 else "middle" if median < 70 else "high"
 
 
+def _family(tune: Tune) -> str:
+    return tune.id.split("-", 1)[0]  # ids start with the selection family
+
+
 def plan_clip(
     tunes: Sequence[Tune], splits: dict[str, str], *, index: int, seed: int, seconds: float
 ) -> dict:
@@ -85,14 +89,10 @@ def plan_clip(
     rng = np.random.default_rng([seed, index])
     split = "train" if index % 10 < 8 else "valid" if index % 10 == 8 else "test"
     pool = [t for t in tunes if splits[t.id] == split]
-    sources = sorted({t.source.split()[-1] for t in pool})  # chorale / air / song / reel...
-    family = sources[rng.integers(len(sources))] if sources else None
-    family_pool = [t for t in pool if t.source.split()[-1] == family]
-    if family in ("reel", "jig", "hornpipe", "strathspey"):
-        # dances share one family draw so rarer rhythms are not over-sampled
-        family_pool = [
-            t for t in pool if t.source.split()[-1] in ("reel", "jig", "hornpipe", "strathspey")
-        ]
+    # draw the family (chorale, dance, air, folk) first so each is about equally common
+    families = sorted({_family(t) for t in pool})
+    family = families[rng.integers(len(families))]
+    family_pool = [t for t in pool if _family(t) == family]
     tune = family_pool[rng.integers(len(family_pool))]
     instrument = INSTRUMENTS[rng.integers(len(INSTRUMENTS))]
     bpm = int(rng.integers(*_BPM_RANGES.get(tune.source, (80, 140)), endpoint=True))
