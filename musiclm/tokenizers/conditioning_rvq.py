@@ -12,7 +12,6 @@ checkpoint with its RVQ and is what token preparation and generation call.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import tempfile
@@ -22,43 +21,17 @@ from typing import Any
 
 import torch
 
-FORMAT = "musiclm.conditioning_rvq/1"
-
-
-def kmeans(x: torch.Tensor, k: int, *, iters: int = 30, seed: int = 0) -> torch.Tensor:
-    """Lloyd's k-means on (N, D); empty clusters are re-seeded at the worst-fitted points."""
-    n = x.shape[0]
-    if n < k:
-        raise ValueError(
-            f"k-means needs at least codebook_size={k} embeddings, got {n}: "
-            "use more clips or a smaller --codebook-size"
-        )
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    centers = x[torch.randperm(n, generator=gen)[:k].to(x.device)].clone()
-    for _ in range(iters):
-        dist = torch.cdist(x, centers)  # (N, K)
-        assign = dist.argmin(dim=1)
-        counts = torch.bincount(assign, minlength=k)
-        sums = torch.zeros_like(centers).index_add_(0, assign, x)
-        moved = sums / counts.clamp(min=1).unsqueeze(1).to(x.dtype)
-        empty = counts == 0
-        if empty.any():
-            worst = dist.gather(1, assign[:, None]).squeeze(1).argsort(descending=True)
-            moved[empty] = x[worst[: int(empty.sum())]]
-        if torch.allclose(moved, centers):
-            break
-        centers = moved
-    return centers
+KIND = "mulan_rvq"
 
 
 class ConditioningRVQ:
-    """Residual k-means: level l quantises what levels < l left over."""
+    """Residual k-means codebooks (levels, size, dim): level l quantises what levels < l left."""
 
     def __init__(self, codebooks: torch.Tensor, meta: dict[str, Any] | None = None) -> None:
         if codebooks.dim() != 3:
             raise ValueError(f"codebooks must be (levels, size, dim), got {tuple(codebooks.shape)}")
-        self.codebooks = codebooks.float()
-        self.meta = dict(meta or {})
+        self.codebooks = codebooks.float().cpu()
+        self.meta = {k: v for k, v in (meta or {}).items() if k != "fingerprint"}
 
     @property
     def num_levels(self) -> int:
@@ -79,115 +52,90 @@ class ConditioningRVQ:
         *,
         levels: int,
         codebook_size: int,
-        iters: int = 30,
+        iters: int = 20,
         seed: int = 0,
         meta: dict[str, Any] | None = None,
     ) -> ConditioningRVQ:
-        """Fit ``levels`` codebooks of ``codebook_size`` on embeddings (N, D)."""
+        """Fit ``levels`` codebooks of ``codebook_size`` entries on embeddings (N, D)."""
+        from musiclm.tokenizers.kmeans import fit_residual_kmeans
+
         if levels < 1 or codebook_size < 1:
             raise ValueError(
                 f"levels and codebook_size must be >= 1, got {levels}, {codebook_size}"
             )
-        residual = emb.float().clone()
-        books = []
-        for level in range(levels):
-            centers = kmeans(residual, codebook_size, iters=iters, seed=seed + level)
-            books.append(centers)
-            residual = residual - centers[torch.cdist(residual, centers).argmin(dim=1)]
-        rvq = cls(torch.stack(books), meta)
-        rvq.meta["fit_count"] = int(emb.shape[0])
+        if emb.shape[0] < codebook_size:
+            raise ValueError(
+                f"conditioning RVQ: {emb.shape[0]} embeddings are fewer than codebook_size="
+                f"{codebook_size}; use more clips or a smaller --codebook-size"
+            )
+        books = fit_residual_kmeans(
+            emb.float().cpu(), levels, codebook_size, seed=seed, iters=iters
+        )
+        info = {**(meta or {}), "kind": KIND, "levels": levels, "codebook_size": codebook_size}
+        info.update(dim=int(emb.shape[1]), fit_count=int(emb.shape[0]), seed=seed, iters=iters)
+        rvq = cls(books, info)
         rvq.meta["quantization_mse"] = rvq.quantization_errors(emb)
         return rvq
 
     def tokens(self, emb: torch.Tensor) -> torch.Tensor:
-        """Embeddings (B, D) -> tokens (B, num_levels) long."""
+        """Embeddings (B, D) -> tokens (B, num_levels) long, on ``emb``'s device."""
+        from musiclm.tokenizers.kmeans import residual_encode
+
         if emb.dim() != 2 or emb.shape[1] != self.dim:
             raise ValueError(f"conditioning RVQ expects (B, {self.dim}), got {tuple(emb.shape)}")
-        books = self.codebooks.to(emb.device)
-        residual = emb.float()
-        out = []
-        for book in books:
-            idx = torch.cdist(residual, book).argmin(dim=1)
-            out.append(idx)
-            residual = residual - book[idx]
-        return torch.stack(out, dim=1)
+        return residual_encode(emb.detach().float().cpu(), self.codebooks).to(emb.device)
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Tokens (B, L'), L' <= num_levels -> summed codewords (B, D)."""
-        if tokens.dim() != 2 or tokens.shape[1] > self.num_levels:
-            raise ValueError(
-                f"conditioning RVQ decodes (B, <= {self.num_levels}) tokens, got "
-                f"{tuple(tokens.shape)}"
-            )
-        books = self.codebooks.to(tokens.device)
-        return sum(books[level][tokens[:, level]] for level in range(tokens.shape[1]))
+        """Tokens (B, L'), L' <= num_levels -> the sum of their codewords (B, D)."""
+        from musiclm.tokenizers.kmeans import residual_decode
+
+        if tokens.dim() != 2:
+            raise ValueError(f"conditioning RVQ decodes (B, L) tokens, got {tuple(tokens.shape)}")
+        return residual_decode(tokens.cpu(), self.codebooks).to(tokens.device)
 
     def quantization_errors(self, emb: torch.Tensor) -> list[float]:
-        """Mean squared error of ``emb`` reconstructed from the first 1..num_levels levels."""
+        """Mean squared error of ``emb`` rebuilt from the first 1, 2, ... num_levels levels."""
+        emb = emb.detach().float().cpu()
         toks = self.tokens(emb)
         return [
-            (emb.float() - self.decode(toks[:, : n + 1])).pow(2).sum(1).mean().item()
+            (emb - self.decode(toks[:, : n + 1])).pow(2).sum(1).mean().item()
             for n in range(self.num_levels)
         ]
 
     def fingerprint(self) -> str:
-        digest = hashlib.sha256(self.codebooks.contiguous().numpy().tobytes()).hexdigest()
-        return f"rvq-{self.num_levels}x{self.codebook_size}x{self.dim}-{digest[:16]}"
+        """``mulan_rvq:<16 hex>`` over the codebooks and their metadata."""
+        from musiclm.tokenizers.artifacts import tensor_digest
+
+        return f"{KIND}:{tensor_digest({'codebooks': self.codebooks}, self.meta)[:16]}"
 
     def save(self, path: str | os.PathLike) -> None:
         """Atomically write ``path`` (safetensors) and ``path``.json (a readable copy of meta)."""
-        from safetensors.torch import save_file
+        from musiclm.tokenizers.artifacts import save_artifact
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {**self.meta, "format": FORMAT, "fingerprint": self.fingerprint()}
-        meta.update(levels=self.num_levels, codebook_size=self.codebook_size, dim=self.dim)
-        header = {"musiclm": json.dumps(meta)}
-        _atomic(path, lambda tmp: save_file({"codebooks": self.codebooks}, tmp, metadata=header))
+        save_artifact(path, {"codebooks": self.codebooks}, self.meta)
+        report = {**self.meta, "fingerprint": self.fingerprint()}
         sidecar = Path(f"{path}.json")
-        _atomic(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1) + "\n"))
+        fd, tmp = tempfile.mkstemp(prefix=f".{sidecar.name}.", suffix=".tmp", dir=sidecar.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(report, f, indent=1)
+        os.replace(tmp, sidecar)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ConditioningRVQ:
-        from safetensors import safe_open
+        """Read a file written by ``save``; a wrong kind or a corrupt file raises naming it."""
+        from musiclm.tokenizers.artifacts import load_artifact
 
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"conditioning RVQ file not found: {path}")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = json.loads((f.metadata() or {}).get("musiclm", "{}"))
-                codebooks = f.get_tensor("codebooks")
-        except Exception as exc:
-            raise ValueError(f"{path}: not a conditioning RVQ safetensors file: {exc}") from exc
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
-        rvq = cls(codebooks, meta)
-        if meta.get("fingerprint") != rvq.fingerprint():
-            raise ValueError(
-                f"{path}: codebooks do not match the stored fingerprint "
-                f"({meta.get('fingerprint')} vs {rvq.fingerprint()}); the file is corrupt"
-            )
-        return rvq
-
-
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        tensors, meta = load_artifact(path, kind=KIND)
+        if "codebooks" not in tensors:
+            raise ValueError(f"{path}: conditioning RVQ artifact lacks 'codebooks'")
+        return cls(tensors["codebooks"], meta)
 
 
 def mulan_fingerprint(model: torch.nn.Module) -> str:
-    """Hash of a MuLan network's weights and buffers."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return f"mulan-{h.hexdigest()[:16]}"
+    """``mulan:<16 hex>`` over a MuLan network's weights and buffers."""
+    from musiclm.tokenizers.artifacts import module_digest
+
+    return f"mulan:{module_digest(model)[:16]}"
 
 
 class MulanConditioner:
@@ -306,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output .safetensors (a .json sidecar beside)")
     p.add_argument("--levels", type=int, default=12)
     p.add_argument("--codebook-size", type=int, default=1024)
-    p.add_argument("--iters", type=int, default=30, help="k-means iterations per level")
+    p.add_argument("--iters", type=int, default=20, help="k-means iterations per level")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-clips", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
