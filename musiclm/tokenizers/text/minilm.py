@@ -30,7 +30,7 @@ class PretrainedTextEncoder(nn.Module):
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.path)
             self.model = AutoModel.from_pretrained(self.path)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # missing files, or a folder without a tokenizer
             raise OSError(
                 f"minilm text encoder: cannot load a transformers model from {self.path!r} "
                 f"(a local folder, or a hub id when online): {exc}"
