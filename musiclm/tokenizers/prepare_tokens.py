@@ -1,0 +1,455 @@
+"""``musiclm prepare tokens``: audio shards -> token shards, on Lightning's predict engine.
+
+For every split folder of ``--audio``, each input shard ``audio-X.tar`` becomes
+``OUT/<split>/tokens-audio-X.tar``: per clip ``semantic.npy`` [F_s], ``acoustic.npy`` [Q, F_a]
+(all levels), ``mulan.npy`` [Q_m] (with ``--mulan``), ``caption.txt`` and ``json``.
+
+``Trainer.predict`` runs it: every (rank, dataloader worker) takes a disjoint slice of the
+input shards, and a ``BasePredictionWriter`` writes each finished output shard under a
+temporary name, renames it, then leaves a record in ``OUT/<split>/progress/``. A rerun skips
+input shards that have a record, so a killed job resumes with nothing lost or duplicated, on
+any number of devices. Corrupt tars and samples are skipped and counted. When all ranks are
+done, rank 0 writes ``OUT/<split>/manifest.json`` with rates, sizes, counts and fingerprints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch.utils.data import DataLoader, IterableDataset
+
+from musiclm.datamodules.shards import (
+    SCHEMA_VERSION,
+    SkipCounter,
+    atomic_write_json,
+    decode_audio_sample,
+    encode_npy,
+    read_manifest,
+)
+from musiclm.tokenizers.fingerprints import check_fingerprints
+
+__all__ = ["check_fingerprints", "main", "prepare_tokens"]
+
+PREFIX = "tokens"
+
+
+def split_dirs(audio: Path) -> list[Path]:
+    """The split folders under ``audio`` (or ``audio`` itself when it is one)."""
+    if (audio / "manifest.json").is_file():
+        return [audio]
+    found = sorted(d for d in audio.iterdir() if (d / "manifest.json").is_file())
+    if not found:
+        raise FileNotFoundError(f"{audio}: no manifest.json in it or in any sub-folder (split)")
+    return found
+
+
+def out_name(audio_shard: str) -> str:
+    return f"{PREFIX}-{Path(audio_shard).name}"
+
+
+def record_path(split_out: Path, audio_shard: str) -> Path:
+    return split_out / "progress" / (out_name(audio_shard)[: -len(".tar")] + ".json")
+
+
+def unit_done(split_out: Path, audio_shard: str) -> bool:
+    rec = record_path(split_out, audio_shard)
+    if not rec.is_file():
+        return False
+    data = json.loads(rec.read_text())
+    return data["file"] is None or (split_out / data["file"]).is_file()
+
+
+def _rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class AudioShardBatches(IterableDataset):
+    """Yields ready batches of one input shard at a time (``DataLoader(batch_size=None)``).
+
+    A batch: ``unit`` (index into ``units``), ``keys``, ``captions``, ``metas``,
+    ``lengths`` (samples at the source rate), ``sources`` (per-rate padded audio (B, 1, T)
+    and lengths), ``last`` (the shard's final batch) and, on it, ``skipped``.
+    """
+
+    def __init__(
+        self,
+        units: list[tuple[str, str, str]],
+        rates: dict[str, int],
+        batch_size: int,
+    ) -> None:
+        self.units, self.rates, self.batch_size = units, rates, batch_size
+
+    def _mine(self) -> list[int]:
+        rank, world = _rank_world()
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        return list(range(len(self.units)))[rank * workers + worker :: world * workers]
+
+    def _batch(self, unit: int, items: list[dict], last: bool, skips: SkipCounter) -> dict:
+        from musiclm.tokenizers.fit_codec import resample
+
+        sources = {}
+        for name, rate in self.rates.items():
+            waves = [resample(s["audio"], s["sample_rate"], rate) for s in items]
+            lengths = [w.shape[0] for w in waves]
+            padded = torch.zeros(len(waves), 1, max(lengths, default=1))
+            for i, w in enumerate(waves):
+                padded[i, 0, : w.shape[0]] = w
+            sources[name] = (padded, lengths)
+        batch = {
+            "unit": unit,
+            "keys": [s["key"] for s in items],
+            "captions": [s["caption"] for s in items],
+            "metas": [s["meta"] for s in items],
+            "seconds": [len(s["audio"]) / s["sample_rate"] for s in items],
+            "sources": sources,
+            "last": last,
+        }
+        if last:
+            batch["skipped"] = {"count": skips.count, "reasons": skips.reasons[:10]}
+        return batch
+
+    def __iter__(self):
+        import webdataset as wds
+
+        for unit in self._mine():
+            split_out, shard, _ = self.units[unit]
+            if unit_done(Path(split_out), shard):
+                continue
+            skips = SkipCounter(warn=False)
+            pipeline = wds.DataPipeline(
+                wds.SimpleShardList([shard]),
+                wds.tarfile_to_samples(handler=skips.handler),
+                wds.map(decode_audio_sample, handler=skips.handler),
+            )
+            pending: list[dict] = []
+            for sample in pipeline:
+                pending.append(sample)
+                if len(pending) > self.batch_size:  # keep one back so "last" is known
+                    yield self._batch(unit, pending[: self.batch_size], False, skips)
+                    pending = pending[self.batch_size :]
+            yield self._batch(unit, pending, True, skips)
+
+
+def _frames(length: int, sample_rate: int, frame_rate: float) -> int:
+    return max(1, int(np.ceil(length * frame_rate / sample_rate - 1e-9)))
+
+
+class Tokenize(LightningModule):
+    """Runs codec, semantic tokenizer and (optional) MuLan conditioner on a batch."""
+
+    def __init__(self, codec: Any, semantic: Any, mulan: Any | None = None) -> None:
+        super().__init__()
+        self.codec, self.semantic, self.mulan = codec, semantic, mulan
+
+    def on_predict_start(self) -> None:
+        # plugins are plain objects: move their networks to this rank's device ourselves
+        for plugin in (self.codec, self.semantic, self.mulan):
+            net = getattr(plugin, "model", None)
+            if isinstance(net, torch.nn.Module) and hasattr(plugin, "device"):
+                net.to(self.device)
+                plugin.device = self.device
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        out: dict[str, Any] = {"acoustic": [], "semantic": [], "mulan": []}
+        if not batch["keys"]:
+            return out
+        wav, lengths = batch["sources"]["codec"]
+        codes = self.codec.encode(wav).cpu()
+        sr, fr = self.codec.sample_rate, self.codec.frame_rate
+        out["acoustic"] = [codes[i, :, : _frames(n, sr, fr)].numpy() for i, n in enumerate(lengths)]
+        wav, lengths = batch["sources"]["semantic"]
+        tokens = self.semantic.tokenize(wav).cpu()
+        sr, fr = self.semantic.sample_rate, self.semantic.frame_rate
+        out["semantic"] = [tokens[i, : _frames(n, sr, fr)].numpy() for i, n in enumerate(lengths)]
+        if self.mulan is not None:
+            wav, lengths = batch["sources"]["mulan"]
+            # one clip at a time: zero padding would change a clip's embedding
+            out["mulan"] = [
+                self.mulan.audio_tokens(wav[i : i + 1, :, :n])[0].cpu().numpy()
+                for i, n in enumerate(lengths)
+            ]
+        return out
+
+
+def _small_int(a: np.ndarray, vocab: int) -> np.ndarray:
+    return a.astype(np.int16 if vocab <= np.iinfo(np.int16).max else np.int32)
+
+
+class TokenShardWriter(BasePredictionWriter):
+    """Writes one output tar per input shard (temp name, rename) and its progress record."""
+
+    def __init__(self, units: list[tuple[str, str, str]], vocab: dict[str, int]) -> None:
+        super().__init__(write_interval="batch")
+        self.units, self.vocab = units, vocab
+        self.open: dict[int, dict] = {}
+
+    def _start(self, unit: int) -> dict:
+        split_out, shard, _ = self.units[unit]
+        final = Path(split_out) / out_name(shard)
+        tmp = final.with_name(f".{final.name}.tmp")
+        tmp.unlink(missing_ok=True)  # left by a killed run; this unit is ours alone
+        state = {"final": final, "tmp": tmp, "count": 0, "seconds": 0.0}
+        state["tar"] = tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT)
+        self.open[unit] = state
+        return state
+
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        unit = batch["unit"]
+        state = self.open.get(unit) or self._start(unit)
+        now = time.time()
+        for i, key in enumerate(batch["keys"]):
+            meta = dict(batch["metas"][i])
+            meta["seconds"] = round(batch["seconds"][i], 4)
+            fields = {
+                "semantic.npy": encode_npy(_small_int(prediction["semantic"][i], self.vocab["s"])),
+                "acoustic.npy": encode_npy(_small_int(prediction["acoustic"][i], self.vocab["a"])),
+                "caption.txt": batch["captions"][i].encode("utf-8"),
+                "json": json.dumps(meta, ensure_ascii=False).encode("utf-8"),
+            }
+            if prediction["mulan"]:
+                fields["mulan.npy"] = encode_npy(_small_int(prediction["mulan"][i], self.vocab["m"]))
+            for field, data in fields.items():
+                info = tarfile.TarInfo(f"{key}.{field}")
+                info.size, info.mtime, info.mode = len(data), now, 0o644
+                state["tar"].addfile(info, io.BytesIO(data))
+            state["count"] += 1
+            state["seconds"] += batch["seconds"][i]
+        if batch["last"]:
+            self._finish(unit, batch["skipped"])
+
+    def _finish(self, unit: int, skipped: dict) -> None:
+        state = self.open.pop(unit)
+        state["tar"].close()
+        split_out, shard, _ = self.units[unit]
+        name = None
+        if state["count"]:
+            with open(state["tmp"], "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(state["tmp"], state["final"])
+            name = state["final"].name
+        else:
+            state["tmp"].unlink(missing_ok=True)
+        record = {
+            "file": name,
+            "input": Path(shard).name,
+            "num_samples": state["count"],
+            "seconds": round(state["seconds"], 4),
+            "skipped": skipped,
+        }
+        atomic_write_json(record_path(Path(split_out), shard), record)
+
+
+def write_manifest(split_out: Path, inputs: list[str], header: dict) -> dict:
+    """Build ``manifest.json`` of one split from its progress records."""
+    shards, skipped, done = [], [], 0
+    for shard in inputs:
+        rec = record_path(split_out, shard)
+        if not rec.is_file():
+            continue
+        data = json.loads(rec.read_text())
+        done += 1
+        if data["file"] is not None:
+            shards.append({k: data[k] for k in ("file", "num_samples", "seconds")})
+        if data["skipped"]["count"]:
+            skipped.append({"input": data["input"], **data["skipped"]})
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "tokens",
+        "complete": done == len(inputs),
+        "num_samples": sum(s["num_samples"] for s in shards),
+        "total_seconds": round(sum(s["seconds"] for s in shards), 3),
+        "shards": shards,
+        "skipped": skipped,
+        **header,
+    }
+    atomic_write_json(split_out / "manifest.json", manifest)
+    return manifest
+
+
+def _header(codec, codec_name, codec_args, sem, sem_name, sem_args, mulan, mulan_files) -> dict:
+    return {
+        "codec": {
+            "name": codec_name,
+            "args": codec_args,
+            "fingerprint": codec.fingerprint(),
+            "sample_rate": codec.sample_rate,
+            "frame_rate": codec.frame_rate,
+            "num_quantizers": codec.num_quantizers,
+            "codebook_size": codec.codebook_size,
+        },
+        "semantic": {
+            "name": sem_name,
+            "args": sem_args,
+            "fingerprint": sem.fingerprint(),
+            "sample_rate": sem.sample_rate,
+            "frame_rate": sem.frame_rate,
+            "vocab_size": sem.vocab_size,
+        },
+        "mulan": None
+        if mulan is None
+        else {
+            "checkpoint": mulan_files[0],
+            "rvq": mulan_files[1],
+            "fingerprint": mulan.fingerprint(),
+            "num_levels": mulan.num_levels,
+            "codebook_size": mulan.codebook_size,
+        },
+    }
+
+
+def prepare_tokens(
+    audio: str | Path,
+    out: str | Path,
+    *,
+    codec: str,
+    semantic: str,
+    codec_args: dict | None = None,
+    semantic_args: dict | None = None,
+    mulan: tuple[str, str] | None = None,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    accelerator: str = "cpu",
+    devices: int | str = 1,
+    num_nodes: int = 1,
+    progress: bool = True,
+) -> dict[str, dict]:
+    """Tokenize every split of ``audio`` into ``out``; returns rank 0's manifests by split."""
+    from musiclm.tokenizers.base import build
+
+    audio, out = Path(audio), Path(out)
+    codec_args, semantic_args = dict(codec_args or {}), dict(semantic_args or {})
+    c = build("codecs", codec, **codec_args)
+    s = build("semantic_tokenizers", semantic, **semantic_args)
+    m = None
+    if mulan is not None:
+        from musiclm.tokenizers.conditioning_rvq import MulanConditioner
+
+        m = MulanConditioner.from_files(*mulan)
+    header = _header(c, codec, codec_args, s, semantic, semantic_args, m, mulan)
+
+    job = out / "job.json"
+    if job.is_file():  # a rerun must resume with the same tokenizers, not mix two
+        prev = json.loads(job.read_text())
+        check_fingerprints(
+            prev,
+            codec=header["codec"]["fingerprint"],
+            semantic=header["semantic"]["fingerprint"],
+            mulan=header["mulan"]["fingerprint"] if m else None,
+            where=f"{out} (resuming an earlier run)",
+        )
+    elif _rank_world()[0] == 0 and os.environ.get("LOCAL_RANK", "0") == "0":
+        atomic_write_json(job, header)
+
+    units, inputs = [], {}
+    for split_in in split_dirs(audio):
+        manifest = read_manifest(split_in)
+        split_out = out / (split_in.name if split_in != audio else audio.name)
+        (split_out / "progress").mkdir(parents=True, exist_ok=True)
+        files = [str(split_in / sh["file"]) for sh in manifest["shards"]]
+        inputs[split_out] = files
+        units += [(str(split_out), f, split_in.name) for f in files]
+
+    rates = {"codec": c.sample_rate, "semantic": s.sample_rate}
+    if m is not None:
+        rates["mulan"] = m.sample_rate
+    vocab = {"a": c.codebook_size, "s": s.vocab_size, "m": m.codebook_size if m else 0}
+    loader = DataLoader(
+        AudioShardBatches(units, rates, batch_size), batch_size=None, num_workers=num_workers
+    )
+    writer = TokenShardWriter(units, vocab)
+    trainer = Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress,
+        callbacks=[writer],
+        use_distributed_sampler=False,
+    )
+    trainer.predict(Tokenize(c, s, m), dataloaders=loader, return_predictions=False)
+    trainer.strategy.barrier()
+    manifests = {}
+    if trainer.global_rank == 0:
+        for split_out, files in inputs.items():
+            manifests[split_out.name] = write_manifest(split_out, files, header)
+    return manifests
+
+
+def _json_arg(p: argparse.ArgumentParser, text: str, flag: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        p.error(f"{flag} is not valid JSON: {exc}")
+    if not isinstance(value, dict):
+        p.error(f"{flag} must be a JSON object")
+    return value
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="musiclm prepare tokens",
+        description="Audio shards -> token shards OUT/<split>/tokens-*.tar + manifest.json.",
+    )
+    p.add_argument("--audio", required=True, help="audio shard folder (splits, or one split)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--codec", required=True, help="codec plugin (`musiclm plugins`)")
+    p.add_argument("--codec-args", default="{}", help="JSON kwargs for the codec")
+    p.add_argument("--semantic", required=True, help="semantic tokenizer plugin")
+    p.add_argument("--semantic-args", default="{}", help="JSON kwargs for the tokenizer")
+    p.add_argument("--mulan", default=None, help="MuLan checkpoint (with --mulan-rvq)")
+    p.add_argument("--mulan-rvq", default=None, help="conditioning RVQ artifact")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--accelerator", default="cpu")
+    p.add_argument("--devices", default="1", help="count, or 'auto'")
+    p.add_argument("--num-nodes", type=int, default=1)
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    if (a.mulan is None) != (a.mulan_rvq is None):
+        p.error("--mulan and --mulan-rvq go together")
+    manifests = prepare_tokens(
+        a.audio,
+        a.out,
+        codec=a.codec,
+        semantic=a.semantic,
+        codec_args=_json_arg(p, a.codec_args, "--codec-args"),
+        semantic_args=_json_arg(p, a.semantic_args, "--semantic-args"),
+        mulan=(a.mulan, a.mulan_rvq) if a.mulan else None,
+        batch_size=a.batch_size,
+        num_workers=a.num_workers,
+        accelerator=a.accelerator,
+        devices=int(a.devices) if a.devices.isdigit() else a.devices,
+        num_nodes=a.num_nodes,
+        progress=not a.no_progress,
+    )
+    for split, man in manifests.items():
+        print(
+            json.dumps(
+                {
+                    "split": split,
+                    "num_samples": man["num_samples"],
+                    "total_seconds": man["total_seconds"],
+                    "skipped": sum(s["count"] for s in man["skipped"]),
+                    "complete": man["complete"],
+                }
+            )
+        )
+    return 0
