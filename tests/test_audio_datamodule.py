@@ -174,3 +174,61 @@ def test_truncated_shard_is_skipped_with_a_count_in_training(dirs, tmp_path):
     assert trainer.global_step == 12
     assert dm.skipped >= 1
     assert trainer.callback_metrics["data/skipped"] >= 1
+
+
+class Recorder(L.LightningModule):
+    """Writes the keys every rank saw (train and validation) to ``out/rank<r>.json``."""
+
+    def __init__(self, out: str):
+        super().__init__()
+        self.out, self.lin = out, torch.nn.Linear(1, 1)
+        self.train_keys, self.val_keys = [], []
+
+    def training_step(self, batch, batch_idx):
+        self.train_keys.append([m["id"] for m in batch["meta"]])
+        return self.lin(batch["audio"].mean(dim=1, keepdim=True)).pow(2).mean()
+
+    def validation_step(self, batch, batch_idx):
+        self.val_keys.append([m["id"] for m in batch["meta"]])
+
+    def on_fit_end(self):
+        path = f"{self.out}/rank{self.global_rank}.json"
+        with open(path, "w") as f:
+            json.dump({"train": self.train_keys, "val": self.val_keys}, f)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.slow
+def test_ddp_two_ranks_on_uneven_shards(tmp_path):
+    """Two gloo ranks over 5 shards (uneven per rank): same batch count, no hang, different
+    training samples, and the whole validation split on each rank in the same order."""
+    train = write_split(tmp_path / "train", 18)  # 5 shards: 4+4+4+4+2
+    valid = write_split(tmp_path / "valid", 7, shard_size=3)
+    dm = AudioTextDataModule(
+        str(train),
+        str(valid),
+        crop_seconds=0.5,
+        batch_size=2,
+        batches_per_epoch=4,
+        shuffle_buffer=4,
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(Recorder(str(tmp_path)), datamodule=dm)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert len(ranks[0]["train"]) == len(ranks[1]["train"]) == 8
+    assert ranks[0]["train"] != ranks[1]["train"]
+    whole = [[f"k{i}" for i in range(j, min(j + 2, 7))] for j in range(0, 7, 2)]
+    assert ranks[0]["val"] == ranks[1]["val"] == whole * 2
