@@ -335,3 +335,16 @@ def test_sigkilled_run_resumes_to_the_same_samples(tmp_path, corpus):
         a, b = samples(full / split), samples(out / split)
         assert list(a) == list(b)
         assert all(np.array_equal(a[k]["audio"], b[k]["audio"]) for k in a)
+
+
+def test_rank_from_lightning_environment(monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "NODE_RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    assert pa.rank_from_env() == (0, 1)
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("NODE_RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert pa.rank_from_env() == (6, 8)
+    monkeypatch.setenv("RANK", "5")
+    assert pa.rank_from_env() == (5, 8)
