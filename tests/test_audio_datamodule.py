@@ -83,7 +83,7 @@ def test_seeded_by_seed_and_global_step(dirs):
         global_step = 500
 
     c = make(dirs)
-    c._trainer = FakeTrainer()
+    c.trainer = FakeTrainer()
     assert ids(c) != ids(a)  # a resumed run continues with a different stream
 
 
@@ -232,3 +232,27 @@ def test_ddp_two_ranks_on_uneven_shards(tmp_path):
     assert ranks[0]["train"] != ranks[1]["train"]
     whole = [[f"k{i}" for i in range(j, min(j + 2, 7))] for j in range(0, 7, 2)]
     assert ranks[0]["val"] == ranks[1]["val"] == whole * 2
+
+
+def test_resumed_fit_does_not_replay_the_stream(dirs, tmp_path):
+    def fit(max_steps, ckpt=None):
+        model = Recorder(str(tmp_path))
+        trainer = L.Trainer(
+            max_steps=max_steps,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            default_root_dir=tmp_path,
+        )
+        trainer.fit(model, datamodule=make(dirs, batches_per_epoch=10), ckpt_path=ckpt)
+        return trainer, model.train_keys
+
+    trainer, first = fit(2)
+    trainer.save_checkpoint(tmp_path / "step2.ckpt")
+    _, again = fit(2)
+    assert again == first  # same seed, same step: the same stream
+    _, resumed = fit(4, ckpt=str(tmp_path / "step2.ckpt"))
+    assert len(resumed) == 2 and resumed != first

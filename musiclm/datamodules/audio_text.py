@@ -151,8 +151,7 @@ class AudioTextDataModule(L.LightningDataModule):
         return sum(self._skips.values())
 
     def _step(self) -> int:
-        trainer = self._trainer if hasattr(self, "_trainer") else None
-        return int(trainer.global_step) if trainer is not None else 0
+        return int(self.trainer.global_step) if self.trainer is not None else 0
 
     def train_dataloader(self):
         import webdataset as wds
