@@ -256,3 +256,30 @@ def test_resumed_fit_does_not_replay_the_stream(dirs, tmp_path):
     assert again == first  # same seed, same step: the same stream
     _, resumed = fit(4, ckpt=str(tmp_path / "step2.ckpt"))
     assert len(resumed) == 2 and resumed != first
+
+
+def test_sample_at_another_rate_is_skipped_and_counted(tmp_path):
+    valid = tmp_path / "v"
+    with ShardWriter(valid, prefix="audio", max_count=8) as w:
+        for i in range(4):
+            rate = 16000 if i == 2 else SR
+            audio = np.full(rate, 0.1, dtype=np.float32)
+            w.write(
+                {
+                    "__key__": f"k{i}",
+                    "audio.flac": encode_flac(audio, rate),
+                    "caption.txt": "c",
+                    "json": {"id": f"k{i}"},
+                }
+            )
+    atomic_write_json(
+        valid / "manifest.json",
+        {"schema_version": 1, "kind": "audio", "sample_rate": SR, "shards": w.completed},
+    )
+    dm = AudioTextDataModule(str(valid), str(valid), crop_seconds=0.5, batch_size=2)
+    keys = []
+    with pytest.warns(UserWarning, match="16000 Hz"):
+        for batch in dm.val_dataloader():
+            batch = dm.on_before_batch_transfer(batch, 0)
+            keys += [m["id"] for m in batch["meta"]]
+    assert keys == ["k0", "k1", "k3"] and dm.skipped == 1

@@ -56,19 +56,27 @@ def _worker() -> tuple[int, int]:
     return rank, worker
 
 
+class _Decode:
+    """Map stage: decode a sample and refuse one at another rate than the manifest's."""
+
+    def __init__(self, sample_rate: int) -> None:
+        self.sample_rate = sample_rate
+
+    def __call__(self, raw: dict) -> dict:
+        s = decode_audio_sample(raw)
+        if s["sample_rate"] != self.sample_rate:
+            raise ValueError(
+                f"sample {s['key']!r} in {raw.get('__url__')} is at {s['sample_rate']} Hz, "
+                f"the manifest says {self.sample_rate} Hz"
+            )
+        return s
+
+
 class _Crops:
     """Pipeline stage: shuffle buffer + crops, seeded per (seed, rank, worker) on first use."""
 
     def __init__(self, *, length: int, sample_rate: int, seed: int | None, buffer: int) -> None:
         self.length, self.sample_rate, self.seed, self.buffer = length, sample_rate, seed, buffer
-
-    def _check(self, s: dict) -> dict:
-        if s["sample_rate"] != self.sample_rate:
-            raise ValueError(
-                f"sample {s['key']!r} is at {s['sample_rate']} Hz, the manifest says "
-                f"{self.sample_rate} Hz"
-            )
-        return s
 
     def __call__(self, src: Iterator[dict]) -> Iterator[dict]:
         rng = None
@@ -77,19 +85,19 @@ class _Crops:
         buf: list[dict] = []
         for s in src:
             if rng is None:  # validation: fixed order, centre crop
-                yield {**self._check(s), "audio": crop(s["audio"], self.length, None)}
+                yield {**s, "audio": crop(s["audio"], self.length, None)}
                 continue
             buf.append(s)
             if len(buf) >= self.buffer:
                 s = buf.pop(int(rng.integers(len(buf))))
-                yield {**self._check(s), "audio": crop(s["audio"], self.length, rng)}
+                yield {**s, "audio": crop(s["audio"], self.length, rng)}
         while buf and rng is not None:
             s = buf.pop(int(rng.integers(len(buf))))
-            yield {**self._check(s), "audio": crop(s["audio"], self.length, rng)}
+            yield {**s, "audio": crop(s["audio"], self.length, rng)}
 
 
 class _TagSkips:
-    """Pipeline stage: attach (rank, worker, skip count) so the main process can sum them."""
+    """Pipeline stage: attach (pass token, worker, skip count) so the main process can sum."""
 
     def __init__(self, counter: SkipCounter) -> None:
         self.counter = counter
@@ -165,7 +173,7 @@ class AudioTextDataModule(L.LightningDataModule):
             # every (rank, worker) draws its own shard stream; no node splitter is needed
             wds.ResampledShards(urls, seed=seed, deterministic=True),
             wds.tarfile_to_samples(handler=counter.handler),
-            wds.map(decode_audio_sample, handler=counter.handler),
+            wds.map(_Decode(self.sample_rate), handler=counter.handler),
             _Crops(
                 length=self.crop_samples,
                 sample_rate=self.sample_rate,
@@ -197,7 +205,7 @@ class AudioTextDataModule(L.LightningDataModule):
             wds.SimpleShardList(urls),
             wds.split_by_worker,  # never by node: every rank sees the whole split
             wds.tarfile_to_samples(handler=counter.handler),
-            wds.map(decode_audio_sample, handler=counter.handler),
+            wds.map(_Decode(self.sample_rate), handler=counter.handler),
             _Crops(length=self.crop_samples, sample_rate=self.sample_rate, seed=None, buffer=1),
             wds.batched(self.batch_size, collation_fn=collate, partial=True),
             _TagSkips(counter),
