@@ -59,17 +59,18 @@ def test_jsonl_adapter(tmp_path):
         {"id": "why.not", "audio": str(tmp_path / "y.wav"), "caption": "second", "mood": "sad"},
         {"audio": "missing.wav", "caption": "gone"},
         {"audio": "x.wav"},
+        {"id": "odd", "audio": "y.wav", "caption": "attributes not a dict", "attributes": "x"},
     ]
     lines = [json.dumps(r) for r in rows] + ["{not json"]
     (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
     skipped = []
     items = list(iter_items("jsonl", tmp_path / "m.jsonl", sample_rate=16000, skipped=skipped))
-    assert [it.id for it in items] == ["x", "why_not"]
+    assert [it.id for it in items] == ["x", "why_not", "odd"]
     assert items[0].meta["split"] == "valid" and items[0].meta["attributes"] == {"bpm": 90}
     assert items[1].meta["mood"] == "sad" and items[1].meta["split"] in ("train", "valid", "test")
     reasons = {s["item"]: s["reason"] for s in skipped}
     assert "audio missing" in reasons["m.jsonl:3"]
-    assert "bad line" in reasons["m.jsonl:4"] and "bad line" in reasons["m.jsonl:5"]
+    assert "bad line" in reasons["m.jsonl:4"] and "bad line" in reasons["m.jsonl:6"]
 
 
 def write_musiccaps(tmp_path, rows):

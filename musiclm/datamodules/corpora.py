@@ -214,7 +214,9 @@ def list_entries(
             e.error = f"split {e.split!r} is not one of {SPLITS}"
         if e.split not in SPLITS:
             # group by piece when known so one piece never lands in two splits
-            group = str(e.meta.get("attributes", {}).get("piece", e.id))
+            attributes = e.meta.get("attributes")
+            piece = attributes.get("piece") if isinstance(attributes, dict) else None
+            group = str(piece if piece is not None else e.id)
             e.split = split_for(group, valid_fraction, test_fraction)
     return _unique(entries)
 
