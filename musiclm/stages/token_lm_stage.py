@@ -12,6 +12,7 @@ the network from the checkpoint alone.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import torch
@@ -124,17 +125,32 @@ class TokenLMStage(LightningModule):
         if self.net is None:
             self._build(TokenSpec(**self.hparams["spec"]))
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # flush TensorBoard with every checkpoint: a run killed later loses no logged step
+        # that the checkpoint covers
+        for logger in self.loggers:
+            logger.save()
+
     # --- training ------------------------------------------------------------------------
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # RNG state is not in checkpoints: reseed dropout and conditioning dropout from the
+        # step (and rank), so a resumed run draws what an uninterrupted one would
+        base = int(os.environ.get("PL_GLOBAL_SEED", "0"))
+        # Lightning 2.6 restores its logging step one too far after resuming from a checkpoint
+        # saved at a train-epoch end (the CLI's default), which would shift every logged step
+        # of the resumed run; with one optimizer it must equal the global step.
+        loop = self.trainer.fit_loop.epoch_loop
+        if loop._batches_that_stepped != self.global_step:
+            loop._batches_that_stepped = self.global_step
+        torch.manual_seed((base * 1_000_003 + self.global_step) * 1_009 + self.global_rank)
 
     def _loss(self, batch: dict[str, Any], *, train: bool) -> tuple[torch.Tensor, Any, LMSequence]:
         assert self.layout is not None
         seq = self.layout.sequence(batch)
         tokens = seq.tokens
         if train and self.hparams.cond_dropout > 0:
-            # seeded by the step, not the global RNG, so a resumed run drops the same rows
-            gen = torch.Generator().manual_seed(self.global_step)
-            drop = torch.rand(tokens.shape[0], generator=gen) < self.hparams.cond_dropout
-            drop = drop.to(tokens.device)
+            drop = torch.rand(tokens.shape[0], device=tokens.device) < self.hparams.cond_dropout
             tokens = self.layout.drop_conditioning(tokens, drop)
         # position P-1 predicts the first target; the last token predicts nothing
         logits = self._forward(tokens[:, :-1], start=seq.prefix_len - 1)
