@@ -34,7 +34,7 @@ def main() -> None:
         out = Path(tmp)
         for workers in sorted({1, args.workers}):
             clips = args.clips if workers > 1 else max(20, args.clips // 4)
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             build_demo_corpus(
                 out / f"demo{workers}",
                 clips=clips,
@@ -42,7 +42,7 @@ def main() -> None:
                 workers=workers,
                 progress=False,
             )
-            took = time.perf_counter() - t
+            took, cpu = time.perf_counter() - t, time.process_time() - cpu
             print(
                 json.dumps(
                     {
@@ -51,6 +51,10 @@ def main() -> None:
                         "clip_seconds": args.seconds,
                         "workers": workers,
                         "clips_per_minute": round(clips / took * 60, 1),
+                        # with one worker all work is in this process: CPU time per clip is
+                        # the figure the other jobs on a shared machine do not distort
+                        "cpu_seconds_per_clip": round(cpu / clips, 3) if workers == 1 else None,
+                        "load_average_1min": round(os.getloadavg()[0], 1),
                         "machine": machine,
                     }
                 )
@@ -58,7 +62,7 @@ def main() -> None:
         manifest = out / f"demo{args.workers}" / "manifest.jsonl"
         audio_seconds = args.clips * args.seconds
         for workers in sorted({1, args.workers}):
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             prepare_audio(
                 "demo",
                 manifest,
@@ -67,7 +71,7 @@ def main() -> None:
                 workers=workers,
                 progress=False,
             )
-            took = time.perf_counter() - t
+            took, cpu = time.perf_counter() - t, time.process_time() - cpu
             print(
                 json.dumps(
                     {
@@ -75,6 +79,10 @@ def main() -> None:
                         "workers": workers,
                         "audio_seconds": audio_seconds,
                         "audio_seconds_per_second": round(audio_seconds / took, 1),
+                        "audio_seconds_per_cpu_second": (
+                            round(audio_seconds / cpu, 1) if workers == 1 else None
+                        ),
+                        "load_average_1min": round(os.getloadavg()[0], 1),
                         "machine": machine,
                     }
                 )
