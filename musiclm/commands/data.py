@@ -24,10 +24,19 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0, help="same seed, same corpus (default 0)")
     d.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
+    sub.add_parser(
+        "melody-pairs",
+        add_help=False,
+        help="same-melody groups in several instruments (melody stage; `--help` for options)",
+    )
     return p
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["melody-pairs"]:
+        from musiclm.datamodules.melody import melody_pairs_main
+
+        return melody_pairs_main(argv[1:])
     args = _parser().parse_args(argv)
     from musiclm.demo_corpus import build_demo_corpus
 
