@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -72,3 +73,26 @@ def test_gathered_loss_equals_single_process_global_batch(tmp_path):
         assert not torch.allclose(got["loss"], local_only)  # the negatives did come from both
         for g, e in zip(got["grads"], expected, strict=True):
             assert torch.allclose(g, e, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_stage_gathers_the_global_batch_under_lightning_ddp():
+    from lightning.pytorch import Trainer
+    from mulan_helpers import TINY, ToneCaptions
+
+    from musiclm.stages.mulan import MulanStage
+
+    trainer = Trainer(
+        strategy="ddp_spawn",
+        devices=2,
+        accelerator="cpu",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(MulanStage(**TINY), ToneCaptions(batches_per_epoch=2))
+    # the sampler gives each rank 6 of the 12 clips, one batch each; the loss sees all 12
+    assert float(trainer.callback_metrics["train/global_batch"]) == 12.0
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])

@@ -103,6 +103,8 @@ class MulanStage(LightningModule):
         loss = gathered_contrastive_loss(audio_emb, text_emb, self.logit_scale, self._gather)
         bsz = audio_emb.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bsz)
+        # pairs the loss saw: every rank's batch (batch x world size), i.e. negatives + 1
+        self.log("train/global_batch", float(bsz * self.trainer.world_size), batch_size=bsz)
         temperature = 1.0 / self.logit_scale.detach().clamp(max=MAX_LOGIT_SCALE).exp()
         self.log("train/temperature", temperature, batch_size=bsz)
         return loss
