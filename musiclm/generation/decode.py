@@ -1,0 +1,182 @@
+"""Token generation for one stage: a cached window, and sliding windows beyond the context.
+
+``generate_window`` prefills the key/value cache with the prompt (``[BOS] + conditioning``
+plus any target tokens kept from before) and samples one token per step through
+``FastTokenLM.step``. ``sliding_generate`` covers lengths beyond a stage's context the way
+the paper does (30 s context, 15 s stride): each new window's prompt keeps the tail of what
+was already generated (``prefix_frames``) and the cache is rebuilt from that prompt, so every
+window sees exactly what a full forward pass over the window would see.
+
+Codes are ``(B, L, F)``: ``L`` interleaved target levels (1 for semantic tokens), ``F`` frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from musiclm.generation.fast_lm import FastTokenLM
+from musiclm.generation.sampling import SamplingConfig, guide, sample
+
+# (f0, f1) -> [BOS] + conditioning input ids (B, P) for target frames f0..f1-1
+Conditioning = Callable[[int, int], torch.Tensor]
+# called once per window: (conditional input ids (B, P + n), raw logits (B, n, V), P)
+WindowHook = Callable[[torch.Tensor, torch.Tensor, int], None]
+
+
+def level_bias(layout: Any, device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """``(levels, num_targets)`` additive mask: 0 on the ids a level may take, -inf elsewhere.
+
+    None when the stage has one level (every target id is allowed at every position).
+    """
+    levels = layout.target_level_count
+    if levels == 1:
+        return None
+    allowed = layout.allowed_targets(levels, 0, device=device)
+    return torch.zeros(allowed.shape, device=device).masked_fill(~allowed, float("-inf"))
+
+
+@torch.inference_mode()
+def generate_window(
+    model: FastTokenLM,
+    prompt: torch.Tensor,
+    n_new: int,
+    *,
+    layout: Any,
+    sampling: SamplingConfig,
+    generator: torch.Generator | None = None,
+    level_offset: int = 0,
+    use_cache: bool = True,
+    on_window: WindowHook | None = None,
+) -> torch.Tensor:
+    """Sample ``n_new`` target ids after ``prompt`` (B, P) input ids -> (B, n_new) target ids.
+
+    ``level_offset``: target tokens already in the prompt (whole frames), so that each new
+    position is restricted to its own codebook level. With ``sampling.cfg_scale != 1`` the
+    unconditional rows (MuLan tokens replaced by NULL) are stacked under the conditional ones
+    and both run in one forward pass. ``use_cache=False`` recomputes the whole sequence with
+    the network's own forward pass at every step (a reference and a benchmark baseline).
+    """
+    b, p = prompt.shape
+    if n_new < 1:
+        return prompt.new_empty(b, 0)
+    rows = prompt
+    if sampling.guided:
+        if not layout.uses_mulan:
+            raise ValueError(
+                f"cfg_scale={sampling.cfg_scale}: the {layout.stage} stage has no MuLan "
+                "conditioning to drop; use cfg_scale 1"
+            )
+        rows = torch.cat(
+            [
+                prompt,
+                layout.drop_conditioning(
+                    prompt, torch.ones(b, dtype=torch.bool, device=prompt.device)
+                ),
+            ]
+        )
+    bias = level_bias(layout, prompt.device)
+    levels = layout.target_level_count
+    to_input = layout.offsets()[layout.target_stream]
+    out = prompt.new_empty(b, n_new)
+    seq = torch.cat([rows, rows.new_zeros(rows.shape[0], n_new)], dim=1)
+    kept = [] if on_window is not None else None
+    if use_cache:
+        cache = model.new_cache(rows.shape[0], p + n_new)
+        logits = model.forward(rows, cache)
+    else:
+        logits = model.net(rows)[:, -1]
+    for t in range(n_new):
+        if kept is not None:
+            kept.append(logits[:b].clone())
+        if sampling.guided:
+            logits = guide(logits[:b], logits[b:], sampling.cfg_scale)
+        if bias is not None:
+            logits = logits + bias[(level_offset + t) % levels]
+        token = sample(logits, sampling, generator)
+        out[:, t] = token
+        if t + 1 == n_new:
+            break
+        ids = token + to_input
+        if sampling.guided:
+            ids = torch.cat([ids, ids])
+        seq[:, p + t] = ids
+        if use_cache:
+            logits = model.step(ids, cache)
+        else:
+            logits = model.net(seq[:, : p + t + 1])[:, -1]
+    if on_window is not None:
+        full = torch.cat([prompt, out + to_input], dim=1)
+        on_window(full, torch.stack(kept, dim=1), p)
+    return out
+
+
+def targets_to_codes(layout: Any, targets: torch.Tensor) -> torch.Tensor:
+    """Flat target ids (B, F * L) -> codes (B, L, F) (semantic too, with L = 1)."""
+    codes = layout.targets_to_codes(targets)
+    return codes.unsqueeze(1) if codes.dim() == 2 else codes
+
+
+def sliding_generate(
+    model: FastTokenLM,
+    *,
+    layout: Any,
+    conditioning: Conditioning,
+    total_frames: int,
+    context_frames: int,
+    prefix_frames: int,
+    sampling: SamplingConfig,
+    generator: torch.Generator | None = None,
+    existing: torch.Tensor | None = None,
+    batch: int | None = None,
+    use_cache: bool = True,
+    on_window: WindowHook | None = None,
+) -> torch.Tensor:
+    """Generate target codes (B, L, total_frames), window by window.
+
+    ``conditioning(f0, f1)`` gives the ``[BOS] + conditioning`` ids for a window covering
+    target frames ``f0..f1-1`` (for coarse: the semantic tokens of that span). The first
+    window starts at frame 0 (or after ``existing`` codes, a prompt to continue); each later
+    window starts ``prefix_frames`` before the end of what exists and keeps those frames as
+    forced targets, so it adds ``context_frames - prefix_frames`` new frames (the stride).
+    """
+    if not 0 <= prefix_frames < context_frames:
+        raise ValueError(
+            f"{layout.stage}: prefix_frames={prefix_frames} must be in 0..context_frames-1 "
+            f"(context_frames={context_frames})"
+        )
+    levels = layout.target_level_count
+    if existing is None:
+        if batch is None:
+            raise ValueError("give `batch` when there are no existing codes")
+        existing = torch.zeros(batch, levels, 0, dtype=torch.long)
+    if existing.dim() != 3 or existing.shape[1] != levels:
+        raise ValueError(
+            f"{layout.stage}: existing codes must be (B, {levels}, F), got {tuple(existing.shape)}"
+        )
+    codes = existing
+    done = codes.shape[-1]
+    while done < total_frames:
+        start = max(0, done - prefix_frames)
+        end = min(total_frames, start + context_frames)
+        kept = codes[..., start:done]
+        kept_ids = layout.target_to_input(layout.codes_to_targets(kept)) if done > start else None
+        prompt = conditioning(start, end)
+        if kept_ids is not None:
+            prompt = torch.cat([prompt, kept_ids.to(prompt.device)], dim=1)
+        new = generate_window(
+            model,
+            prompt,
+            (end - done) * levels,
+            layout=layout,
+            sampling=sampling,
+            generator=generator,
+            level_offset=(done - start) * levels,
+            use_cache=use_cache,
+            on_window=on_window,
+        )
+        codes = torch.cat([codes, targets_to_codes(layout, new).to(codes.device)], dim=-1)
+        done = end
+    return codes

@@ -1,0 +1,91 @@
+"""Tiny random stage checkpoints (2 layers, d=32) and a pipeline around them, for generation
+tests. Nothing here is trained: tests check plumbing and exactness, not music."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+
+from musiclm.stages.coarse import CoarseStage
+from musiclm.stages.fine import FineStage
+from musiclm.stages.semantic import SemanticStage
+from musiclm.stages.token_layout import TokenSpec
+
+STAGES = {"semantic": SemanticStage, "coarse": CoarseStage, "fine": FineStage}
+
+
+def tiny_spec(*, mulan_levels: int = 3, num_quantizers: int = 4) -> TokenSpec:
+    return TokenSpec(
+        semantic_vocab=16,
+        semantic_rate=5.0,
+        codebook_size=8,
+        num_quantizers=num_quantizers,
+        acoustic_rate=10.0,
+        mulan_levels=mulan_levels,
+        mulan_codebook=8 if mulan_levels else 0,
+    )
+
+
+def tiny_stage(stage: str, spec: TokenSpec | None = None, *, seed: int = 0, **kw):
+    """A randomly initialised stage module (eval mode)."""
+    torch.manual_seed(seed)
+    args = {"dim": 32, "depth": 2, "heads": 4, "coarse_levels": 2, "cond_dropout": 0.1} | kw
+    module = STAGES[stage](spec=(spec or tiny_spec()).to_dict(), **args)
+    return module.eval()
+
+
+def save_checkpoint(module, path: Path, *, seconds: float) -> Path:
+    """What Lightning writes for a stage, reduced to the keys generation reads."""
+    ckpt = {
+        "hyper_parameters": dict(module.hparams),
+        "datamodule_hyper_parameters": {"seconds": seconds},
+        "state_dict": module.state_dict(),
+    }
+    torch.save(ckpt, path)
+    return path
+
+
+def random_input(layout, batch: int, frames: int, seed: int = 0) -> torch.Tensor:
+    """A realistic input sequence: prefix ids then interleaved target ids."""
+    g = torch.Generator().manual_seed(seed)
+    spec = layout.spec
+    streams = {
+        "mulan": torch.randint(
+            0, max(1, spec.mulan_codebook), (batch, spec.mulan_levels), generator=g
+        ),
+        "semantic": torch.randint(0, spec.semantic_vocab, (batch, frames), generator=g),
+        "acoustic": torch.randint(
+            0, spec.codebook_size, (batch, spec.num_quantizers, frames), generator=g
+        ),
+    }
+    return layout.sequence(streams).tokens
+
+
+def write_pipeline(tmp: Path, *, contexts=(4.0, 2.0, 1.0), codec=None, extra=None) -> Path:
+    """Three tiny stage checkpoints and a PIPELINE.yaml naming them (no MuLan section)."""
+    spec = tiny_spec(mulan_levels=0, num_quantizers=4)
+    stages = {}
+    for (name, seconds), seed in zip(zip(STAGES, contexts, strict=True), range(3), strict=True):
+        module = tiny_stage(name, spec, seed=seed, cond_dropout=0.0)
+        save_checkpoint(module, tmp / f"{name}.ckpt", seconds=seconds)
+        stages[name] = {"checkpoint": f"{name}.ckpt"}
+    data = {"codec": codec or {"name": "dac", "args": {"config": TINY_DAC}}, "stages": stages}
+    data.update(extra or {})
+    path = tmp / "PIPELINE.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+# an untrained DAC at 1.6 kHz with a 160-sample hop: 10 Hz frames, 4 levels of 8 entries
+TINY_DAC = {
+    "sample_rate": 1600,
+    "encoder_dim": 4,
+    "encoder_rates": [2, 4, 4, 5],
+    "decoder_dim": 32,
+    "decoder_rates": [5, 4, 4, 2],
+    "n_codebooks": 4,
+    "codebook_size": 8,
+    "codebook_dim": 4,
+}
