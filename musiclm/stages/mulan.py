@@ -93,7 +93,7 @@ class MulanStage(LightningModule):
         return self.mulan.sample_rate
 
     def _gather(self, x: torch.Tensor) -> torch.Tensor:
-        if self.trainer is None or self.trainer.world_size == 1:
+        if self._trainer is None or self.trainer.world_size == 1:
             return x
         return self.all_gather(x, sync_grads=True).reshape(-1, x.shape[-1])
 
