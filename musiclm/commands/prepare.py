@@ -14,6 +14,7 @@ JOBS: dict[str, tuple[str, str]] = {
         "stream features over audio shards and fit the semantic k-means",
     ),
     "mulan-rvq": ("musiclm.tokenizers.conditioning_rvq", "fit the conditioning RVQ on MuLan"),
+    "melody-rvq": ("musiclm.tokenizers.melody_tokens", "fit the melody-token RVQ"),
     "tokens": ("musiclm.tokenizers.prepare_tokens", "audio shards -> token shards"),
 }
 

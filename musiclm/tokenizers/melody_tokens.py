@@ -1,0 +1,201 @@
+"""Melody tokens: residual k-means over melody embeddings (MusicLM's appendix: 24 x 512, one
+set of tokens per 4 s window every 3 s over a 10 s input).
+
+``MelodyRVQ`` is the conditioning RVQ (``musiclm.tokenizers.conditioning_rvq``) fitted on the
+per-window melody embeddings of the training set, saved as its own artifact kind
+(``melody_rvq``). ``MelodyConditioner`` pairs a ``MelodyStage`` checkpoint with it: a clip is
+fitted to ``input_s`` seconds (looped when shorter, cut when longer), embedded per window and
+quantised; tokens are window-major (``w0l0 w0l1 .. w1l0 ..``).
+
+    musiclm prepare melody-rvq --checkpoint CKPT --audio SHARDS/train --out melody_rvq.safetensors \
+        --levels 24 --codebook-size 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from musiclm.tokenizers.conditioning_rvq import ConditioningRVQ
+
+KIND = "melody_rvq"
+
+
+class MelodyRVQ(ConditioningRVQ):
+    """The conditioning RVQ over melody-window embeddings (its own artifact kind)."""
+
+    @classmethod
+    def fit(cls, emb: torch.Tensor, **kwargs: Any) -> MelodyRVQ:
+        rvq = super().fit(emb, **kwargs)
+        rvq.meta["kind"] = KIND
+        return rvq  # type: ignore[return-value]
+
+    def fingerprint(self) -> str:
+        from musiclm.tokenizers.artifacts import tensor_digest
+
+        return f"{KIND}:{tensor_digest({'codebooks': self.codebooks}, self.meta)[:16]}"
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> MelodyRVQ:
+        from musiclm.tokenizers.artifacts import load_artifact
+
+        tensors, meta = load_artifact(path, kind=KIND)
+        if "codebooks" not in tensors:
+            raise ValueError(f"{path}: melody RVQ artifact lacks 'codebooks'")
+        return cls(tensors["codebooks"], meta)
+
+
+def melody_fingerprint(model: torch.nn.Module) -> str:
+    """``melody:<16 hex>`` over a melody network's weights."""
+    from musiclm.tokenizers.artifacts import module_digest
+
+    return f"melody:{module_digest(model)[:16]}"
+
+
+class MelodyConditioner:
+    """A melody checkpoint plus its RVQ: audio -> melody tokens ``(B, num_windows * levels)``."""
+
+    def __init__(self, melody: torch.nn.Module, rvq: MelodyRVQ) -> None:
+        self.melody = melody.eval()
+        self.rvq = rvq
+        self._melody_fp = melody_fingerprint(melody)
+        fitted_on = rvq.meta.get("melody_fingerprint")
+        if fitted_on is not None and fitted_on != self._melody_fp:
+            raise ValueError(
+                f"melody RVQ was fitted on melody network {fitted_on}, but this checkpoint is "
+                f"{self._melody_fp}: refit it with `musiclm prepare melody-rvq`"
+            )
+        if rvq.dim != melody.embed_dim:
+            raise ValueError(f"melody RVQ dim {rvq.dim} != melody embed_dim {melody.embed_dim}")
+
+    @classmethod
+    def from_files(cls, ckpt: str, rvq: str, *, device: str = "cpu") -> MelodyConditioner:
+        """Load a ``MelodyStage`` checkpoint and a ``melody_rvq`` artifact."""
+        from musiclm.models.melody import load_melody
+
+        return cls(load_melody(ckpt, map_location=device), MelodyRVQ.load(rvq))
+
+    @property
+    def sample_rate(self) -> int:
+        return self.melody.sample_rate
+
+    @property
+    def input_seconds(self) -> float:
+        return self.melody.input_s
+
+    @property
+    def num_windows(self) -> int:
+        return self.melody.num_windows
+
+    @property
+    def num_levels(self) -> int:
+        return self.rvq.num_levels
+
+    @property
+    def codebook_size(self) -> int:
+        return self.rvq.codebook_size
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens per clip: ``num_windows * num_levels``."""
+        return self.num_windows * self.num_levels
+
+    def to(self, device: str | torch.device) -> MelodyConditioner:
+        self.melody.to(device)
+        return self
+
+    @torch.no_grad()
+    def embed(self, wav: torch.Tensor) -> torch.Tensor:
+        """wav (B, 1, T) or (B, T) at ``sample_rate`` -> (B, num_windows, D)."""
+        device = next(self.melody.parameters()).device
+        return self.melody.embed_windows(wav.to(device))
+
+    def tokens(self, wav: torch.Tensor) -> torch.Tensor:
+        """wav (B, 1, T) at ``sample_rate`` (any length: looped or cut to ``input_seconds``)
+        -> melody tokens (B, num_windows * num_levels) long, window-major."""
+        emb = self.embed(wav)
+        b, w, d = emb.shape
+        return self.rvq.tokens(emb.reshape(b * w, d)).view(b, w * self.num_levels).to(wav.device)
+
+    def fingerprint(self) -> str:
+        return f"{self._melody_fp}+{self.rvq.fingerprint()}"
+
+
+def _clips(directory: str, sample_rate: int, max_clips: int | None) -> Iterator[torch.Tensor]:
+    """Every clip of an audio shard folder as (T,) float at ``sample_rate``."""
+    import torchaudio
+
+    from musiclm.datamodules.shards import iter_audio_samples
+
+    for n, sample in enumerate(iter_audio_samples(directory)):
+        if max_clips is not None and n >= max_clips:
+            return
+        wav = torch.from_numpy(sample["audio"]).float()
+        if sample["sample_rate"] != sample_rate:
+            wav = torchaudio.functional.resample(wav, sample["sample_rate"], sample_rate)
+        yield wav
+
+
+@torch.no_grad()
+def embed_audio_shards(
+    melody: torch.nn.Module, directory: str, *, batch_size: int = 16, max_clips: int | None = None
+) -> torch.Tensor:
+    """Per-window melody embeddings (N * num_windows, D) of every clip in a shard folder."""
+    from musiclm.models.melody import fit_length
+
+    length = int(round(melody.input_s * melody.sample_rate))
+    device = next(melody.parameters()).device
+    out, pending = [], []
+    for wav in _clips(directory, melody.sample_rate, max_clips):
+        pending.append(fit_length(wav, length))
+        if len(pending) == batch_size:
+            out.append(melody.embed_windows(torch.stack(pending).to(device)).flatten(0, 1).cpu())
+            pending = []
+    if pending:
+        out.append(melody.embed_windows(torch.stack(pending).to(device)).flatten(0, 1).cpu())
+    if not out:
+        raise ValueError(f"no audio clips found in {directory}")
+    return torch.cat(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``musiclm prepare melody-rvq``: fit the melody RVQ over a training shard folder."""
+    from musiclm.models.melody import load_melody
+
+    p = argparse.ArgumentParser(prog="musiclm prepare melody-rvq", description=main.__doc__)
+    p.add_argument("--checkpoint", required=True, help="MelodyStage checkpoint (.ckpt)")
+    p.add_argument("--audio", required=True, help="audio shard folder (the training split)")
+    p.add_argument("--out", required=True, help="output .safetensors (a .json sidecar beside)")
+    p.add_argument("--levels", type=int, default=24)
+    p.add_argument("--codebook-size", type=int, default=512)
+    p.add_argument("--iters", type=int, default=20, help="k-means iterations per level")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-clips", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+
+    melody = load_melody(args.checkpoint, map_location=args.device)
+    emb = embed_audio_shards(
+        melody, args.audio, batch_size=args.batch_size, max_clips=args.max_clips
+    )
+    meta = {
+        "melody_fingerprint": melody_fingerprint(melody),
+        "melody_checkpoint": os.path.abspath(args.checkpoint),
+        "audio": os.path.abspath(args.audio),
+        "num_windows": melody.num_windows,
+    }
+    rvq = MelodyRVQ.fit(
+        emb, levels=args.levels, codebook_size=args.codebook_size, iters=args.iters,
+        seed=args.seed, meta=meta,
+    )  # fmt: skip
+    rvq.save(args.out)
+    errors = rvq.meta["quantization_mse"]
+    print(json.dumps({"out": args.out, "windows": emb.shape[0], "fingerprint": rvq.fingerprint(),
+                      "quantization_mse_by_levels": [round(e, 5) for e in errors]}))  # fmt: skip
+    return 0
