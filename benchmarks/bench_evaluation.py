@@ -23,6 +23,11 @@ def main() -> None:
     p.add_argument("--corpus", required=True, help="demo corpus manifest.jsonl")
     p.add_argument("--max-train", type=int, default=240)
     p.add_argument("--save", help="write the fitted estimators JSON here")
+    p.add_argument(
+        "--compare-chroma",
+        action="store_true",
+        help="also time CQT vs STFT chroma and score key finding with fitted vs K-K profiles",
+    )
     args = p.parse_args()
     manifest = Path(args.corpus)
     rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
