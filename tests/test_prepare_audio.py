@@ -348,3 +348,27 @@ def test_rank_from_lightning_environment(monkeypatch):
     assert pa.rank_from_env() == (6, 8)
     monkeypatch.setenv("RANK", "5")
     assert pa.rank_from_env() == (5, 8)
+
+
+def test_rerun_with_other_settings_is_refused(tmp_path, corpus, capsys):
+    out = tmp_path / "shards"
+    pa.prepare_audio("demo", corpus, out, shard_size=4, progress=False)
+    pa.prepare_audio("demo", corpus, out, shard_size=4, progress=False)  # same job: fine
+    assert (
+        pa.main(
+            [
+                "--source",
+                "demo",
+                "--input",
+                str(corpus),
+                "--out",
+                str(out),
+                "--shard-size",
+                "5",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "audio-000-000000.json" in err and "new --out" in err

@@ -11,6 +11,7 @@ every rank when it finishes; ``complete`` says whether every rank's chunks are i
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -44,6 +45,12 @@ def _chunks(entries: list[Entry], size: int) -> list[list[Entry]]:
     return [entries[i : i + size] for i in range(0, len(entries), size)]
 
 
+def _chunk_key(entries: list[Entry], sample_rate: int, min_seconds: float) -> str:
+    """What a chunk's shard depends on: its items and the settings (to spot a changed job)."""
+    text = "\n".join(f"{e.id}\t{e.name}" for e in entries) + f"\n{sample_rate}\n{min_seconds}"
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
 def _write_chunk(job: tuple[Path, int, int, list[Entry], int, float]) -> dict:
     """Load a chunk's entries and write them as one shard plus its progress record."""
     split_dir, rank, index, entries, sample_rate, min_seconds = job
@@ -70,6 +77,7 @@ def _write_chunk(job: tuple[Path, int, int, list[Entry], int, float]) -> dict:
                 )
         record.update(w.completed[0])
     record["entries"] = len(entries)
+    record["chunk_key"] = _chunk_key(entries, sample_rate, min_seconds)
     atomic_write_json(_record_path(split_dir, rank, index), record)
     return record
 
@@ -78,7 +86,8 @@ def _record_path(split_dir: Path, rank: int, index: int) -> Path:
     return split_dir / "progress" / shard_name(PREFIX, rank, index).replace(".tar", ".json")
 
 
-def _chunk_done(split_dir: Path, rank: int, index: int) -> bool:
+def _chunk_done(split_dir: Path, rank: int, index: int, key: str) -> bool:
+    """Whether a previous run finished this chunk; a record of another job is an error."""
     rec = _record_path(split_dir, rank, index)
     if not rec.is_file():
         return False
@@ -86,6 +95,12 @@ def _chunk_done(split_dir: Path, rank: int, index: int) -> bool:
         data = json.loads(rec.read_text())
     except json.JSONDecodeError:
         return False
+    if data.get("chunk_key") != key:
+        raise ValueError(
+            f"{rec} was written for other items or settings (corpus, --shard-size, "
+            f"--sample-rate, --min-seconds, --world-size): resume with the same command, or "
+            f"write to a new --out"
+        )
     return data["file"] is None or (split_dir / data["file"]).is_file()
 
 
@@ -159,7 +174,8 @@ def prepare_audio(
             len(_chunks(items[r::world_size], shard_size)) for r in range(world_size)
         )
         for index, chunk in enumerate(_chunks(items[rank::world_size], shard_size)):
-            if not _chunk_done(split_dir, rank, index):
+            key = _chunk_key(chunk, sample_rate, min_seconds)
+            if not _chunk_done(split_dir, rank, index, key):
                 jobs.append((split_dir, rank, index, chunk, sample_rate, min_seconds))
     todo = sum(len(j[3]) for j in jobs)
     bar = tqdm(total=todo, desc=f"prepare audio (rank {rank})", unit="item", disable=not progress)
