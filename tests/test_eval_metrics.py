@@ -214,3 +214,22 @@ def test_memorization_rejects_wrong_length_continuation():
             prompt_seconds=(0,),
             continuation_seconds=4,
         )
+
+
+# ----------------------------------------------------------------------------- clip folders
+
+
+def test_write_generated_round_trips_through_load_folder(tmp_path):
+    from musiclm.evaluation.clips import load_folder, write_generated
+
+    audio = synth_clip(instrument="sine", bpm=90, key=0, mode="major", seconds=0.5)
+    write_generated(tmp_path, "a0", audio, 16000, prompt="calm piano", attributes={"bpm": 90})
+    write_generated(tmp_path, "a1", audio, 16000, prompt="fast flute")
+    clips, bare = load_folder(tmp_path)
+    assert [c.name for c in clips] == ["a0", "a1"] and bare == []
+    assert clips[0].text == "calm piano" and clips[0].attributes == {"bpm": 90}
+    assert clips[0].sample_rate == 16000 and clips[0].audio.size == audio.size
+    np.testing.assert_allclose(clips[0].audio, audio, atol=1e-4)
+    assert not list(tmp_path.glob(".*"))  # no temporary files left
+    with pytest.raises(ValueError, match="plain file stem"):
+        write_generated(tmp_path, "../x", audio, 16000, prompt="p")
