@@ -135,7 +135,7 @@ def test_drop_conditioning_nulls_only_mulan_of_chosen_rows():
 def test_layout_without_mulan_and_bad_levels():
     spec = TokenSpec(**{**SPEC.to_dict(), "mulan_levels": 0, "mulan_codebook": 0})
     layout = TokenLayout(stage="semantic", spec=spec)
-    seq = layout.sequence({"semantic": torch.zeros(2, 4, dtype=torch.long)})
+    seq = layout.sequence({"key": ["a", "b"], "semantic": torch.zeros(2, 4, dtype=torch.long)})
     assert seq.prefix_len == 1
     with pytest.raises(ValueError, match="coarse_levels=9"):
         TokenLayout(stage="coarse", spec=SPEC, coarse_levels=9)

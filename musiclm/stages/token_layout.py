@@ -215,9 +215,8 @@ class TokenLayout:
         parts = [
             self._levels_to_ids(self._stream(streams, n), n) for n, _, _ in self.streams()[:-1]
         ]
-        batch = parts[0].shape[0] if parts else _batch_size(streams)
-        device = parts[0].device if parts else next(iter(streams.values())).device
-        bos = torch.full((batch, 1), BOS, dtype=torch.long, device=device)
+        like = parts[0] if parts else _first_tensor(streams)
+        bos = torch.full((like.shape[0], 1), BOS, dtype=torch.long, device=like.device)
         return torch.cat([bos, *parts], dim=1)
 
     def sequence(self, streams: dict[str, torch.Tensor]) -> LMSequence:
@@ -286,5 +285,8 @@ class TokenLayout:
         return cls(**{**data, "spec": TokenSpec(**data["spec"])})
 
 
-def _batch_size(streams: dict[str, torch.Tensor]) -> int:
-    return next(iter(streams.values())).shape[0]
+def _first_tensor(streams: dict[str, torch.Tensor]) -> torch.Tensor:
+    for value in streams.values():
+        if isinstance(value, torch.Tensor):
+            return value
+    raise ValueError(f"no token tensor in the batch (keys: {sorted(streams)})")
