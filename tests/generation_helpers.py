@@ -63,15 +63,20 @@ def random_input(layout, batch: int, frames: int, seed: int = 0) -> torch.Tensor
     return layout.sequence(streams).tokens
 
 
-def write_pipeline(tmp: Path, *, contexts=(4.0, 2.0, 1.0), codec=None, extra=None) -> Path:
-    """Three tiny stage checkpoints and a PIPELINE.yaml naming them (no MuLan section)."""
-    spec = tiny_spec(mulan_levels=0, num_quantizers=4)
+def write_pipeline(
+    tmp: Path, *, contexts=(4.0, 2.0, 1.0), mulan: bool = False, codec=None, extra=None
+) -> Path:
+    """Three tiny stage checkpoints and a PIPELINE.yaml naming them (MuLan-conditioned, with
+    conditioning dropout, when ``mulan``)."""
+    spec = tiny_spec(mulan_levels=3 if mulan else 0, num_quantizers=4)
     stages = {}
     for (name, seconds), seed in zip(zip(STAGES, contexts, strict=True), range(3), strict=True):
-        module = tiny_stage(name, spec, seed=seed, cond_dropout=0.0)
+        module = tiny_stage(name, spec, seed=seed, cond_dropout=0.1 if mulan else 0.0)
         save_checkpoint(module, tmp / f"{name}.ckpt", seconds=seconds)
         stages[name] = {"checkpoint": f"{name}.ckpt"}
     data = {"codec": codec or {"name": "dac", "args": {"config": TINY_DAC}}, "stages": stages}
+    if mulan:
+        data["mulan"] = write_mulan(tmp)
     data.update(extra or {})
     path = tmp / "PIPELINE.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -89,3 +94,36 @@ TINY_DAC = {
     "codebook_size": 8,
     "codebook_dim": 4,
 }
+
+
+def write_mulan(tmp: Path) -> dict[str, str]:
+    """A tiny random MuLan checkpoint and a 3 x 8 conditioning RVQ fitted to random vectors."""
+    from mulan_helpers import TINY
+
+    from musiclm.stages.mulan import MulanStage
+    from musiclm.tokenizers.conditioning_rvq import ConditioningRVQ, mulan_fingerprint
+
+    torch.manual_seed(0)
+    stage = MulanStage(**TINY)
+    ckpt = tmp / "mulan.ckpt"
+    torch.save({"hyper_parameters": dict(stage.hparams), "state_dict": stage.state_dict()}, ckpt)
+    from musiclm.models.mulan import load_mulan
+
+    emb = torch.nn.functional.normalize(torch.randn(64, TINY["embed_dim"]), dim=-1)
+    meta = {"mulan_fingerprint": mulan_fingerprint(load_mulan(str(ckpt)))}
+    ConditioningRVQ.fit(emb, levels=3, codebook_size=8, meta=meta).save(tmp / "rvq.safetensors")
+    return {"checkpoint": "mulan.ckpt", "rvq": "rvq.safetensors"}
+
+
+def write_semantic_tokenizer(tmp: Path) -> dict:
+    """``music-features`` at 1.6 kHz / 5 Hz with 16 centroids picked from random audio."""
+    from musiclm.tokenizers.artifacts import save_artifact
+    from musiclm.tokenizers.base import build
+    from musiclm.tokenizers.semantic.common import ARTIFACT_KIND
+
+    args = {"sample_rate": 1600, "hop": 320, "n_fft": 256}
+    tok = build("semantic_tokenizers", "music-features", **args)
+    feats = tok.features(0.1 * torch.randn(1, 1, 1600 * 4, generator=torch.Generator().manual_seed(0)))
+    meta = {"kind": ARTIFACT_KIND, "features_fingerprint": tok.features_fingerprint}
+    save_artifact(tmp / "km.safetensors", {"centroids": feats[0, :16].clone()}, meta)
+    return {"name": "music-features", "args": {**args, "kmeans": "km.safetensors"}}

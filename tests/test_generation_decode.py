@@ -80,8 +80,9 @@ def test_sliding_windows_rebuild_the_cache_from_the_kept_prefix():
     mulan = torch.randint(0, 8, (2, 3))
     spans = []
 
-    def conditioning(f0, f1):
+    def conditioning(f0, f1, new):
         spans.append((f0, f1))
+        assert new == (0 if f0 == 0 else f0 + 2)
         s0, s1 = f0 // 2, -(-f1 // 2)  # semantic at 5 Hz, acoustic at 10 Hz
         return layout.prefix({"mulan": mulan, "semantic": semantic[:, s0:s1]})
 
@@ -117,7 +118,7 @@ def test_sliding_generation_continues_existing_codes_and_validates():
     codes = sliding_generate(
         FastTokenLM(module.net),
         layout=layout,
-        conditioning=lambda f0, f1: layout.prefix({"mulan": mulan}),
+        conditioning=lambda f0, f1, new: layout.prefix({"mulan": mulan}),
         total_frames=8,
         context_frames=6,
         prefix_frames=3,
@@ -129,7 +130,7 @@ def test_sliding_generation_continues_existing_codes_and_validates():
         sliding_generate(
             FastTokenLM(module.net),
             layout=layout,
-            conditioning=lambda f0, f1: layout.prefix({"mulan": mulan}),
+            conditioning=lambda f0, f1, new: layout.prefix({"mulan": mulan}),
             total_frames=8,
             context_frames=3,
             prefix_frames=3,

@@ -20,8 +20,9 @@ import torch
 from musiclm.generation.fast_lm import FastTokenLM
 from musiclm.generation.sampling import SamplingConfig, guide, sample
 
-# (f0, f1) -> [BOS] + conditioning input ids (B, P) for target frames f0..f1-1
-Conditioning = Callable[[int, int], torch.Tensor]
+# (f0, f1, new) -> [BOS] + conditioning input ids (B, P) for a window over target frames
+# f0..f1-1 whose frames from `new` on are to be generated (story mode picks the text at `new`)
+Conditioning = Callable[[int, int, int], torch.Tensor]
 # called once per window: (conditional input ids (B, P + n), raw logits (B, n, V), P)
 WindowHook = Callable[[torch.Tensor, torch.Tensor, int], None]
 
@@ -136,8 +137,9 @@ def sliding_generate(
 ) -> torch.Tensor:
     """Generate target codes (B, L, total_frames), window by window.
 
-    ``conditioning(f0, f1)`` gives the ``[BOS] + conditioning`` ids for a window covering
-    target frames ``f0..f1-1`` (for coarse: the semantic tokens of that span). The first
+    ``conditioning(f0, f1, new)`` gives the ``[BOS] + conditioning`` ids for a window covering
+    target frames ``f0..f1-1``, new from frame ``new`` (for coarse: the semantic tokens of
+    that span). The first
     window starts at frame 0 (or after ``existing`` codes, a prompt to continue); each later
     window starts ``prefix_frames`` before the end of what exists and keeps those frames as
     forced targets, so it adds ``context_frames - prefix_frames`` new frames (the stride).
@@ -163,7 +165,7 @@ def sliding_generate(
         end = min(total_frames, start + context_frames)
         kept = codes[..., start:done]
         kept_ids = layout.target_to_input(layout.codes_to_targets(kept)) if done > start else None
-        prompt = conditioning(start, end)
+        prompt = conditioning(start, end, done)
         if kept_ids is not None:
             prompt = torch.cat([prompt, kept_ids.to(prompt.device)], dim=1)
         new = generate_window(

@@ -1,0 +1,381 @@
+"""Text -> music through the whole hierarchy: MuLan tokens -> semantic -> coarse -> fine -> codec.
+
+Every network is rebuilt from its checkpoint alone (``torch.load(weights_only=True)``); the
+codec and semantic tokenizer come from their plugin registries by the names the pipeline file
+gives. All rows (prompts x samples x re-ranking candidates) go through each stage as one
+batch. Lengths beyond a stage's context use sliding windows (``decode.sliding_generate``);
+story mode changes the MuLan tokens per window; ``continue_audio`` tokenizes a clip with the
+semantic tokenizer and the codec and continues it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import torch
+
+from musiclm.generation.decode import sliding_generate
+from musiclm.generation.fast_lm import FastTokenLM
+from musiclm.generation.pipeline_file import (
+    PipelineFile,
+    PipelineFileError,
+    StageEntry,
+    load_pipeline_file,
+)
+from musiclm.generation.sampling import SamplingConfig
+
+# a schedule: (start second, text) pairs sorted by time; a plain prompt is [(0.0, text)]
+Schedule = list[tuple[float, str]]
+
+
+@dataclass
+class LoadedStage:
+    """One LM stage ready to sample."""
+
+    name: str
+    net: torch.nn.Module
+    fast: FastTokenLM
+    layout: Any
+    sampling: SamplingConfig
+    context_seconds: float
+    prefix_seconds: float
+    cond_dropout: float
+
+    @property
+    def rate(self) -> float:
+        """Target frames per second."""
+        spec = self.layout.spec
+        return spec.semantic_rate if self.name == "semantic" else spec.acoustic_rate
+
+    def frames(self, seconds: float) -> int:
+        return max(1, round(seconds * self.rate))
+
+
+@dataclass
+class Generation:
+    """What one call produced: audio rows and what made them."""
+
+    audio: torch.Tensor  # (N, 1, T) at sample_rate
+    sample_rate: int
+    schedules: list[Schedule]
+    seconds: float
+    prompt_seconds: float = 0.0
+    scores: list[float | None] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    codes: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def load_stage(name: str, entry: StageEntry, device: str, where: str) -> LoadedStage:
+    """A stage checkpoint -> network, layout and its window lengths (weights_only load)."""
+    from musiclm.stages.token_lm_stage import load_network
+
+    net, layout = load_network(entry.checkpoint, map_location=device)
+    if layout.stage != name:
+        raise PipelineFileError(
+            f"{where}: 'stages.{name}.checkpoint' ({entry.checkpoint}) is a {layout.stage} "
+            "stage checkpoint"
+        )
+    ckpt = torch.load(entry.checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    hp = ckpt.get("hyper_parameters") or {}
+    data_hp = ckpt.get("datamodule_hyper_parameters") or {}
+    context = entry.context_seconds or data_hp.get("seconds")
+    if not context:
+        raise PipelineFileError(
+            f"{where}: {entry.checkpoint} does not say what crop length it was trained on; "
+            f"set 'stages.{name}.context_seconds'"
+        )
+    prefix = entry.prefix_seconds if entry.prefix_seconds is not None else context / 2
+    cond_dropout = float(hp.get("cond_dropout") or 0.0)
+    if entry.sampling.guided and cond_dropout == 0:
+        raise PipelineFileError(
+            f"{where}: 'stages.{name}.cfg_scale' is {entry.sampling.cfg_scale} but "
+            f"{entry.checkpoint} was trained without conditioning dropout (cond_dropout=0), "
+            "so it has no unconditional mode to guide against; use cfg_scale 1"
+        )
+    stage = LoadedStage(
+        name, net, FastTokenLM(net), layout, entry.sampling, float(context), prefix, cond_dropout
+    )
+    if stage.frames(prefix) >= stage.frames(context):
+        raise PipelineFileError(
+            f"{where}: stages.{name}: prefix_seconds={prefix} must be shorter than "
+            f"context_seconds={context}"
+        )
+    return stage
+
+
+class Pipeline:
+    """The loaded hierarchy; ``generate`` runs it."""
+
+    def __init__(self, spec: PipelineFile, *, device: str | None = None) -> None:
+        self.spec = spec
+        self.device = device or spec.device
+        self.stages = {
+            name: load_stage(name, entry, self.device, spec.path)
+            for name, entry in spec.stages.items()
+        }
+        self._check_stages_agree()
+
+    @classmethod
+    def from_file(cls, path: str, *, device: str | None = None) -> Pipeline:
+        return cls(load_pipeline_file(path), device=device)
+
+    def set_sampling(self, stage: str, **changes: Any) -> None:
+        """Override sampling settings of one stage (e.g. from the command line)."""
+        if stage not in self.stages:
+            raise ValueError(f"no stage {stage!r} in {self.spec.path}; stages: {list(self.stages)}")
+        loaded = self.stages[stage]
+        loaded.sampling = loaded.sampling.replace(**changes)
+        if loaded.sampling.guided and loaded.cond_dropout == 0:
+            raise ValueError(
+                f"cfg_scale for {stage}: that stage was trained without conditioning dropout"
+            )
+
+    # --- components ----------------------------------------------------------------------
+
+    @property
+    def uses_mulan(self) -> bool:
+        return any(s.layout.uses_mulan for s in self.stages.values())
+
+    @cached_property
+    def conditioner(self) -> Any:
+        """MuLan + RVQ (``MulanConditioner``), checked against the stages' training tokens."""
+        from musiclm.tokenizers.conditioning_rvq import MulanConditioner
+
+        if self.spec.mulan is None:
+            raise PipelineFileError(
+                f"{self.spec.path}: the stages are conditioned on MuLan tokens; add 'mulan: "
+                "{checkpoint, rvq}' (or a 'manifest' whose shards name them)"
+            )
+        cond = MulanConditioner.from_files(*self.spec.mulan, device=self.device)
+        expected = self.stages["semantic"].layout.spec.mulan_fingerprint
+        if expected and cond.fingerprint() != expected:
+            raise PipelineFileError(
+                f"{self.spec.path}: MuLan+RVQ fingerprint {cond.fingerprint()} differs from "
+                f"{expected} that the stages' token shards were made with"
+            )
+        return cond
+
+    @cached_property
+    def codec(self) -> Any:
+        from musiclm.tokenizers.base import build
+
+        codec = build("codecs", self.spec.codec.name, **self.spec.codec.args)
+        expected = self.stages["coarse"].layout.spec.codec_fingerprint
+        if expected and codec.fingerprint() != expected:
+            raise PipelineFileError(
+                f"{self.spec.path}: codec {self.spec.codec.name!r} has fingerprint "
+                f"{codec.fingerprint()} but the coarse stage was trained on tokens of {expected}"
+            )
+        return codec
+
+    @cached_property
+    def semantic_tokenizer(self) -> Any:
+        from musiclm.tokenizers.base import build
+
+        if self.spec.semantic_tokenizer is None:
+            raise PipelineFileError(
+                f"{self.spec.path}: --continue needs 'semantic_tokenizer: {{name, args}}'"
+            )
+        tok = build("semantic_tokenizers", self.spec.semantic_tokenizer.name,
+                    **self.spec.semantic_tokenizer.args)  # fmt: skip
+        expected = self.stages["semantic"].layout.spec.semantic_fingerprint
+        if expected and tok.fingerprint() != expected:
+            raise PipelineFileError(
+                f"{self.spec.path}: semantic tokenizer fingerprint {tok.fingerprint()} differs "
+                f"from {expected} that the stages were trained on"
+            )
+        return tok
+
+    def _check_stages_agree(self) -> None:
+        sem, coarse = self.stages["semantic"].layout, self.stages["coarse"].layout
+        fields_ = ("semantic_vocab", "semantic_rate", "semantic_fingerprint", "mulan_levels")
+        pairs = [("semantic", "coarse", sem, coarse, fields_)]
+        if "fine" in self.stages:
+            fine = self.stages["fine"].layout
+            acoustic = ("codebook_size", "num_quantizers", "acoustic_rate", "codec_fingerprint")
+            pairs.append(("coarse", "fine", coarse, fine, acoustic))
+            if fine.coarse_levels != coarse.coarse_levels:
+                raise PipelineFileError(
+                    f"{self.spec.path}: the fine stage expects {fine.coarse_levels} coarse "
+                    f"levels, the coarse stage makes {coarse.coarse_levels}"
+                )
+        for a, b, la, lb, names in pairs:
+            for name in names:
+                va, vb = getattr(la.spec, name), getattr(lb.spec, name)
+                if va != vb:
+                    raise PipelineFileError(
+                        f"{self.spec.path}: stages {a} and {b} were trained on different "
+                        f"tokens: {name} is {va!r} vs {vb!r}"
+                    )
+
+    # --- generation ----------------------------------------------------------------------
+
+    def mulan_tokens(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Conditioning tokens of each distinct text (empty when no stage uses MuLan)."""
+        if not self.uses_mulan:
+            return {}
+        unique = sorted(set(texts))
+        tokens = self.conditioner.text_tokens(unique).to(self.device)
+        return dict(zip(unique, tokens, strict=True))
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        schedules: list[Schedule],
+        *,
+        seconds: float,
+        seed: int = 0,
+        rerank: int = 1,
+        continue_audio: tuple[torch.Tensor, int] | None = None,
+    ) -> Generation:
+        """One output per schedule (a prompt is ``[(0.0, text)]``; a story has several).
+
+        ``rerank > 1`` samples that many candidates per output and keeps the one whose MuLan
+        audio embedding is closest to its text's. ``continue_audio`` = (wav (1, T) or (T,),
+        sample rate): the clip is tokenized and continued by ``seconds``.
+        """
+        if seconds <= 0 or rerank < 1 or not schedules:
+            raise ValueError("need seconds > 0, rerank >= 1 and at least one prompt")
+        schedules = [sorted(s) for s in schedules]
+        rows = [s for s in schedules for _ in range(rerank)]
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        tokens = self.mulan_tokens([text for s in rows for _, text in s])
+        timings: dict[str, float] = {}
+        existing, prompt_seconds = self._prompt_codes(continue_audio, len(rows))
+        total = prompt_seconds + seconds
+
+        def mulan_at(t: float) -> torch.Tensor:
+            texts = [next(text for start, text in reversed(s) if start <= t + 1e-9) for s in rows]
+            return torch.stack([tokens[text] for text in texts])
+
+        def streams(layout: Any, t: float, **arrays: torch.Tensor) -> dict[str, torch.Tensor]:
+            out = {"mulan": mulan_at(t)} if layout.uses_mulan else {}
+            out |= arrays
+            return out or {"_batch": torch.empty(len(rows), 0, device=self.device)}
+
+        # semantic: M -> S
+        sem = self.stages["semantic"]
+        clock = time.perf_counter()
+        semantic = self._run(
+            sem,
+            lambda f0, f1, new: sem.layout.prefix(streams(sem.layout, new / sem.rate)),
+            sem.frames(total),
+            existing.get("semantic"),
+            len(rows),
+            gen,
+        )[:, 0]
+        timings["semantic"] = time.perf_counter() - clock
+
+        # coarse: M + S -> first levels
+        coarse = self.stages["coarse"]
+        ratio = sem.rate / coarse.rate
+
+        def coarse_prompt(f0: int, f1: int, new: int) -> torch.Tensor:
+            s0, s1 = math.floor(f0 * ratio), min(semantic.shape[1], math.ceil(f1 * ratio))
+            window = streams(coarse.layout, new / coarse.rate, semantic=semantic[:, s0:s1])
+            return coarse.layout.prefix(window)
+
+        clock = time.perf_counter()
+        coarse_codes = self._run(
+            coarse, coarse_prompt, coarse.frames(total), existing.get("coarse"), len(rows), gen
+        )
+        timings["coarse"] = time.perf_counter() - clock
+        acoustic = coarse_codes
+
+        # fine: coarse levels -> the rest
+        if "fine" in self.stages:
+            fine = self.stages["fine"]
+
+            def fine_prompt(f0: int, f1: int, new: int) -> torch.Tensor:
+                window = streams(fine.layout, new / fine.rate, acoustic=coarse_codes[..., f0:f1])
+                return fine.layout.prefix(window)
+
+            clock = time.perf_counter()
+            fine_codes = self._run(
+                fine, fine_prompt, coarse_codes.shape[-1], existing.get("fine"), len(rows), gen
+            )
+            timings["fine"] = time.perf_counter() - clock
+            acoustic = torch.cat([coarse_codes, fine_codes], dim=1)
+
+        clock = time.perf_counter()
+        audio = self.codec.decode(acoustic.cpu())
+        audio = audio[..., : round(total * self.codec.sample_rate)]
+        timings["codec"] = time.perf_counter() - clock
+        codes = {"semantic": semantic.cpu(), "acoustic": acoustic.cpu()}
+        scores: list[float | None] = [None] * len(schedules)
+        if rerank > 1:
+            clock = time.perf_counter()
+            audio, codes, scores = self._rerank(audio, codes, rows, rerank)
+            timings["rerank"] = time.perf_counter() - clock
+        return Generation(
+            audio=audio,
+            sample_rate=self.codec.sample_rate,
+            schedules=schedules,
+            seconds=total,
+            prompt_seconds=prompt_seconds,
+            scores=scores,
+            timings=timings,
+            codes=codes,
+        )
+
+    def _run(self, stage: LoadedStage, prompt_fn, total: int, existing, batch: int, gen):
+        return sliding_generate(
+            stage.fast,
+            layout=stage.layout,
+            conditioning=prompt_fn,
+            total_frames=total,
+            context_frames=stage.frames(stage.context_seconds),
+            prefix_frames=stage.frames(stage.prefix_seconds) if stage.prefix_seconds else 0,
+            sampling=stage.sampling,
+            generator=gen,
+            existing=existing,
+            batch=batch,
+        )
+
+    def _prompt_codes(
+        self, clip: tuple[torch.Tensor, int] | None, batch: int
+    ) -> tuple[dict[str, torch.Tensor], float]:
+        """Tokens of an audio prompt, repeated for every row: S (B,1,F), coarse/fine (B,L,F)."""
+        if clip is None:
+            return {}, 0.0
+        import torchaudio.functional as AF
+
+        wav, rate = clip
+        wav = wav.reshape(1, 1, -1).float()
+        sem, codec = self.semantic_tokenizer, self.codec
+        s = sem.tokenize(AF.resample(wav, rate, sem.sample_rate))  # (1, F_s)
+        a = codec.encode(AF.resample(wav, rate, codec.sample_rate))  # (1, Q, F_a)
+        seconds = wav.shape[-1] / rate
+        coarse = self.stages["coarse"]
+        n_s = min(s.shape[-1], self.stages["semantic"].frames(seconds))
+        n_a = min(a.shape[-1], coarse.frames(seconds))
+        levels = coarse.layout.coarse_levels
+        out = {
+            "semantic": s[:, None, :n_s].expand(batch, -1, -1).to(self.device),
+            "coarse": a[:, :levels, :n_a].expand(batch, -1, -1).to(self.device),
+        }
+        if "fine" in self.stages:
+            hi = levels + self.stages["fine"].layout.num_fine
+            out["fine"] = a[:, levels:hi, :n_a].expand(batch, -1, -1).to(self.device)
+        return out, seconds
+
+    def _rerank(self, audio, codes, rows: list[Schedule], n: int):
+        """Keep, of each ``n`` consecutive candidates, the one MuLan scores highest."""
+        import torchaudio.functional as AF
+
+        cond = self.conditioner
+        texts = sorted({text for s in rows for _, text in s})
+        text_emb = dict(zip(texts, cond.embed_text(texts), strict=True))
+        wav = AF.resample(audio, self.codec.sample_rate, cond.sample_rate)
+        audio_emb = cond.embed_audio(wav)
+        target = torch.stack(
+            [torch.stack([text_emb[text] for _, text in s]).mean(0) for s in rows]
+        )
+        score = torch.nn.functional.cosine_similarity(audio_emb.cpu(), target.cpu(), dim=-1)
+        best = score.view(-1, n).argmax(-1) + torch.arange(0, len(rows), n)
+        picked = {k: v[best] for k, v in codes.items()}
+        return audio[best], picked, score[best].tolist()
