@@ -1,0 +1,123 @@
+"""Files the demo writes between commands: PIPELINE.yaml, the held-out prompts, sidecars."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from musiclm.datamodules.shards import atomic_write_json
+
+if TYPE_CHECKING:
+    from musiclm.demo.plan import DemoPaths
+
+# Paper's sampling temperatures per stage (semantic 1.0, coarse 0.95, fine 0.4).
+TEMPERATURES = {"semantic": 1.0, "coarse": 0.95, "fine": 0.4}
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` under a temporary name in the same folder, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def pipeline_dict(p: DemoPaths) -> dict[str, Any]:
+    """PIPELINE.yaml content; paths relative to the run folder, so the folder can move."""
+    from musiclm.demo.plan import LM_STAGES
+
+    def rel(x: Path) -> str:
+        return os.path.relpath(x, p.out)
+
+    return {
+        "mulan": {"checkpoint": rel(p.last_ckpt("mulan")), "rvq": rel(p.rvq)},
+        "semantic_tokenizer": {"name": "music-features", "args": {"kmeans": rel(p.kmeans)}},
+        "codec": {"name": "stft-rvq", "args": {"codebooks": rel(p.codec)}},
+        "stages": {
+            stage: {"checkpoint": rel(p.last_ckpt(stage)), "temperature": TEMPERATURES[stage]}
+            for stage in LM_STAGES
+        },
+    }
+
+
+def write_pipeline(p: DemoPaths) -> Path:
+    """Write PIPELINE.yaml naming every checkpoint and artifact of the run."""
+    import yaml
+
+    text = "# Written by `musiclm demo`; use with `musiclm generate --pipeline`.\n"
+    text += yaml.safe_dump(pipeline_dict(p), sort_keys=False)
+    atomic_write_text(p.pipeline, text)
+    return p.pipeline
+
+
+def held_out_rows(p: DemoPaths, n: int) -> list[dict[str, Any]]:
+    """Up to ``n`` test-split rows of the corpus manifest (caption + attributes)."""
+    manifest = p.corpus / "manifest.jsonl"
+    rows = []
+    for i, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{manifest}:{i}: invalid JSON ({exc})") from exc
+        if row.get("split") == "test":
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"{manifest}: no clip in the test split to prompt with")
+    return rows[:n]
+
+
+def write_prompts(p: DemoPaths, n: int) -> list[dict[str, Any]]:
+    """``prompts.txt`` (one caption a line, for ``--prompts``) and ``prompts.jsonl``."""
+    rows = held_out_rows(p, n)
+    atomic_write_text(p.prompts, "".join(r["caption"].strip() + "\n" for r in rows))
+    meta = "".join(
+        json.dumps({"id": r["id"], "prompt": r["caption"].strip(), "attributes": r["attributes"]})
+        + "\n"
+        for r in rows
+    )
+    atomic_write_text(p.prompts.with_suffix(".jsonl"), meta)
+    return rows
+
+
+def attach_attributes(p: DemoPaths) -> int:
+    """Give each generated sidecar its prompt's attributes (for adherence); return the count."""
+    meta_path = p.prompts.with_suffix(".jsonl")
+    by_prompt = {}
+    for line in meta_path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        by_prompt.setdefault(row["prompt"], row)
+    done = 0
+    for side in sorted(p.generated.glob("*.json")):
+        data = json.loads(side.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or "prompt" not in data:
+            continue
+        row = by_prompt.get(str(data["prompt"]).strip())
+        if row is None:
+            raise ValueError(f"{side}: prompt {data['prompt']!r} is not one of {meta_path}")
+        if data.get("attributes") != row["attributes"] or data.get("reference") != row["id"]:
+            data["attributes"], data["reference"] = row["attributes"], row["id"]
+            atomic_write_json(side, data)
+        done += 1
+    return done
+
+
+def missing_generated(p: DemoPaths) -> list[str]:
+    """What generation still owes: every prompt needs a wav with a sidecar."""
+    meta_path = p.prompts.with_suffix(".jsonl")
+    if not meta_path.is_file():
+        return [str(meta_path)]
+    wanted = len(meta_path.read_text(encoding="utf-8").splitlines())
+    wavs = [w for w in p.generated.glob("*.wav") if w.with_suffix(".json").is_file()]
+    if len(wavs) < wanted:
+        return [f"{wanted - len(wavs)} generated wav(s) with sidecars in {p.generated}"]
+    return []

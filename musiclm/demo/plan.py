@@ -1,0 +1,320 @@
+"""The demo's steps: corpus -> shards -> MuLan -> tokenizers -> token LMs -> generate -> evaluate.
+
+Every step runs the same ``musiclm`` command a user would run on a cluster (a subprocess of
+this interpreter), with paths pointing into one run folder. Stages train through
+``musiclm fit --config conf/demo/<stage>.yaml`` plus command-line overrides; an interrupted
+stage resumes with ``--ckpt_path last``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from musiclm.demo.steps import Step, StepRunner, musiclm_argv
+
+LM_STAGES = ("semantic", "coarse", "fine")
+
+
+@dataclass
+class DemoSettings:
+    """Sizes of one demo run (the full default, or ``quick()`` for the integration test)."""
+
+    clips: int = 200
+    seconds: float = 10.0
+    # MuLan: steps, batch, crop (seconds); the conditioning RVQ over its audio embeddings.
+    mulan_steps: int = 400
+    mulan_batch: int = 32
+    rvq_levels: int = 4
+    rvq_codebook: int = 32
+    # Offline codec (stft-rvq) and semantic tokenizer (music-features) sizes.
+    codec_levels: int = 6
+    codec_codebook: int = 256
+    codec_max_frames: int = 40_000
+    semantic_k: int = 256
+    # Token LMs: steps per stage and extra `musiclm fit` overrides shared by all three.
+    lm_steps: dict[str, int] = field(
+        default_factory=lambda: {"semantic": 300, "coarse": 300, "fine": 200}
+    )
+    lm_overrides: list[str] = field(default_factory=list)
+    mulan_overrides: list[str] = field(default_factory=list)
+    # Generation: held-out prompts (test captions), clip length, sampling.
+    prompts: int = 20
+    gen_seconds: float = 8.0
+    gen_args: list[str] = field(default_factory=list)
+    eval_args: list[str] = field(default_factory=list)
+
+    @classmethod
+    def quick(cls) -> DemoSettings:
+        """A few minutes on 2 CPU cores: few clips, few steps, tiny models."""
+        tiny = [
+            "--model.init_args.dim=32",
+            "--model.init_args.depth=2",
+            "--model.init_args.heads=2",
+            "--data.init_args.batch_size=4",
+            "--data.init_args.val_batches=1",
+            "--model.init_args.warmup_steps=2",
+        ]
+        return cls(
+            clips=30,
+            seconds=4.0,
+            mulan_steps=8,
+            mulan_batch=8,
+            rvq_levels=2,
+            rvq_codebook=4,
+            codec_levels=3,
+            codec_codebook=16,
+            codec_max_frames=2000,
+            semantic_k=16,
+            lm_steps={"semantic": 6, "coarse": 6, "fine": 6},
+            lm_overrides=[*tiny, "--data.init_args.seconds=2.0"],
+            mulan_overrides=["--data.init_args.crop_seconds=2.0", "--model.init_args.window_s=2.0"],
+            prompts=3,
+            gen_seconds=2.0,
+            eval_args=["--max-train-clips", "40"],
+        )
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class DemoPaths:
+    """Where each step leaves its outputs inside the run folder."""
+
+    out: Path
+    conf: Path
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        self.conf = Path(self.conf)
+
+    @property
+    def corpus(self) -> Path:
+        return self.out / "corpus"
+
+    @property
+    def audio(self) -> Path:
+        return self.out / "audio"
+
+    @property
+    def tokens(self) -> Path:
+        return self.out / "tokens"
+
+    @property
+    def rvq(self) -> Path:
+        return self.out / "mulan" / "rvq.safetensors"
+
+    @property
+    def codec(self) -> Path:
+        return self.out / "tokenizers" / "codec.safetensors"
+
+    @property
+    def kmeans(self) -> Path:
+        return self.out / "tokenizers" / "semantic_kmeans.safetensors"
+
+    @property
+    def pipeline(self) -> Path:
+        return self.out / "PIPELINE.yaml"
+
+    @property
+    def prompts(self) -> Path:
+        return self.out / "prompts.txt"
+
+    @property
+    def generated(self) -> Path:
+        return self.out / "generated"
+
+    @property
+    def eval(self) -> Path:
+        return self.out / "eval"
+
+    def run_dir(self, stage: str) -> Path:
+        return self.out / stage
+
+    def last_ckpt(self, stage: str) -> Path:
+        return self.run_dir(stage) / "checkpoints" / "last.ckpt"
+
+
+def default_conf_dir() -> Path:
+    """``conf/demo`` of the source tree this package runs from."""
+    return Path(__file__).resolve().parents[2] / "conf" / "demo"
+
+
+def codec_spec(p: DemoPaths) -> dict:
+    return {"name": "stft-rvq", "args": {"codebooks": str(p.codec.resolve())}}
+
+
+def semantic_spec(p: DemoPaths) -> dict:
+    return {"name": "music-features", "args": {"kmeans": str(p.kmeans.resolve())}}
+
+
+def _missing(*paths: Path) -> list[str]:
+    return [str(x) for x in paths if not x.exists()]
+
+
+def fit_argv(p: DemoPaths, stage: str, data: dict[str, Path], extra: list[str]) -> list[str]:
+    """``musiclm fit`` for one stage, resuming from ``last.ckpt`` when a run was cut short."""
+    argv = musiclm_argv(
+        "fit",
+        "--config",
+        str(p.conf / f"{stage}.yaml"),
+        f"--trainer.default_root_dir={p.run_dir(stage)}",
+        "--trainer.enable_progress_bar=false",
+    )
+    argv += [f"--data.init_args.{k}={v}" for k, v in data.items()]
+    argv += extra
+    if p.last_ckpt(stage).is_file():
+        argv += ["--ckpt_path", "last"]
+    return argv
+
+
+def build_steps(runner: StepRunner, p: DemoPaths, s: DemoSettings) -> list[Step]:
+    """The demo, in order; each step checks its own outputs."""
+    from musiclm.demo import outputs
+
+    def corpus(step: Step) -> None:
+        runner.command(
+            step,
+            musiclm_argv(
+                "data", "demo", "--out", str(p.corpus), "--clips", str(s.clips),
+                "--seconds", str(s.seconds), "--quiet",
+            ),
+        )  # fmt: skip
+
+    def audio(step: Step) -> None:
+        runner.command(
+            step,
+            musiclm_argv(
+                "prepare", "audio", "--source", "demo", "--input",
+                str(p.corpus / "manifest.jsonl"), "--out", str(p.audio), "--quiet",
+            ),
+        )  # fmt: skip
+
+    def mulan(step: Step) -> None:
+        extra = [
+            f"--trainer.max_steps={s.mulan_steps}",
+            f"--data.init_args.batch_size={s.mulan_batch}",
+            f"--data.init_args.batches_per_epoch={max(1, min(100, s.mulan_steps // 4))}",
+            *s.mulan_overrides,
+        ]
+        data = {"train_dir": p.audio / "train", "val_dir": p.audio / "valid"}
+        runner.command(step, fit_argv(p, "mulan", data, extra))
+
+    def mulan_rvq(step: Step) -> None:
+        runner.command(
+            step,
+            musiclm_argv(
+                "prepare", "mulan-rvq", "--checkpoint", str(p.last_ckpt("mulan")),
+                "--audio", str(p.audio / "train"), "--out", str(p.rvq),
+                "--levels", str(s.rvq_levels), "--codebook-size", str(s.rvq_codebook),
+            ),
+        )  # fmt: skip
+
+    def semantic_kmeans(step: Step) -> None:
+        runner.command(
+            step,
+            musiclm_argv(
+                "prepare", "fit-semantic", "--audio", str(p.audio / "train"),
+                "--out", str(p.kmeans), "--semantic", "music-features",
+                "--k", str(s.semantic_k),
+            ),
+        )  # fmt: skip
+
+    def codec(step: Step) -> None:
+        runner.command(
+            step,
+            musiclm_argv(
+                "prepare", "fit-codec", "--audio", str(p.audio / "train"), "--out", str(p.codec),
+                "--levels", str(s.codec_levels), "--codebook-size", str(s.codec_codebook),
+                "--max-frames", str(s.codec_max_frames),
+            ),
+        )  # fmt: skip
+
+    def tokens(step: Step) -> None:
+        c, t = codec_spec(p), semantic_spec(p)
+        runner.command(
+            step,
+            musiclm_argv(
+                "prepare", "tokens", "--audio", str(p.audio), "--out", str(p.tokens),
+                "--codec", c["name"], "--codec-args", json.dumps(c["args"]),
+                "--semantic", t["name"], "--semantic-args", json.dumps(t["args"]),
+                "--mulan", str(p.last_ckpt("mulan")), "--mulan-rvq", str(p.rvq),
+                "--no-progress",
+            ),
+        )  # fmt: skip
+
+    def lm(stage: str):
+        def run(step: Step) -> None:
+            n = s.lm_steps[stage]
+            extra = [
+                f"--trainer.max_steps={n}",
+                f"--model.init_args.decay_steps={n}",
+                f"--data.init_args.batches_per_epoch={max(1, min(100, n // 3))}",
+                *s.lm_overrides,
+            ]
+            data = {"train_dir": p.tokens / "train", "val_dir": p.tokens / "valid"}
+            runner.command(step, fit_argv(p, stage, data, extra))
+
+        return run
+
+    def pipeline(step: Step) -> None:
+        outputs.write_pipeline(p)
+
+    def generate(step: Step) -> None:
+        outputs.write_prompts(p, s.prompts)
+        runner.command(
+            step,
+            musiclm_argv(
+                "generate", "--prompts", str(p.prompts), "--pipeline", str(p.pipeline),
+                "--seconds", str(s.gen_seconds), "--num-samples", "1", "--seed", "0",
+                "--out", str(p.generated), *s.gen_args,
+            ),
+        )  # fmt: skip
+        outputs.attach_attributes(p)
+
+    def evaluate(step: Step) -> None:
+        runner.command(
+            step,
+            musiclm_argv(
+                "evaluate", "--generated", str(p.generated), "--reference", str(p.audio / "test"),
+                "--train-reference", str(p.audio / "train"), "--pipeline", str(p.pipeline),
+                "--estimators", str(p.eval / "attribute_estimators.json"),
+                "--out", str(p.eval), *s.eval_args,
+            ),
+        )  # fmt: skip
+
+    def report(step: Step) -> None:
+        from musiclm.demo.report import write_report
+
+        write_report(p, step_seconds=runner.step_seconds())
+
+    splits = [p.audio / x / "manifest.json" for x in ("train", "valid", "test")]
+    token_splits = [p.tokens / x / "manifest.json" for x in ("train", "valid", "test")]
+    table = [
+        ("corpus", "render the demo corpus", corpus, [p.corpus / "manifest.jsonl"]),
+        ("audio", "audio shards (train/valid/test)", audio, splits),
+        ("mulan", "train MuLan (musiclm fit)", mulan, [p.last_ckpt("mulan")]),
+        ("mulan-rvq", "fit the conditioning RVQ", mulan_rvq, [p.rvq]),
+        ("semantic-kmeans", "fit the semantic k-means", semantic_kmeans, [p.kmeans]),
+        ("codec", "fit the offline codec", codec, [p.codec]),
+        ("tokens", "token shards (semantic, acoustic, MuLan)", tokens, token_splits),
+    ]
+    table += [
+        (stage, f"train the {stage} LM (musiclm fit)", lm(stage), [p.last_ckpt(stage)])
+        for stage in LM_STAGES
+    ]
+    table += [("pipeline", "write PIPELINE.yaml", pipeline, [p.pipeline])]
+    steps = [Step(n, d, r, lambda paths=paths: _missing(*paths)) for n, d, r, paths in table]
+    steps += [
+        Step(
+            "generate",
+            "generate music for held-out prompts",
+            generate,
+            lambda: outputs.missing_generated(p),
+        ),
+        Step("evaluate", "musiclm evaluate", evaluate, lambda: _missing(p.eval / "metrics.json")),
+        Step("report", "report.md and plots", report, lambda: _missing(p.out / "report.md")),
+    ]
+    return steps

@@ -1,0 +1,181 @@
+"""``report.md`` of a demo run: step times, loss curves (TensorBoard), spectrograms, metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from musiclm.demo.outputs import atomic_write_text
+
+if TYPE_CHECKING:
+    from musiclm.demo.plan import DemoPaths
+
+STAGES = ("mulan", "semantic", "coarse", "fine")
+
+
+def read_scalars(event_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar series in a TensorBoard run folder: tag -> [(step, value)], by step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(event_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    out = {}
+    for tag in acc.Tags().get("scalars", []):
+        # A resumed run appends to the same events: keep the last value written at each step.
+        by_step = {e.step: float(e.value) for e in acc.Scalars(tag)}
+        out[tag] = sorted(by_step.items())
+    return out
+
+
+def loss_tags(scalars: dict[str, list]) -> list[str]:
+    """The loss series worth plotting (per-step and validation losses, not epoch means)."""
+    return sorted(t for t in scalars if "loss" in t.lower() and not t.endswith("_epoch"))
+
+
+def plot_losses(p: DemoPaths, png: Path) -> dict[str, dict[str, float]]:
+    """One panel per stage with its loss curves; returns the last value of each curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(STAGES), figsize=(4 * len(STAGES), 3.2))
+    last: dict[str, dict[str, float]] = {}
+    for ax, stage in zip(axes, STAGES, strict=True):
+        events = p.run_dir(stage) / "tensorboard" / "run"
+        ax.set_title(stage)
+        ax.set_xlabel("step")
+        if not events.is_dir():
+            ax.text(0.5, 0.5, "no run", ha="center", transform=ax.transAxes)
+            continue
+        scalars = read_scalars(events)
+        for tag in loss_tags(scalars):
+            steps, values = zip(*scalars[tag], strict=True)
+            ax.plot(steps, values, marker="." if len(steps) < 20 else None, label=tag)
+            last.setdefault(stage, {})[tag] = values[-1]
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, png)
+    plt.close(fig)
+    return last
+
+
+def _log_spec(audio: np.ndarray, sr: int) -> np.ndarray:
+    import librosa
+
+    mel = librosa.feature.melspectrogram(y=audio, sr=sr, n_fft=1024, hop_length=256, n_mels=80)
+    return librosa.power_to_db(mel + 1e-10, ref=np.max)
+
+
+def plot_spectrograms(p: DemoPaths, png: Path, *, limit: int = 4) -> list[str]:
+    """Generated clips (left) beside the real held-out clip whose caption was the prompt."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import soundfile as sf
+
+    pairs = []
+    for side in sorted(p.generated.glob("*.json")):
+        data = json.loads(side.read_text(encoding="utf-8"))
+        wav = side.with_suffix(".wav")
+        ref = p.corpus / "audio" / f"{data.get('reference', '')}.wav"
+        if wav.is_file() and ref.is_file():
+            pairs.append((wav, ref, str(data.get("prompt", ""))))
+        if len(pairs) == limit:
+            break
+    if not pairs:
+        return []
+    fig, axes = plt.subplots(len(pairs), 2, figsize=(11, 2.4 * len(pairs)), squeeze=False)
+    for row, (wav, ref, prompt) in enumerate(pairs):
+        for col, (path, label) in enumerate([(wav, "generated"), (ref, "reference")]):
+            audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
+            spec = _log_spec(audio.mean(axis=1), sr)
+            ax = axes[row, col]
+            seconds = audio.shape[0] / sr
+            ax.imshow(spec, origin="lower", aspect="auto", extent=(0, seconds, 0, spec.shape[0]))
+            ax.set_title(f"{label}: {path.name}", fontsize=8)
+            ax.set_ylabel("mel bin")
+        axes[row, 0].set_xlabel(prompt[:90], fontsize=7)
+    fig.tight_layout()
+    _save(fig, png)
+    plt.close(fig)
+    return [w.name for w, _, _ in pairs]
+
+
+def _save(fig, png: Path) -> None:
+    png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png.with_name(f".{png.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    tmp.replace(png)
+
+
+def acceptance(metrics: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
+    """Issue 8's acceptance checks: (what, passed or None when not measured, the figures)."""
+    checks: list[tuple[str, bool | None, str]] = []
+    adh = metrics.get("adherence") or {}
+    gen, chance = adh.get("generated", {}), adh.get("chance", {})
+    for word in ("instrument", "tempo"):
+        names = [n for n in gen if n.startswith(word)]
+        for n in names:
+            acc = gen[n].get("accuracy")
+            prior = (chance.get(n) or {}).get("prior")
+            if acc is None or prior is None:
+                checks.append((f"adherence {n} above chance", None, "not measured"))
+                continue
+            ok = acc > prior
+            checks.append((f"adherence {n} above chance", ok, f"{acc:.3f} vs {prior:.3f}"))
+        if not names:
+            checks.append((f"adherence {word} above chance", None, "not measured"))
+    mcc = metrics.get("mcc") or {}
+    g, m = mcc.get("generated"), mcc.get("generated_mismatched")
+    if g and m and g.get("mean") is not None and m.get("mean") is not None:
+        checks.append(
+            (
+                "MCC generated above mismatched",
+                g["mean"] > m["mean"],
+                f"{g['mean']:.3f} vs {m['mean']:.3f}",
+            )
+        )
+    else:
+        checks.append(("MCC generated above mismatched", None, "not measured"))
+    return checks
+
+
+def write_report(p: DemoPaths, *, step_seconds: dict[str, float]) -> Path:
+    """Write ``report.md`` and its PNGs under ``p.out``; return the report's path."""
+    plots = p.out / "plots"
+    losses = plot_losses(p, plots / "loss_curves.png")
+    clips = plot_spectrograms(p, plots / "spectrograms.png")
+    metrics_path = p.eval / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    lines = ["# musiclm demo", ""]
+    settings = p.out / "settings.json"
+    if settings.is_file():
+        lines += ["Settings: `settings.json`. Pipeline: `PIPELINE.yaml`.", ""]
+    lines += ["## Steps", "", "| step | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in step_seconds.items()]
+    lines += [f"| **total** | {sum(step_seconds.values()):.1f} |", ""]
+    lines += ["## Acceptance", "", "| check | passed | figures |", "|---|---|---|"]
+    for what, ok, figures in acceptance(metrics):
+        lines.append(f"| {what} | {'–' if ok is None else ('yes' if ok else 'no')} | {figures} |")
+    lines += ["", "## Training", "", "![loss curves](plots/loss_curves.png)", ""]
+    lines += ["| stage | curve | last value |", "|---|---|---|"]
+    for stage, tags in losses.items():
+        lines += [f"| {stage} | {tag} | {v:.4f} |" for tag, v in tags.items()]
+    lines += ["", "TensorBoard: `tensorboard --logdir " + str(p.out) + "`", ""]
+    lines += ["## Generated clips", ""]
+    if clips:
+        lines += ["![spectrograms](plots/spectrograms.png)", ""]
+    lines += [f"Audio: `{p.generated.name}/` (one wav and JSON sidecar per prompt).", ""]
+    md = p.eval / "metrics.md"
+    if md.is_file():
+        body = md.read_text(encoding="utf-8").replace("# Evaluation", "## Evaluation", 1)
+        lines += [body.replace("\n## ", "\n### ").replace("### Evaluation", "## Evaluation")]
+    out = p.out / "report.md"
+    atomic_write_text(out, "\n".join(lines).rstrip() + "\n")
+    return out
