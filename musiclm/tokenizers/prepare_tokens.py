@@ -2,7 +2,9 @@
 
 For every split folder of ``--audio``, each input shard ``audio-X.tar`` becomes
 ``OUT/<split>/tokens-audio-X.tar``: per clip ``semantic.npy`` [F_s], ``acoustic.npy`` [Q, F_a]
-(all levels), ``mulan.npy`` [Q_m] (with ``--mulan``), ``caption.txt`` and ``json``.
+(all levels), ``mulan.npy`` [Q_m] (with ``--mulan``), ``melody.npy`` [W, L_mel] (with
+``--melody``: melody tokens of every window of the clip, one every ``hop_s``), ``caption.txt``
+and ``json``.
 
 ``Trainer.predict`` runs it: every (rank, dataloader worker) takes a disjoint slice of the
 input shards, and a ``BasePredictionWriter`` writes each finished output shard under a
@@ -151,9 +153,12 @@ def _frames(length: int, sample_rate: int, frame_rate: float) -> int:
 class Tokenize(LightningModule):
     """Runs codec, semantic tokenizer and (optional) MuLan conditioner on a batch."""
 
-    def __init__(self, codec: Any, semantic: Any, mulan: Any | None = None) -> None:
+    def __init__(
+        self, codec: Any, semantic: Any, mulan: Any | None = None, melody: Any | None = None
+    ) -> None:
         super().__init__()
         self.codec, self.semantic, self.mulan = codec, semantic, mulan
+        self.melody = melody
 
     def on_predict_start(self) -> None:
         # plugins are plain objects: move their networks to this rank's device ourselves
@@ -162,9 +167,11 @@ class Tokenize(LightningModule):
             if isinstance(net, torch.nn.Module) and hasattr(plugin, "device"):
                 net.to(self.device)
                 plugin.device = self.device
+        if self.melody is not None:
+            self.melody.to(self.device)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        out: dict[str, Any] = {"acoustic": [], "semantic": [], "mulan": []}
+        out: dict[str, Any] = {"acoustic": [], "semantic": [], "mulan": [], "melody": []}
         if not batch["keys"]:
             return out
         wav, lengths = batch["sources"]["codec"]
@@ -180,6 +187,12 @@ class Tokenize(LightningModule):
             # one clip at a time: zero padding would change a clip's embedding
             out["mulan"] = [
                 self.mulan.audio_tokens(wav[i : i + 1, :, :n])[0].cpu().numpy()
+                for i, n in enumerate(lengths)
+            ]
+        if self.melody is not None:
+            wav, lengths = batch["sources"]["melody"]
+            out["melody"] = [
+                self.melody.window_tokens(wav[i : i + 1, :, :n])[0].cpu().numpy()
                 for i, n in enumerate(lengths)
             ]
         return out
@@ -223,7 +236,12 @@ class TokenShardWriter(BasePredictionWriter):
                 "json": json.dumps(meta, ensure_ascii=False).encode("utf-8"),
             }
             if prediction["mulan"]:
-                fields["mulan.npy"] = encode_npy(_small_int(prediction["mulan"][i], self.vocab["m"]))
+                fields["mulan.npy"] = encode_npy(
+                    _small_int(prediction["mulan"][i], self.vocab["m"])
+                )
+            if prediction.get("melody"):
+                melody = _small_int(prediction["melody"][i], self.vocab["l"])
+                fields["melody.npy"] = encode_npy(melody)
             for field, data in fields.items():
                 info = tarfile.TarInfo(f"{key}.{field}")
                 info.size, info.mtime, info.mode = len(data), now, 0o644
@@ -282,7 +300,10 @@ def write_manifest(split_out: Path, inputs: list[str], header: dict) -> dict:
     return manifest
 
 
-def _header(codec, codec_name, codec_args, sem, sem_name, sem_args, mulan, mulan_files) -> dict:
+def _header(
+    codec, codec_name, codec_args, sem, sem_name, sem_args, mulan, mulan_files,
+    melody=None, melody_files=None,
+) -> dict:  # fmt: skip
     return {
         "codec": {
             "name": codec_name,
@@ -310,6 +331,27 @@ def _header(codec, codec_name, codec_args, sem, sem_name, sem_args, mulan, mulan
             "num_levels": mulan.num_levels,
             "codebook_size": mulan.codebook_size,
         },
+        **_melody_header(melody, melody_files),
+    }
+
+
+def _melody_header(melody, files) -> dict:
+    """The manifest's ``melody`` section; absent (not null) without melody tokens, so the
+    manifests of runs without melody stay as they were."""
+    if melody is None:
+        return {}
+    return {
+        "melody": {
+            "checkpoint": files[0],
+            "rvq": files[1],
+            "fingerprint": melody.fingerprint(),
+            "num_windows": melody.num_windows,
+            "num_levels": melody.num_levels,
+            "codebook_size": melody.codebook_size,
+            "hop_seconds": melody.hop_seconds,
+            "input_seconds": melody.input_seconds,
+            "sample_rate": melody.sample_rate,
+        }
     }
 
 
@@ -322,6 +364,7 @@ def prepare_tokens(
     codec_args: dict | None = None,
     semantic_args: dict | None = None,
     mulan: tuple[str, str] | None = None,
+    melody: tuple[str, str] | None = None,
     batch_size: int = 8,
     num_workers: int = 0,
     accelerator: str = "cpu",
@@ -341,7 +384,12 @@ def prepare_tokens(
         from musiclm.tokenizers.conditioning_rvq import MulanConditioner
 
         m = MulanConditioner.from_files(*mulan)
-    header = _header(c, codec, codec_args, s, semantic, semantic_args, m, mulan)
+    mel = None
+    if melody is not None:
+        from musiclm.tokenizers.melody_tokens import MelodyConditioner
+
+        mel = MelodyConditioner.from_files(*melody)
+    header = _header(c, codec, codec_args, s, semantic, semantic_args, m, mulan, mel, melody)
 
     job = out / "job.json"
     if job.is_file():  # a rerun must resume with the same tokenizers, not mix two
@@ -353,6 +401,12 @@ def prepare_tokens(
             mulan=header["mulan"]["fingerprint"] if m else None,
             where=f"{out} (resuming an earlier run)",
         )
+        prev_melody = (prev.get("melody") or {}).get("fingerprint")
+        if prev_melody != (mel.fingerprint() if mel else None):
+            raise ValueError(
+                f"{out} (resuming an earlier run): melody fingerprint in the shards is "
+                f"{prev_melody!r} but this run gives {mel.fingerprint() if mel else None!r}"
+            )
     elif _rank_world()[0] == 0 and os.environ.get("LOCAL_RANK", "0") == "0":
         atomic_write_json(job, header)
 
@@ -368,7 +422,10 @@ def prepare_tokens(
     rates = {"codec": c.sample_rate, "semantic": s.sample_rate}
     if m is not None:
         rates["mulan"] = m.sample_rate
+    if mel is not None:
+        rates["melody"] = mel.sample_rate
     vocab = {"a": c.codebook_size, "s": s.vocab_size, "m": m.codebook_size if m else 0}
+    vocab["l"] = mel.codebook_size if mel else 0
     loader = DataLoader(
         AudioShardBatches(units, rates, batch_size), batch_size=None, num_workers=num_workers
     )
@@ -384,7 +441,7 @@ def prepare_tokens(
         callbacks=[writer],
         use_distributed_sampler=False,
     )
-    trainer.predict(Tokenize(c, s, m), dataloaders=loader, return_predictions=False)
+    trainer.predict(Tokenize(c, s, m, mel), dataloaders=loader, return_predictions=False)
     trainer.strategy.barrier()
     manifests = {}
     if trainer.global_rank == 0:
@@ -416,6 +473,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--semantic-args", default="{}", help="JSON kwargs for the tokenizer")
     p.add_argument("--mulan", default=None, help="MuLan checkpoint (with --mulan-rvq)")
     p.add_argument("--mulan-rvq", default=None, help="conditioning RVQ artifact")
+    p.add_argument("--melody", default=None, help="MelodyStage checkpoint (with --melody-rvq)")
+    p.add_argument("--melody-rvq", default=None, help="melody RVQ artifact (melody tokens)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--accelerator", default="cpu")
@@ -425,6 +484,8 @@ def main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     if (a.mulan is None) != (a.mulan_rvq is None):
         p.error("--mulan and --mulan-rvq go together")
+    if (a.melody is None) != (a.melody_rvq is None):
+        p.error("--melody and --melody-rvq go together")
     manifests = prepare_tokens(
         a.audio,
         a.out,
@@ -433,6 +494,7 @@ def main(argv: list[str]) -> int:
         codec_args=_json_arg(p, a.codec_args, "--codec-args"),
         semantic_args=_json_arg(p, a.semantic_args, "--semantic-args"),
         mulan=(a.mulan, a.mulan_rvq) if a.mulan else None,
+        melody=(a.melody, a.melody_rvq) if a.melody else None,
         batch_size=a.batch_size,
         num_workers=a.num_workers,
         accelerator=a.accelerator,
