@@ -24,7 +24,7 @@ class DemoSettings:
     clips: int = 200
     seconds: float = 10.0
     # MuLan: steps, batch, crop (seconds); the conditioning RVQ over its audio embeddings.
-    mulan_steps: int = 400
+    mulan_steps: int = 300
     mulan_batch: int = 32
     rvq_levels: int = 4
     rvq_codebook: int = 32
@@ -35,7 +35,7 @@ class DemoSettings:
     semantic_k: int = 256
     # Token LMs: steps per stage and extra `musiclm fit` overrides shared by all three.
     lm_steps: dict[str, int] = field(
-        default_factory=lambda: {"semantic": 300, "coarse": 300, "fine": 200}
+        default_factory=lambda: {"semantic": 300, "coarse": 300, "fine": 150}
     )
     lm_overrides: list[str] = field(default_factory=list)
     mulan_overrides: list[str] = field(default_factory=list)
@@ -161,7 +161,6 @@ def fit_argv(p: DemoPaths, stage: str, data: dict[str, Path], extra: list[str]) 
         "--config",
         str(p.conf / f"{stage}.yaml"),
         f"--trainer.default_root_dir={p.run_dir(stage)}",
-        "--trainer.enable_progress_bar=false",
     )
     argv += [f"--data.init_args.{k}={v}" for k, v in data.items()]
     argv += extra
@@ -196,7 +195,7 @@ def build_steps(runner: StepRunner, p: DemoPaths, s: DemoSettings) -> list[Step]
         extra = [
             f"--trainer.max_steps={s.mulan_steps}",
             f"--data.init_args.batch_size={s.mulan_batch}",
-            f"--data.init_args.batches_per_epoch={max(1, min(100, s.mulan_steps // 4))}",
+            f"--data.init_args.batches_per_epoch={max(1, min(150, s.mulan_steps // 2))}",
             *s.mulan_overrides,
         ]
         data = {"train_dir": p.audio / "train", "val_dir": p.audio / "valid"}

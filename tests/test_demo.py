@@ -1,0 +1,232 @@
+"""`musiclm demo`: the resumable step runner, the files it writes, the report, end to end."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from musiclm.demo import outputs
+from musiclm.demo.plan import DemoPaths, DemoSettings, build_steps, fit_argv
+from musiclm.demo.report import acceptance, loss_tags, plot_losses, read_scalars
+from musiclm.demo.steps import Step, StepFailed, StepRunner
+
+
+def _writer_step(name: str, path: Path, calls: list[str], *, fail: bool = False) -> Step:
+    def run(step: Step) -> None:
+        calls.append(name)
+        if fail:
+            raise RuntimeError("boom")
+        path.write_text(name)
+
+    return Step(name, f"write {path.name}", run, lambda: [] if path.exists() else [str(path)])
+
+
+def test_complete_step_is_skipped_incomplete_reruns(tmp_path):
+    calls: list[str] = []
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    steps = [_writer_step("a", a, calls), _writer_step("b", b, calls)]
+    StepRunner(tmp_path, log=lambda m: None).run(steps)
+    assert calls == ["a", "b"]
+
+    times = StepRunner(tmp_path, log=lambda m: None).run(steps)
+    assert calls == ["a", "b"], "complete steps must be skipped"
+    assert times == {"a": 0.0, "b": 0.0}
+
+    b.unlink()  # the marker stays, but the output it vouches for is gone
+    StepRunner(tmp_path, log=lambda m: None).run(steps)
+    assert calls == ["a", "b", "b"]
+
+
+def test_failed_step_leaves_no_marker_and_reruns(tmp_path):
+    calls: list[str] = []
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    runner = StepRunner(tmp_path, log=lambda m: None)
+    with pytest.raises(StepFailed, match="'b' failed: boom"):
+        runner.run([_writer_step("a", a, calls), _writer_step("b", b, calls, fail=True)])
+    assert runner.marker("a").is_file() and not runner.marker("b").exists()
+
+    runner.run([_writer_step("a", a, calls), _writer_step("b", b, calls)])
+    assert calls == ["a", "b", "b"], "only the interrupted step reruns"
+
+
+def test_step_without_its_outputs_fails(tmp_path):
+    step = Step("c", "claims an output", lambda s: None, lambda: ["out.bin"])
+    runner = StepRunner(tmp_path, log=lambda m: None)
+    with pytest.raises(StepFailed, match="left no out.bin"):
+        runner.run([step])
+    assert not runner.marker("c").exists()
+
+
+def test_force_reruns_the_step_and_later_ones(tmp_path):
+    calls: list[str] = []
+    steps = [_writer_step(n, tmp_path / f"{n}.txt", calls) for n in "abc"]
+    StepRunner(tmp_path, log=lambda m: None).run(steps)
+    StepRunner(tmp_path, force=["b"], log=lambda m: None).run(steps)
+    assert calls == ["a", "b", "c", "b", "c"]
+    with pytest.raises(ValueError, match="no such step"):
+        StepRunner(tmp_path, force=["nope"], log=lambda m: None).run(steps)
+
+
+def test_command_logs_output_and_names_failures(tmp_path):
+    runner = StepRunner(tmp_path, log=lambda m: None)
+    step = Step("echo", "", lambda s: None)
+    runner.command(step, [sys.executable, "-c", "print('hello from child')"])
+    assert "hello from child" in (tmp_path / "logs" / "echo.log").read_text()
+    with pytest.raises(StepFailed, match=r"status 3 \(log: .*echo.log\)"):
+        runner.command(step, [sys.executable, "-c", "raise SystemExit(3)"])
+
+
+def test_fit_resumes_from_last_checkpoint_only_when_present(tmp_path):
+    p = DemoPaths(out=tmp_path, conf=tmp_path / "conf")
+    argv = fit_argv(p, "coarse", {"train_dir": tmp_path / "t"}, ["--trainer.max_steps=5"])
+    assert argv[argv.index("--config") + 1] == str(tmp_path / "conf" / "coarse.yaml")
+    assert f"--trainer.default_root_dir={tmp_path / 'coarse'}" in argv
+    assert f"--data.init_args.train_dir={tmp_path / 't'}" in argv
+    assert "--ckpt_path" not in argv
+    p.last_ckpt("coarse").parent.mkdir(parents=True)
+    p.last_ckpt("coarse").write_bytes(b"x")
+    argv = fit_argv(p, "coarse", {}, [])
+    assert argv[-2:] == ["--ckpt_path", "last"]
+
+
+def _corpus(p: DemoPaths, rows: list[dict]) -> None:
+    p.corpus.mkdir(parents=True)
+    (p.corpus / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+ROWS = [
+    {"id": "c0", "caption": "violin, slow", "split": "train", "attributes": {"bpm": 60}},
+    {"id": "c1", "caption": "organ, fast ", "split": "test", "attributes": {"bpm": 150}},
+    {"id": "c2", "caption": "flute, lively", "split": "test", "attributes": {"bpm": 120}},
+]
+
+
+def test_prompts_and_sidecar_attributes(tmp_path):
+    p = DemoPaths(out=tmp_path, conf=tmp_path)
+    _corpus(p, ROWS)
+    rows = outputs.write_prompts(p, 5)
+    assert [r["id"] for r in rows] == ["c1", "c2"]
+    assert p.prompts.read_text() == "organ, fast\nflute, lively\n"
+    assert outputs.missing_generated(p), "nothing generated yet"
+
+    p.generated.mkdir()
+    for i, prompt in enumerate(["flute, lively", "organ, fast"]):
+        (p.generated / f"s{i}.wav").write_bytes(b"")
+        (p.generated / f"s{i}.json").write_text(json.dumps({"prompt": prompt, "seed": 0}))
+    assert outputs.missing_generated(p) == []
+    assert outputs.attach_attributes(p) == 2
+    side = json.loads((p.generated / "s0.json").read_text())
+    assert side["attributes"] == {"bpm": 120} and side["reference"] == "c2" and side["seed"] == 0
+
+    (p.generated / "s2.json").write_text(json.dumps({"prompt": "something else"}))
+    with pytest.raises(ValueError, match="s2.json: prompt 'something else'"):
+        outputs.attach_attributes(p)
+
+
+def test_bad_corpus_manifest_names_file_and_line(tmp_path):
+    p = DemoPaths(out=tmp_path, conf=tmp_path)
+    _corpus(p, ROWS[:1])
+    with pytest.raises(ValueError, match="no clip in the test split"):
+        outputs.write_prompts(p, 2)
+    with open(p.corpus / "manifest.jsonl", "a") as f:
+        f.write("{not json\n")
+    with pytest.raises(ValueError, match=r"manifest.jsonl:2: invalid JSON"):
+        outputs.write_prompts(p, 2)
+
+
+def test_pipeline_file_names_every_artifact_relative_to_the_run(tmp_path):
+    p = DemoPaths(out=tmp_path / "run", conf=tmp_path)
+    outputs.write_pipeline(p)
+    spec = yaml.safe_load(p.pipeline.read_text())
+    assert (p.out / spec["mulan"]["checkpoint"]).resolve() == p.last_ckpt("mulan").resolve()
+    assert (p.out / spec["codec"]["args"]["codebooks"]).resolve() == p.codec.resolve()
+    assert (p.out / spec["semantic_tokenizer"]["args"]["kmeans"]).resolve() == p.kmeans.resolve()
+    for stage in ("semantic", "coarse", "fine"):
+        assert (p.out / spec["stages"][stage]["checkpoint"]) == p.last_ckpt(stage)
+
+
+def test_loss_curves_from_tensorboard_events(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    p = DemoPaths(out=tmp_path, conf=tmp_path)
+    events = p.run_dir("semantic") / "tensorboard" / "run"
+    with SummaryWriter(str(events)) as w:
+        for step in range(5):
+            w.add_scalar("train/loss", 5.0 - step, step)
+            w.add_scalar("lr", 0.1, step)
+        w.add_scalar("val/loss", 2.5, 4)
+    scalars = read_scalars(events)
+    assert scalars["train/loss"] == [(i, 5.0 - i) for i in range(5)]
+    assert loss_tags(scalars) == ["train/loss", "val/loss"]
+    last = plot_losses(p, tmp_path / "loss.png")
+    assert last == {"semantic": {"train/loss": 1.0, "val/loss": 2.5}}
+    assert (tmp_path / "loss.png").stat().st_size > 1000
+
+
+def test_acceptance_checks():
+    metrics = {
+        "adherence": {
+            "generated": {"instrument": {"accuracy": 0.5}, "tempo_8pct": {"accuracy": 0.1}},
+            "chance": {"instrument": {"prior": 0.14}, "tempo_8pct": {"prior": 0.15}},
+        },
+        "mcc": {"generated": {"mean": 0.3}, "generated_mismatched": {"mean": 0.1}},
+    }
+    got = {what: ok for what, ok, _ in acceptance(metrics)}
+    assert got == {
+        "adherence instrument above chance": True,
+        "adherence tempo_8pct above chance": False,
+        "MCC generated above mismatched": True,
+    }
+    assert all(ok is None for _, ok, _ in acceptance({}))
+
+
+def test_quick_steps_are_the_documented_order(tmp_path):
+    p = DemoPaths(out=tmp_path, conf=tmp_path)
+    names = [s.name for s in build_steps(StepRunner(tmp_path), p, DemoSettings.quick())]
+    assert names == [
+        "corpus", "audio", "mulan", "mulan-rvq", "semantic-kmeans", "codec", "tokens",
+        "semantic", "coarse", "fine", "pipeline", "generate", "evaluate", "report",
+    ]  # fmt: skip
+
+
+def test_cli_refuses_a_run_folder_made_with_other_settings(tmp_path, capsys):
+    from musiclm.commands import demo
+
+    out = tmp_path / "run"
+    assert demo.main(["--out", str(out), "--quick", "--until", "pipeline", "--list"]) == 0
+    assert "corpus" in capsys.readouterr().out
+    out.mkdir()
+    (out / "settings.json").write_text(json.dumps({**DemoSettings.quick().to_json(), "clips": 7}))
+    assert demo.main(["--out", str(out), "--quick"]) == 2
+    assert "other settings (clips: 7 -> 30)" in capsys.readouterr().err
+    assert demo.main(["--out", str(out), "--until", "nope"]) == 2
+    assert "--until 'nope': no such step" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end_and_resume(tmp_path):
+    """`musiclm demo --quick` in tmp_path, then a rerun that skips every finished step."""
+    from musiclm.commands import demo
+
+    out = tmp_path / "demo"
+    assert demo.main(["--out", str(out), "--quick"]) == 0
+    report = (out / "report.md").read_text()
+    assert "## Acceptance" in report and "## Evaluation" in report
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert {"adherence", "mcc", "fad"} <= set(metrics)
+    wavs = sorted((out / "generated").glob("*.wav"))
+    assert len(wavs) == DemoSettings.quick().prompts
+    assert (out / "plots" / "loss_curves.png").is_file()
+    assert (out / "plots" / "spectrograms.png").is_file()
+    for stage in ("mulan", "semantic", "coarse", "fine"):
+        assert (out / stage / "checkpoints" / "last.ckpt").is_file()
+        assert list((out / stage / "tensorboard" / "run").glob("events.out.tfevents.*"))
+
+    before = {m.name: m.stat().st_mtime_ns for m in (out / "steps").glob("*.done")}
+    assert demo.main(["--out", str(out), "--quick"]) == 0
+    after = {m.name: m.stat().st_mtime_ns for m in (out / "steps").glob("*.done")}
+    assert before == after, "a rerun of a finished demo must skip every step"
