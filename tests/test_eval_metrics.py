@@ -233,3 +233,13 @@ def test_write_generated_round_trips_through_load_folder(tmp_path):
     assert not list(tmp_path.glob(".*"))  # no temporary files left
     with pytest.raises(ValueError, match="plain file stem"):
         write_generated(tmp_path, "../x", audio, 16000, prompt="p")
+
+
+def test_logmel_frames_agree_across_sample_rates():
+    import librosa
+
+    y = synth_clip(instrument="square", bpm=100, key=3, mode="minor", seconds=2.0)
+    y24 = librosa.resample(y, orig_sr=16000, target_sr=24000)
+    a, b = fad.logmel_frames(y, 16000), fad.logmel_frames(y24, 24000)
+    assert a.shape == b.shape
+    assert np.abs(a - b).mean() < 0.2 * np.abs(a).mean()

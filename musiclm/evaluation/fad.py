@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 FrameEmbedder = Callable[[np.ndarray, int], np.ndarray]
+LOGMEL_RATE = 16000
 
 
 def gaussian_stats(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -88,11 +89,19 @@ def _resample(audio: np.ndarray, sample_rate: int, target: int):
 def logmel_frames(
     audio: np.ndarray, sample_rate: int, *, window_s: float = 0.5, n_mels: int = 64
 ) -> np.ndarray:
-    """Model-free embedding: mean log-mel spectrum of each ``window_s`` window (N, n_mels)."""
+    """Model-free embedding: mean log-mel spectrum of each ``window_s`` window (N, n_mels).
+
+    Audio is resampled to ``LOGMEL_RATE`` first, so clips at different rates share one mel
+    scale (otherwise the bands would span different frequency ranges).
+    """
     import librosa
 
+    y = np.asarray(audio, dtype=np.float32).reshape(-1)
+    if sample_rate != LOGMEL_RATE:
+        y = librosa.resample(y, orig_sr=sample_rate, target_sr=LOGMEL_RATE)
+    sample_rate = LOGMEL_RATE
     mel = librosa.feature.melspectrogram(
-        y=np.asarray(audio, dtype=np.float32),
+        y=y,
         sr=sample_rate,
         n_fft=1024,
         hop_length=256,
