@@ -239,12 +239,21 @@ def test_bad_inputs_give_clear_errors(data, tmp_path, capsys):
 
 
 def test_pipeline_paths_resolve_relative_to_file(tmp_path):
+    for name in ("ckpt/mulan.ckpt", "rvq.safetensors", "sem.ckpt", "coarse.ckpt", "km.safetensors"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
     (tmp_path / "PIPELINE.yaml").write_text(
         "mulan: {checkpoint: ckpt/mulan.ckpt, rvq: rvq.safetensors}\n"
-        "semantic: {checkpoint: /abs/semantic.ckpt}\n"
+        "codec: {name: stft-rvq, args: {}}\n"
         "semantic_tokenizer: {name: music-features, args: {kmeans: km.safetensors}}\n"
+        "stages:\n"
+        "  semantic: {checkpoint: sem.ckpt}\n"
+        "  coarse: {checkpoint: coarse.ckpt}\n"
     )
     paths = cmd.read_pipeline(str(tmp_path / "PIPELINE.yaml"))
     assert paths["mulan"] == str(tmp_path / "ckpt/mulan.ckpt")
-    assert paths["semantic"] == "/abs/semantic.ckpt"
+    assert paths["semantic"] == str(tmp_path / "sem.ckpt")
     assert paths["centroids"] == str(tmp_path / "km.safetensors")
+    (tmp_path / "sem.ckpt").unlink()
+    with pytest.raises(ValueError, match="sem.ckpt, which does not exist"):
+        cmd.read_pipeline(str(tmp_path / "PIPELINE.yaml"))

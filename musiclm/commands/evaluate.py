@@ -66,45 +66,18 @@ def _log(msg: str) -> None:
     print(f"[evaluate] {msg}", file=sys.stderr, flush=True)
 
 
-def _lookup(d: Any, *paths: str) -> Any:
-    for path in paths:
-        node = d
-        for part in path.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if node not in (None, ""):
-            return node
-    return None
-
-
 def read_pipeline(path: str) -> dict[str, str | None]:
-    """Paths named by PIPELINE.yaml (relative paths resolve against its folder)."""
-    import yaml
+    """The MuLan checkpoint, semantic stage checkpoint and semantic k-means that PIPELINE.yaml
+    names (parsed and validated by ``musiclm.generation.pipeline_file``; absolute paths)."""
+    from musiclm.generation.pipeline_file import load_pipeline_file
 
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"pipeline file not found: {file}")
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"invalid YAML in pipeline file {file}: {exc}") from exc
-
-    def resolve(value: Any) -> str | None:
-        if value is None:
-            return None
-        p = Path(str(value))
-        return str(p if p.is_absolute() else file.parent / p)
-
+    pipe = load_pipeline_file(path)
+    semantic = pipe.stages.get("semantic")
+    tokenizer = pipe.semantic_tokenizer
     return {
-        "mulan": resolve(_lookup(data, "mulan.checkpoint", "stages.mulan.checkpoint")),
-        "semantic": resolve(_lookup(data, "semantic.checkpoint", "stages.semantic.checkpoint")),
-        "centroids": resolve(
-            _lookup(
-                data,
-                "semantic_tokenizer.args.kmeans",
-                "semantic_tokenizer.kmeans",
-                "semantic.kmeans",
-            )
-        ),
+        "mulan": pipe.mulan[0] if pipe.mulan else None,
+        "semantic": semantic.checkpoint if semantic else None,
+        "centroids": (tokenizer.args.get("kmeans") if tokenizer else None) or None,
     }
 
 
