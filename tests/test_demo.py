@@ -11,7 +11,7 @@ import yaml
 
 from musiclm.demo import outputs
 from musiclm.demo.plan import DemoPaths, DemoSettings, build_steps, fit_argv
-from musiclm.demo.report import acceptance, loss_tags, plot_losses, read_scalars
+from musiclm.demo.report import STAGES, acceptance, loss_tags, plot_losses, read_scalars
 from musiclm.demo.steps import Step, StepFailed, StepRunner
 
 
@@ -110,7 +110,9 @@ def test_prompts_and_sidecar_attributes(tmp_path):
     _corpus(p, ROWS)
     rows = outputs.write_prompts(p, 5)
     assert [r["id"] for r in rows] == ["c1", "c2"]
-    assert p.prompts.read_text() == "organ, fast\nflute, lively\n"
+    lines = [json.loads(x) for x in p.prompts.read_text().splitlines()]
+    assert [x["prompt"] for x in lines] == ["organ, fast", "flute, lively"]
+    assert lines[0]["attributes"] == {"bpm": 150}
     assert outputs.missing_generated(p), "nothing generated yet"
 
     p.generated.mkdir()
@@ -139,8 +141,19 @@ def test_bad_corpus_manifest_names_file_and_line(tmp_path):
 
 
 def test_pipeline_file_names_every_artifact_relative_to_the_run(tmp_path):
+    from musiclm.generation.pipeline_file import PipelineFileError, load_pipeline_file
+
     p = DemoPaths(out=tmp_path / "run", conf=tmp_path)
-    outputs.write_pipeline(p)
+    needed = [p.rvq, p.codec, p.kmeans] + [p.last_ckpt(s) for s in STAGES]
+    for path in needed:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    p.last_ckpt("coarse").unlink()
+    with pytest.raises(PipelineFileError, match="stages.coarse.checkpoint"):
+        outputs.write_pipeline(p)
+    p.last_ckpt("coarse").write_bytes(b"x")
+    outputs.write_pipeline(p, cfg_scale=2.0)
+    assert load_pipeline_file(p.pipeline).stages["coarse"].sampling.cfg_scale == 2.0
     spec = yaml.safe_load(p.pipeline.read_text())
     assert (p.out / spec["mulan"]["checkpoint"]).resolve() == p.last_ckpt("mulan").resolve()
     assert (p.out / spec["codec"]["args"]["codebooks"]).resolve() == p.codec.resolve()

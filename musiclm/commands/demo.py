@@ -63,7 +63,8 @@ def _check_settings(out: Path, settings: dict, forcing: bool) -> None:
     path = out / "settings.json"
     if path.is_file() and not forcing:
         old = json.loads(path.read_text())
-        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        # Keys only one side knows (a newer version's settings) are not a conflict.
+        diff = {k: (old[k], v) for k, v in settings.items() if k in old and old[k] != v}
         if diff:
             shown = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in diff.items())
             raise ValueError(

@@ -48,14 +48,16 @@ def pipeline_dict(p: DemoPaths) -> dict[str, Any]:
     }
 
 
-def write_pipeline(p: DemoPaths) -> Path:
-    """Write PIPELINE.yaml naming every checkpoint and artifact of the run."""
-    import yaml
+def write_pipeline(p: DemoPaths, *, cfg_scale: float = 1.0) -> Path:
+    """Write PIPELINE.yaml naming every checkpoint and artifact of the run (validated by the
+    generation package's own schema, so a missing file fails here, naming the key)."""
+    from musiclm.generation.pipeline_file import write_pipeline_file
 
-    text = "# Written by `musiclm demo`; use with `musiclm generate --pipeline`.\n"
-    text += yaml.safe_dump(pipeline_dict(p), sort_keys=False)
-    atomic_write_text(p.pipeline, text)
-    return p.pipeline
+    data = pipeline_dict(p)
+    if cfg_scale != 1.0:  # stages trained with conditioning dropout take guidance
+        for stage in ("semantic", "coarse"):
+            data["stages"][stage]["cfg_scale"] = cfg_scale
+    return write_pipeline_file(p.pipeline, data)
 
 
 def held_out_rows(p: DemoPaths, n: int) -> list[dict[str, Any]]:
@@ -77,21 +79,21 @@ def held_out_rows(p: DemoPaths, n: int) -> list[dict[str, Any]]:
 
 
 def write_prompts(p: DemoPaths, n: int) -> list[dict[str, Any]]:
-    """``prompts.txt`` (one caption a line, for ``--prompts``) and ``prompts.jsonl``."""
+    """``prompts.jsonl``: {"id", "prompt", "attributes"} per held-out clip (``--prompts``)."""
     rows = held_out_rows(p, n)
-    atomic_write_text(p.prompts, "".join(r["caption"].strip() + "\n" for r in rows))
     meta = "".join(
         json.dumps({"id": r["id"], "prompt": r["caption"].strip(), "attributes": r["attributes"]})
         + "\n"
         for r in rows
     )
-    atomic_write_text(p.prompts.with_suffix(".jsonl"), meta)
+    atomic_write_text(p.prompts, meta)
     return rows
 
 
 def attach_attributes(p: DemoPaths) -> int:
-    """Give each generated sidecar its prompt's attributes (for adherence); return the count."""
-    meta_path = p.prompts.with_suffix(".jsonl")
+    """Give each generated sidecar its prompt's attributes (for adherence) and the id of the
+    real clip whose caption it was (for the report's spectrograms); return the count."""
+    meta_path = p.prompts
     by_prompt = {}
     for line in meta_path.read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
@@ -113,7 +115,7 @@ def attach_attributes(p: DemoPaths) -> int:
 
 def missing_generated(p: DemoPaths) -> list[str]:
     """What generation still owes: every prompt needs a wav with a sidecar."""
-    meta_path = p.prompts.with_suffix(".jsonl")
+    meta_path = p.prompts
     if not meta_path.is_file():
         return [str(meta_path)]
     wanted = len(meta_path.read_text(encoding="utf-8").splitlines())

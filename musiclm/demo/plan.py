@@ -42,6 +42,7 @@ class DemoSettings:
     # Generation: held-out prompts (test captions), clip length, sampling.
     prompts: int = 20
     gen_seconds: float = 8.0
+    cfg_scale: float = 1.0
     gen_args: list[str] = field(default_factory=list)
     eval_args: list[str] = field(default_factory=list)
 
@@ -120,7 +121,7 @@ class DemoPaths:
 
     @property
     def prompts(self) -> Path:
-        return self.out / "prompts.txt"
+        return self.out / "prompts.jsonl"
 
     @property
     def generated(self) -> Path:
@@ -259,7 +260,7 @@ def build_steps(runner: StepRunner, p: DemoPaths, s: DemoSettings) -> list[Step]
         return run
 
     def pipeline(step: Step) -> None:
-        outputs.write_pipeline(p)
+        outputs.write_pipeline(p, cfg_scale=s.cfg_scale)
 
     def generate(step: Step) -> None:
         outputs.write_prompts(p, s.prompts)
