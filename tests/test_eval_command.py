@@ -133,6 +133,7 @@ def test_evaluate_end_to_end_with_tiny_mulan(data, tmp_path, capsys):
     assert adh["generated"]["instrument"]["n"] == 6
     assert adh["real"]["instrument"]["accuracy"] >= 0.8
     assert adh["chance"]["instrument"]["prior"] == pytest.approx(1 / 3)
+    assert adh["chance_real"]["instrument"]["n"] == 6
     mcc = metrics["mcc"]
     assert mcc["generated"]["n"] == 6 and mcc["real"]["n"] == 6
     assert -1.0 <= mcc["generated"]["mean"] <= 1.0

@@ -95,7 +95,7 @@ def run_adherence(
         _log(f"attribute estimators: loading {path}")
         est = A.AttributeEstimators.load(path)
     elif args.train_reference:
-        train = [c for c in load_reference(args.train_reference, limit=args.max_train_clips)]
+        train = load_reference(args.train_reference, limit=args.max_train_clips)
         train = [c for c in train if c.attributes]
         if not train:
             raise ValueError(f"no clip in {args.train_reference} carries attributes")
@@ -118,15 +118,19 @@ def run_adherence(
 
     gen_table, gen_preds = score(generated)
     real_table, _ = score(reference)
-    targets = [c.attributes for c in generated if c.attributes] or [
-        c.attributes for c in reference if c.attributes
-    ]
+
+    def chance(clips: list[Clip]) -> dict:
+        targets = [c.attributes for c in clips if c.attributes]
+        return A.chance_levels(est.train_attributes, targets, tempo_words=est.tempo_words)
+
     return {
         "estimators": str(path),
         "num_train_clips": est.num_train_clips,
         "generated": gen_table,
         "real": real_table,
-        "chance": A.chance_levels(est.train_attributes, targets, tempo_words=est.tempo_words),
+        # label-only baselines for the generated clips' targets, and for the real clips'
+        "chance": chance(generated) if gen_preds else chance(reference),
+        "chance_real": chance(reference),
         "predictions": gen_preds,
     }
 
