@@ -4,6 +4,9 @@ Each sample holds ``semantic.npy`` ``[F_s]``, ``acoustic.npy`` ``[Q, F_a]``, opt
 ``mulan.npy`` ``[Q_m]``, a caption and JSON. A batch is ``{"semantic": (B, F_s),
 "acoustic": (B, Q, F_a), "mulan": (B, Q_m), "key": [B], "skipped": ()}``: one random crop of
 ``seconds`` per sample, the same time window in every stream, ``-1`` where a clip is shorter.
+Shards with ``melody.npy`` ``[W_clip, L]`` (a melody token set every ``melody_hop`` seconds)
+add ``"melody": (B, W * L)``: the crop then starts on the melody window grid and takes the
+``W`` windows from its start (``-1`` past the clip's end).
 
 Training reads resampled shards (every rank and worker draws shards at random, seeded by
 (seed, data epoch, rank, worker)), so every rank yields exactly ``batches_per_epoch`` batches
@@ -72,6 +75,9 @@ def crop_sample(
     n_a = max(1, round(seconds * spec.acoustic_rate))
     clip = min(semantic.shape[0] / spec.semantic_rate, acoustic.shape[1] / spec.acoustic_rate)
     start = 0.0 if rng is None else rng.uniform(0.0, max(0.0, clip - seconds))
+    if spec.melody_levels and rng is not None:
+        # on the melody grid, so the melody windows describe exactly the cropped audio
+        start = spec.melody_hop * int(start // spec.melody_hop)
     # snap the window to the semantic frame grid, then find the acoustic frame at that time
     s0 = int(start * spec.semantic_rate)
     a0 = round(s0 / spec.semantic_rate * spec.acoustic_rate)
@@ -90,7 +96,23 @@ def crop_sample(
             )
         _check_range(where, "mulan", mulan, spec.mulan_codebook)
         out["mulan"] = mulan.astype(np.int64)
+    if spec.melody_levels:
+        out["melody"] = _melody_windows(sample, where, spec, start)
     return out
+
+
+def _melody_windows(sample: dict, where: str, spec: TokenSpec, start: float) -> np.ndarray:
+    """The ``W`` melody windows from ``start`` seconds, flattened window-major ``(W * L,)``."""
+    if "melody.npy" not in sample:
+        raise ValueError(f"{where} lacks 'melody.npy' but the manifest declares melody tokens")
+    melody = decode_npy(sample["melody.npy"])
+    if melody.ndim != 2 or melody.shape[1] != spec.melody_levels:
+        raise ValueError(
+            f"{where}: melody {melody.shape}, expected [windows, {spec.melody_levels}]"
+        )
+    _check_range(where, "melody", melody, spec.melody_codebook)
+    first = int(round(start / spec.melody_hop))
+    return _window(melody.T, first, spec.melody_windows).T.reshape(-1)
 
 
 def _check_range(where: str, name: str, arr: np.ndarray, size: int) -> None:
@@ -110,7 +132,7 @@ def _window(arr: np.ndarray, start: int, length: int) -> np.ndarray:
 
 def collate(samples: list[dict]) -> dict[str, Any]:
     batch: dict[str, Any] = {"key": [s["key"] for s in samples]}
-    for name in ("semantic", "acoustic", "mulan"):
+    for name in ("semantic", "acoustic", "mulan", "melody"):
         if name in samples[0]:
             batch[name] = torch.from_numpy(np.stack([s[name] for s in samples]))
     return batch
@@ -330,6 +352,11 @@ def write_synthetic_shards(
             }
             if spec.mulan_levels:
                 sample["mulan.npy"] = rng.integers(0, spec.mulan_codebook, spec.mulan_levels)
+            if spec.melody_levels:
+                windows = 1 + int(max(0.0, lengths[index] - spec.melody_hop) // spec.melody_hop)
+                sample["melody.npy"] = rng.integers(
+                    0, spec.melody_codebook, (windows, spec.melody_levels)
+                )
             writer.write(sample, seconds=lengths[index])
             index += 1
         writer.close()
@@ -369,5 +396,13 @@ def write_synthetic_shards(
             "codebook_size": spec.mulan_codebook,
         },
     }
+    if spec.melody_levels:
+        manifest["melody"] = {
+            "fingerprint": spec.melody_fingerprint,
+            "num_windows": spec.melody_windows,
+            "num_levels": spec.melody_levels,
+            "codebook_size": spec.melody_codebook,
+            "hop_seconds": spec.melody_hop,
+        }
     atomic_write_json(directory / "manifest.json", manifest)
     return spec

@@ -4,14 +4,17 @@ Every stage trains the same ``TokenLM`` on ``[BOS] + conditioning prefix + targe
 
 | stage    | conditioning prefix                         | targets                          |
 |----------|---------------------------------------------|----------------------------------|
-| semantic | MuLan tokens M (``Q_m``)                    | semantic tokens S (``F_s``)      |
-| coarse   | M, then S (``F_s``)                         | codec levels ``0..Q_c-1``        |
+| semantic | MuLan tokens M (``Q_m``) [+ melody]         | semantic tokens S (``F_s``)      |
+| coarse   | M [+ melody], then S (``F_s``)              | codec levels ``0..Q_c-1``        |
 | fine     | coarse levels (``F_a * Q_c``); M if asked   | codec levels ``Q_c..Q_c+Q_f-1``  |
 
 Acoustic levels are flattened frame by frame (``f0q0 f0q1 .. f1q0 ..``). M is left out when
-the shards carry none. Ids: one unified *input* vocabulary where each stream level owns a
-disjoint range (``PAD=0, BOS=1, NULL=2`` first, then the streams in the order used by the
-stage), and a smaller *target* vocabulary (``level * K + code``) that the output head covers.
+the shards carry none. With ``melody=True`` (semantic and coarse stages) the melody tokens
+(``W`` windows x ``L`` levels, window-major, see ``musiclm.tokenizers.melody_tokens``) follow
+M in the prefix; such a layout requires them in every batch. Ids: one unified *input*
+vocabulary where each stream level owns a disjoint range (``PAD=0, BOS=1, NULL=2`` first,
+then the streams in the order used by the stage), and a smaller *target* vocabulary
+(``level * K + code``) that the output head covers.
 
 API used by training and generation (kept stable):
 
@@ -61,6 +64,11 @@ class TokenSpec:
     semantic_name: str = ""
     semantic_fingerprint: str = ""
     mulan_fingerprint: str = ""
+    melody_windows: int = 0
+    melody_levels: int = 0
+    melody_codebook: int = 0
+    melody_hop: float = 0.0  # seconds between melody windows
+    melody_fingerprint: str = ""
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any], where: str = "manifest.json") -> TokenSpec:
@@ -75,6 +83,7 @@ class TokenSpec:
         if manifest.get("kind") != "tokens":
             raise ValueError(f"{where}: kind is {manifest.get('kind')!r}, expected 'tokens'")
         mulan = manifest.get("mulan") or None
+        melody = manifest.get("melody") or None
         return cls(
             semantic_vocab=int(get("semantic", "vocab_size")),
             semantic_rate=float(get("semantic", "frame_rate")),
@@ -88,6 +97,11 @@ class TokenSpec:
             semantic_name=str(manifest["semantic"].get("name", "")),
             semantic_fingerprint=str(get("semantic", "fingerprint")),
             mulan_fingerprint=str(get("mulan", "fingerprint")) if mulan else "",
+            melody_windows=int(get("melody", "num_windows")) if melody else 0,
+            melody_levels=int(get("melody", "num_levels")) if melody else 0,
+            melody_codebook=int(get("melody", "codebook_size")) if melody else 0,
+            melody_hop=float(get("melody", "hop_seconds")) if melody else 0.0,
+            melody_fingerprint=str(get("melody", "fingerprint")) if melody else "",
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,10 +123,19 @@ class TokenLayout:
     coarse_levels: int = 4
     fine_levels: int | None = None  # None: every codec level above the coarse ones
     fine_sees_mulan: bool = False  # AudioLM/MusicLM: the fine stage sees coarse tokens only
+    melody: bool = False  # melody tokens beside M (semantic and coarse stages)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"unknown stage {self.stage!r}; stages: {', '.join(STAGES)}")
+        if self.melody and self.stage == "fine":
+            raise ValueError("melody conditioning is for the semantic and coarse stages")
+        if self.melody and not self.spec.melody_levels:
+            raise ValueError(
+                f"{self.stage} stage is built with melody conditioning but the token shards "
+                "carry no melody tokens: run `musiclm prepare tokens ... --melody CKPT "
+                "--melody-rvq RVQ`, or set melody: false"
+            )
         q = self.spec.num_quantizers
         if self.stage != "semantic" and not 1 <= self.coarse_levels <= q:
             raise ValueError(f"coarse_levels={self.coarse_levels} not in 1..{q} codec levels")
@@ -142,6 +165,8 @@ class TokenLayout:
         out = (
             [("mulan", self.spec.mulan_levels, self.spec.mulan_codebook)] if self.uses_mulan else []
         )
+        if self.melody:
+            out.append(("melody", self.spec.melody_levels, self.spec.melody_codebook))
         if self.stage in ("semantic", "coarse"):
             out.append(("semantic", 1, self.spec.semantic_vocab))
         if self.stage in ("coarse", "fine"):
@@ -191,6 +216,8 @@ class TokenLayout:
 
     def _stream(self, streams: dict[str, torch.Tensor], name: str) -> torch.Tensor:
         """Raw codes ``(B, L, F)`` of stream ``name`` picked out of the sample's arrays."""
+        if name == "melody":
+            return self._melody(streams)
         try:
             if name == "mulan":
                 return streams["mulan"].long().unsqueeze(-1)  # (B, Q_m, 1)
@@ -209,6 +236,23 @@ class TokenLayout:
                 f"{acoustic.shape[1]}"
             )
         return acoustic[:, lo:hi]
+
+    def _melody(self, streams: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Melody tokens ``(B, W * L)`` window-major -> ``(B, L, W)``."""
+        if streams.get("melody") is None:
+            raise ValueError(
+                f"{self.stage} stage was trained with melody conditioning and needs melody "
+                "tokens: token shards from `musiclm prepare tokens --melody`, or "
+                "`musiclm generate --melody CLIP`"
+            )
+        tokens = streams["melody"].long()
+        w, l = self.spec.melody_windows, self.spec.melody_levels
+        if tokens.dim() != 2 or tokens.shape[1] != w * l:
+            raise ValueError(
+                f"{self.stage} stage expects melody tokens (B, {w} windows x {l} levels), got "
+                f"{tuple(tokens.shape)}"
+            )
+        return tokens.view(-1, w, l).transpose(1, 2)
 
     def prefix(self, streams: dict[str, torch.Tensor]) -> torch.Tensor:
         """``[BOS] + conditioning`` input ids ``(B, P)``: the prompt of a generation."""

@@ -39,6 +39,7 @@ class TokenLMStage(LightningModule):
         coarse_levels: int = 4,
         fine_levels: int | None = None,
         fine_sees_mulan: bool = False,
+        melody: bool = False,
         cond_dropout: float = 0.0,
         lr: float = 3e-4,
         weight_decay: float = 0.01,
@@ -56,6 +57,8 @@ class TokenLMStage(LightningModule):
             coarse_levels: codec levels predicted by the coarse stage (paper: 4).
             fine_levels: levels predicted by the fine stage (None: all remaining).
             fine_sees_mulan: whether the fine stage is conditioned on MuLan tokens too.
+            melody: condition on melody tokens too (semantic and coarse stages; the shards
+                must carry them, and so must every batch and generation request).
             cond_dropout: probability of replacing a sample's MuLan tokens by NULL in
                 training, for classifier-free guidance at sampling.
             lr, weight_decay: AdamW; warmup_steps: linear warm-up; decay_steps: cosine decay
@@ -90,6 +93,7 @@ class TokenLMStage(LightningModule):
             coarse_levels=hp.coarse_levels,
             fine_levels=hp.fine_levels,
             fine_sees_mulan=hp.fine_sees_mulan,
+            melody=hp.melody,
         )
         self.net = TokenLM(
             num_tokens=self.layout.num_tokens,
@@ -268,6 +272,7 @@ def load_network(checkpoint: str, map_location: str = "cpu") -> tuple[TokenLM, T
         coarse_levels=hp["coarse_levels"],
         fine_levels=hp["fine_levels"],
         fine_sees_mulan=hp["fine_sees_mulan"],
+        melody=hp.get("melody", False),
     )
     net = TokenLM(
         num_tokens=layout.num_tokens,

@@ -122,6 +122,28 @@ class MelodyConditioner:
         b, w, d = emb.shape
         return self.rvq.tokens(emb.reshape(b * w, d)).view(b, w * self.num_levels).to(wav.device)
 
+    @torch.no_grad()
+    def window_tokens(self, wav: torch.Tensor) -> torch.Tensor:
+        """Tokens of every window of a whole clip: wav (B, 1, T) -> (B, W_T, num_levels), a
+        window every ``hop_s`` seconds (token shards store these; a crop picks its windows).
+        A clip shorter than ``input_seconds`` is looped to that length first."""
+        from musiclm.models.melody import fit_length
+
+        net = self.melody
+        if wav.dim() == 3:
+            wav = wav.squeeze(1)
+        length = max(wav.shape[-1], int(round(net.input_s * net.sample_rate)))
+        wav = fit_length(wav.to(next(net.parameters()).device), length)
+        windows = wav.unfold(-1, net.window_samples, net.hop_samples)  # (B, W_T, win)
+        b, w, n = windows.shape
+        flat = windows.reshape(b * w, n)
+        emb = torch.cat([net(flat[i : i + 64]) for i in range(0, b * w, 64)])
+        return self.rvq.tokens(emb).view(b, w, self.num_levels)
+
+    @property
+    def hop_seconds(self) -> float:
+        return self.melody.hop_s
+
     def fingerprint(self) -> str:
         return f"{self._melody_fp}+{self.rvq.fingerprint()}"
 

@@ -1,0 +1,138 @@
+"""Melody tokens in token shards, layouts and stages: accepted when configured, required then,
+ignored by stages trained without them."""
+
+import dataclasses
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from musiclm.datamodules.tokens import TokenDataModule, crop_sample, write_synthetic_shards
+from musiclm.stages.coarse import CoarseStage
+from musiclm.stages.semantic import SemanticStage
+from musiclm.stages.token_layout import PAD, TokenLayout, TokenSpec
+from musiclm.stages.token_lm_stage import load_network
+
+TINY = dict(dim=32, depth=1, heads=2, warmup_steps=1)
+SPEC = TokenSpec(
+    semantic_vocab=32, semantic_rate=5.0, codebook_size=16, num_quantizers=4,
+    acoustic_rate=10.0, mulan_levels=3, mulan_codebook=8, codec_name="synthetic",
+    codec_fingerprint="synthetic-codec", semantic_name="synthetic",
+    semantic_fingerprint="synthetic-semantic", mulan_fingerprint="synthetic-mulan",
+    melody_windows=2, melody_levels=3, melody_codebook=5, melody_hop=1.0,
+    melody_fingerprint="melody:x+melody_rvq:y",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("melody_tokens")
+    write_synthetic_shards(root / "train", sizes=[6], seconds=4.0, spec=SPEC)
+    write_synthetic_shards(root / "val", sizes=[2], seconds=4.0, spec=SPEC, seed=1)
+    plain = dataclasses.replace(
+        SPEC, melody_windows=0, melody_levels=0, melody_codebook=0, melody_hop=0.0,
+        melody_fingerprint="",
+    )  # fmt: skip
+    write_synthetic_shards(root / "plain", sizes=[4], seconds=4.0, spec=plain)
+    return root
+
+
+def datamodule(train, val=None):
+    return TokenDataModule(
+        str(train), str(val) if val else None, seconds=2.0, batch_size=2, num_workers=0,
+        batches_per_epoch=2, val_batches=1,
+    )  # fmt: skip
+
+
+def fit(model, dm, tmp_path):
+    trainer = L.Trainer(
+        max_steps=2, accelerator="cpu", default_root_dir=str(tmp_path), logger=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(model, dm)
+    return trainer
+
+
+def test_manifest_spec_and_batches_carry_aligned_melody_windows(shards):
+    dm = datamodule(shards / "train")
+    assert dm.spec == SPEC
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["melody"].shape == (2, 2 * 3)
+    # a crop starts on the melody grid and carries the clip's windows from its start
+    import io
+    import tarfile
+
+    from musiclm.datamodules.shards import shard_paths
+
+    with tarfile.open(shard_paths(shards / "train")[0]) as tar:
+        members = [m for m in tar.getmembers() if m.name.startswith("clip00000.")]
+        raw = {m.name.split(".", 1)[1]: tar.extractfile(m).read() for m in members}
+    raw["__key__"], raw["__url__"] = "clip00000", "shard0"
+    melody = np.load(io.BytesIO(raw["melody.npy"]), allow_pickle=False)
+    semantic = np.load(io.BytesIO(raw["semantic.npy"]), allow_pickle=False)
+    assert melody.shape == (4, 3)  # 4 s clip, a window every 1 s
+    starts = set()
+    for seed in range(8):
+        out = crop_sample(raw, spec=SPEC, seconds=2.0, rng=np.random.default_rng(seed))
+        s0 = next(
+            i for i in range(len(semantic)) if (semantic[i : i + 10] == out["semantic"]).all()
+        )
+        start = s0 / SPEC.semantic_rate
+        assert start == int(start)  # on the 1 s grid
+        assert (out["melody"] == melody[int(start) : int(start) + 2].reshape(-1)).all()
+        starts.add(start)
+    assert len(starts) > 1  # still random crops
+    first = crop_sample(raw, spec=SPEC, seconds=2.0, rng=None)
+    assert (first["melody"] == melody[:2].reshape(-1)).all()  # validation: from the start
+
+
+def test_stage_with_melody_accepts_and_requires_them(shards, tmp_path):
+    model = SemanticStage(**TINY, melody=True)
+    trainer = fit(model, datamodule(shards / "train", shards / "val"), tmp_path)
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    layout = model.layout
+    assert layout.melody and [n for n, _, _ in layout.streams()] == ["mulan", "melody", "semantic"]
+    streams = {"mulan": torch.zeros(1, 3, dtype=torch.long), "melody": torch.ones(1, 6).long()}
+    assert layout.prefix(streams).shape == (1, 1 + 3 + 6)
+    # the melody changes the prefix ids, so the network sees it
+    other = {**streams, "melody": torch.full((1, 6), 4)}
+    assert not torch.equal(layout.prefix(streams), layout.prefix(other))
+    with pytest.raises(ValueError, match="trained with melody conditioning and needs melody"):
+        layout.prefix({"mulan": streams["mulan"]})
+    with pytest.raises(ValueError, match=r"expects melody tokens \(B, 2 windows x 3 levels\)"):
+        layout.prefix({**streams, "melody": torch.zeros(1, 5).long()})
+    # the checkpoint remembers it
+    net, loaded = load_network(trainer.checkpoint_callback.last_model_path or _ckpt(tmp_path))
+    assert loaded.melody and loaded == layout
+    # training on shards without melody tokens is refused with a clear error
+    with pytest.raises(ValueError, match="carry no melody tokens"):
+        fit(
+            CoarseStage(**TINY, coarse_levels=2, melody=True),
+            datamodule(shards / "plain"),
+            tmp_path / "b",
+        )
+
+
+def _ckpt(tmp_path):
+    return str(next(tmp_path.rglob("*.ckpt")))
+
+
+def test_stage_without_melody_ignores_melody_tokens(shards, tmp_path):
+    model = CoarseStage(**TINY, coarse_levels=2)
+    fit(model, datamodule(shards / "train"), tmp_path)
+    assert not model.layout.melody
+    assert "melody" not in [n for n, _, _ in model.layout.streams()]
+    plain = TokenLayout(stage="coarse", spec=SPEC, coarse_levels=2)
+    streams = {"mulan": torch.zeros(1, 3).long(), "semantic": torch.zeros(1, 4).long()}
+    assert plain.prefix(streams).shape == (1, 1 + 3 + 4)
+
+
+def test_melody_padding_past_the_clip_is_pad(shards):
+    layout = TokenLayout(stage="semantic", spec=SPEC, melody=True)
+    streams = {"mulan": torch.zeros(1, 3).long(), "melody": torch.tensor([[0, 1, 2, -1, -1, -1]])}
+    ids = layout.prefix(streams)[0, 4:]
+    assert (ids[:3] != PAD).all() and (ids[3:] == PAD).all()  # the missing second window
+    assert len(set(ids[:3].tolist())) == 3  # each level has its own id range
+    with pytest.raises(ValueError, match="semantic and coarse"):
+        TokenLayout(stage="fine", spec=SPEC, melody=True)
