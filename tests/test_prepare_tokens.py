@@ -217,3 +217,41 @@ def test_fit_codec_cli_writes_a_loadable_artifact(shards, tmp_path, capsys):
     assert codec.num_quantizers == 2 and codec.codebook_size == 16
     assert summary["fingerprint"] == load_artifact(path)[1]["fingerprint"]
     assert summary["clips"] == read_manifest(root / "audio" / "train")["num_samples"]
+
+
+def _cli_args(root, sem_args, out) -> list[str]:
+    return ["prepare", "tokens", "--audio", str(root / "audio"), "--out", str(out),
+            "--codec", "encodec-hf", "--codec-args", json.dumps(CODECS["encodec-hf"]),
+            "--semantic", SEM, "--semantic-args", json.dumps(sem_args),
+            "--batch-size", "2", "--no-progress"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_killed_job_resumes_and_two_ranks_agree(shards, encodec_run, tmp_path):
+    """A real kill mid-run, then a rerun on two CPU ranks (DDP): same tokens as one clean run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root, sem_args = shards
+    out = tmp_path / "tokens"
+    cmd = [sys.executable, "-m", "musiclm.cli", *_cli_args(root, sem_args, out)]
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(out.glob("*/progress/*.json")):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = list(out.glob("*/progress/*.json"))
+    assert done, "the job wrote no shard before the deadline"
+    subprocess.run([*cmd, "--devices", "2"], check=True, timeout=600)
+    clean_out, clean = encodec_run
+    for split, man in clean.items():
+        assert read_manifest(out / split)["num_samples"] == man["num_samples"]
+        a, b = read_tokens(out / split), read_tokens(clean_out / split)
+        assert sorted(a) == sorted(b)
+        for key in a:
+            assert a[key]["acoustic.npy"] == b[key]["acoustic.npy"]
+            assert a[key]["semantic.npy"] == b[key]["semantic.npy"]
