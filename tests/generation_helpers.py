@@ -123,7 +123,9 @@ def write_semantic_tokenizer(tmp: Path) -> dict:
 
     args = {"sample_rate": 1600, "hop": 320, "n_fft": 256}
     tok = build("semantic_tokenizers", "music-features", **args)
-    feats = tok.features(0.1 * torch.randn(1, 1, 1600 * 4, generator=torch.Generator().manual_seed(0)))
+    feats = tok.features(
+        0.1 * torch.randn(1, 1, 1600 * 4, generator=torch.Generator().manual_seed(0))
+    )
     meta = {"kind": ARTIFACT_KIND, "features_fingerprint": tok.features_fingerprint}
     save_artifact(tmp / "km.safetensors", {"centroids": feats[0, :16].clone()}, meta)
     return {"name": "music-features", "args": {**args, "kmeans": "km.safetensors"}}

@@ -13,6 +13,15 @@ from musiclm.generation.sampling import SamplingConfig, filter_logits, guide, sa
 TOL = 1e-4
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: one thread avoids waiting on a busy sibling."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("stage", ["semantic", "coarse", "fine"])
 def test_incremental_logits_equal_full_forward_at_every_step(stage):
     module = tiny_stage(stage)

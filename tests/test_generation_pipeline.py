@@ -14,6 +14,15 @@ from musiclm.generation.pipeline import Pipeline
 from musiclm.generation.pipeline_file import PipelineFileError, load_pipeline_file
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: one thread avoids waiting on a busy sibling."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory):
     """Stages without MuLan conditioning (8 s contexts are not needed: 4 / 2 / 1 s)."""
@@ -24,7 +33,9 @@ def plain(tmp_path_factory):
 def conditioned(tmp_path_factory):
     """MuLan-conditioned stages trained (here: built) with conditioning dropout."""
     tmp = tmp_path_factory.mktemp("mulan")
-    return write_pipeline(tmp, mulan=True, extra={"semantic_tokenizer": write_semantic_tokenizer(tmp)})
+    return write_pipeline(
+        tmp, mulan=True, extra={"semantic_tokenizer": write_semantic_tokenizer(tmp)}
+    )
 
 
 def _edit(path, tmp_path, change):
@@ -98,7 +109,9 @@ def test_cfg_rerank_and_continuation(conditioned, tmp_path):
     assert all(isinstance(s, float) and -1 <= s <= 1 for s in out.scores)
 
     clip = 0.3 * torch.sin(torch.arange(1600 * 3) / 1600 * 2 * torch.pi * 220)
-    cont = pipe.generate([[(0.0, "a flute melody")]], seconds=2.0, seed=0, continue_audio=(clip, 1600))
+    cont = pipe.generate(
+        [[(0.0, "a flute melody")]], seconds=2.0, seed=0, continue_audio=(clip, 1600)
+    )
     assert cont.prompt_seconds == pytest.approx(3.0) and cont.audio.shape == (1, 1, 5 * 1600)
     expected = pipe.codec.encode(clip.view(1, 1, -1))
     assert torch.equal(cont.codes["acoustic"][..., :30], expected[..., :30])
@@ -108,7 +121,9 @@ def test_cfg_rerank_and_continuation(conditioned, tmp_path):
 
 def test_generate_command_writes_wavs_sidecars_and_plots(plain, tmp_path):
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text('calm piano\n# a comment\n{"prompt": "fast drums", "attributes": {"tempo": 150}}\n')
+    prompts.write_text(
+        'calm piano\n# a comment\n{"prompt": "fast drums", "attributes": {"tempo": 150}}\n'
+    )
     out = tmp_path / "out"
     argv = ["--pipeline", str(plain), "--prompts", str(prompts), "--seconds", "3",
             "--num-samples", "2", "--seed", "5", "--out", str(out), "--plot",

@@ -41,12 +41,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--prompts",
-        help="file with one prompt per line, or JSON lines {\"prompt\", \"attributes\"}",
+        help='file with one prompt per line, or JSON lines {"prompt", "attributes"}',
     )
-    p.add_argument(
-        "--story", help="file of 'SECONDS text' lines: the prompt from each time on"
-    )
+    p.add_argument("--story", help="file of 'SECONDS text' lines: the prompt from each time on")
     p.add_argument("--continue", dest="continue_wav", help="audio clip to continue")
+    p.add_argument(
+        "--melody",
+        help="audio clip (hummed, whistled, played) whose melody the music follows, for stages "
+        "trained with melody tokens; a clip shorter than the output is repeated (looped), a "
+        "longer one is cut at the output length",
+    )
     p.add_argument("--rerank", type=int, default=1, help="candidates per sample, best by MuLan")
     p.add_argument("--plot", action="store_true", help="also write a spectrogram PNG")
     p.add_argument("--device", default=None, help="override the pipeline's device")
@@ -136,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
     items = _items(args)
     if args.num_samples < 1:
         raise ValueError("--num-samples must be >= 1")
+    melody = _read_clip(args.melody, "--melody") if args.melody else None
     from musiclm.generation.pipeline import Pipeline
 
     clock = time.perf_counter()
@@ -151,8 +156,9 @@ def run(args: argparse.Namespace) -> int:
     schedules = [item["schedule"] for item in items for _ in range(args.num_samples)]
     clock = time.perf_counter()
     result = pipe.generate(
-        schedules, seconds=args.seconds, seed=args.seed, rerank=args.rerank, continue_audio=clip
-    )
+        schedules, seconds=args.seconds, seed=args.seed, rerank=args.rerank, continue_audio=clip,
+        melody_audio=melody,
+    )  # fmt: skip
     wall = time.perf_counter() - clock
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -179,6 +185,8 @@ def run(args: argparse.Namespace) -> int:
             }
             if len(item["schedule"]) > 1:
                 sidecar["story"] = [list(x) for x in item["schedule"]]
+            if melody is not None:
+                sidecar["melody"] = str(Path(args.melody).resolve())
             if clip is not None:
                 sidecar["continued_from"] = str(Path(args.continue_wav).resolve())
                 sidecar["prompt_seconds"] = result.prompt_seconds
@@ -207,13 +215,18 @@ def _items(args: argparse.Namespace) -> list[dict[str, Any]]:
     return items
 
 
-def _read_clip(path: str):
+def _read_clip(path: str, flag: str = "--continue"):
     import soundfile as sf
     import torch
 
     if not Path(path).is_file():
-        raise FileNotFoundError(f"--continue: {path} does not exist")
-    data, rate = sf.read(path, dtype="float32", always_2d=True)
+        raise FileNotFoundError(f"{flag}: {path} does not exist")
+    try:
+        data, rate = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+        raise ValueError(f"{flag}: cannot read {path} as audio ({err})") from None
+    if data.shape[0] == 0:
+        raise ValueError(f"{flag}: {path} holds no audio samples")
     return torch.from_numpy(data.mean(axis=1)), int(rate)
 
 

@@ -5,7 +5,8 @@ codec and semantic tokenizer come from their plugin registries by the names the 
 gives. All rows (prompts x samples x re-ranking candidates) go through each stage as one
 batch. Lengths beyond a stage's context use sliding windows (``decode.sliding_generate``);
 story mode changes the MuLan tokens per window; ``continue_audio`` tokenizes a clip with the
-semantic tokenizer and the codec and continues it.
+semantic tokenizer and the codec and continues it. Stages trained with melody tokens need
+``melody_audio``: its melody tokens (looped or cut to the output length) follow each window.
 """
 
 from __future__ import annotations
@@ -159,6 +160,29 @@ class Pipeline:
             )
         return cond
 
+    @property
+    def uses_melody(self) -> bool:
+        return any(getattr(s.layout, "melody", False) for s in self.stages.values())
+
+    @cached_property
+    def melody_conditioner(self) -> Any:
+        """Melody network + RVQ (``MelodyConditioner``), checked against the stages' tokens."""
+        from musiclm.tokenizers.melody_tokens import MelodyConditioner
+
+        if self.spec.melody is None:
+            raise PipelineFileError(
+                f"{self.spec.path}: the stages are conditioned on melody tokens; add 'melody: "
+                "{checkpoint, rvq}' (or a 'manifest' whose shards name them)"
+            )
+        cond = MelodyConditioner.from_files(*self.spec.melody, device=self.device)
+        expected = self.stages["semantic"].layout.spec.melody_fingerprint
+        if expected and cond.fingerprint() != expected:
+            raise PipelineFileError(
+                f"{self.spec.path}: melody fingerprint {cond.fingerprint()} differs from "
+                f"{expected} that the stages' token shards were made with"
+            )
+        return cond
+
     @cached_property
     def codec(self) -> Any:
         from musiclm.tokenizers.base import build
@@ -231,12 +255,15 @@ class Pipeline:
         seed: int = 0,
         rerank: int = 1,
         continue_audio: tuple[torch.Tensor, int] | None = None,
+        melody_audio: tuple[torch.Tensor, int] | None = None,
     ) -> Generation:
         """One output per schedule (a prompt is ``[(0.0, text)]``; a story has several).
 
         ``rerank > 1`` samples that many candidates per output and keeps the one whose MuLan
         audio embedding is closest to its text's. ``continue_audio`` = (wav (1, T) or (T,),
-        sample rate): the clip is tokenized and continued by ``seconds``.
+        sample rate): the clip is tokenized and continued by ``seconds``. ``melody_audio`` =
+        (wav, sample rate): the melody to follow (stages trained with melody need it); looped
+        when shorter than the output, cut when longer.
         """
         if seconds <= 0 or rerank < 1 or not schedules:
             raise ValueError("need seconds > 0, rerank >= 1 and at least one prompt")
@@ -247,13 +274,21 @@ class Pipeline:
         timings: dict[str, float] = {}
         existing, prompt_seconds = self._prompt_codes(continue_audio, len(rows))
         total = prompt_seconds + seconds
+        melody = self._melody_windows(melody_audio, total, len(rows))
 
         def mulan_at(t: float) -> torch.Tensor:
             texts = [next(text for start, text in reversed(s) if start <= t + 1e-9) for s in rows]
             return torch.stack([tokens[text] for text in texts])
 
-        def streams(layout: Any, t: float, **arrays: torch.Tensor) -> dict[str, torch.Tensor]:
+        def streams(
+            layout: Any, t: float, start: float = 0.0, **arrays: torch.Tensor
+        ) -> dict[str, torch.Tensor]:
             out = {"mulan": mulan_at(t)} if layout.uses_mulan else {}
+            if getattr(layout, "melody", False):
+                from musiclm.tokenizers.melody_tokens import tokens_at
+
+                spec = layout.spec
+                out["melody"] = tokens_at(melody, start, spec.melody_hop, spec.melody_windows)
             out |= arrays
             return out or {"_batch": torch.empty(len(rows), 0, device=self.device)}
 
@@ -262,7 +297,9 @@ class Pipeline:
         clock = time.perf_counter()
         semantic = self._run(
             sem,
-            lambda f0, f1, new: sem.layout.prefix(streams(sem.layout, new / sem.rate)),
+            lambda f0, f1, new: sem.layout.prefix(
+                streams(sem.layout, new / sem.rate, f0 / sem.rate)
+            ),
             sem.frames(total),
             existing.get("semantic"),
             len(rows),
@@ -276,7 +313,9 @@ class Pipeline:
 
         def coarse_prompt(f0: int, f1: int, new: int) -> torch.Tensor:
             s0, s1 = math.floor(f0 * ratio), min(semantic.shape[1], math.ceil(f1 * ratio))
-            window = streams(coarse.layout, new / coarse.rate, semantic=semantic[:, s0:s1])
+            window = streams(
+                coarse.layout, new / coarse.rate, f0 / coarse.rate, semantic=semantic[:, s0:s1]
+            )
             return coarse.layout.prefix(window)
 
         clock = time.perf_counter()
@@ -336,6 +375,27 @@ class Pipeline:
             batch=batch,
         )
 
+    def _melody_windows(
+        self, clip: tuple[torch.Tensor, int] | None, seconds: float, batch: int
+    ) -> torch.Tensor | None:
+        """Melody window tokens (batch, W_T, L) of the clip fitted to ``seconds``."""
+        if not self.uses_melody:
+            if clip is not None:
+                raise ValueError(
+                    f"{self.spec.path}: a melody was given but no stage was trained with "
+                    "melody conditioning (melody: true)"
+                )
+            return None
+        if clip is None:
+            raise ValueError(
+                f"{self.spec.path}: the stages were trained with melody conditioning: give a "
+                "melody clip (`musiclm generate ... --melody CLIP`)"
+            )
+        from musiclm.tokenizers.melody_tokens import clip_window_tokens
+
+        tokens = clip_window_tokens(self.melody_conditioner, clip[0], clip[1], seconds)
+        return tokens.to(self.device).expand(batch, -1, -1)
+
     def _prompt_codes(
         self, clip: tuple[torch.Tensor, int] | None, batch: int
     ) -> tuple[dict[str, torch.Tensor], float]:
@@ -372,9 +432,7 @@ class Pipeline:
         text_emb = dict(zip(texts, cond.embed_text(texts), strict=True))
         wav = AF.resample(audio, self.codec.sample_rate, cond.sample_rate)
         audio_emb = cond.embed_audio(wav)
-        target = torch.stack(
-            [torch.stack([text_emb[text] for _, text in s]).mean(0) for s in rows]
-        )
+        target = torch.stack([torch.stack([text_emb[text] for _, text in s]).mean(0) for s in rows])
         score = torch.nn.functional.cosine_similarity(audio_emb.cpu(), target.cpu(), dim=-1)
         best = score.view(-1, n).argmax(-1) + torch.arange(0, len(rows), n)
         picked = {k: v[best] for k, v in codes.items()}

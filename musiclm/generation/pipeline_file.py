@@ -3,6 +3,7 @@
     # musiclm generate "calm piano" --pipeline PIPELINE.yaml --seconds 10
     manifest: tokens/train/manifest.json   # optional: codec, semantic tokenizer, MuLan from it
     mulan: {checkpoint: mulan.ckpt, rvq: rvq.safetensors}  # needed when stages use M
+    melody: {checkpoint: melody.ckpt, rvq: melody_rvq.safetensors}  # stages with melody: true
     codec: {name: stft-rvq, args: {codebooks: codec.safetensors}}
     semantic_tokenizer: {name: music-features, args: {kmeans: km.safetensors}}  # --continue
     stages:
@@ -33,7 +34,7 @@ import yaml
 from musiclm.generation.sampling import PAPER_TEMPERATURE, SamplingConfig
 
 STAGE_NAMES = ("semantic", "coarse", "fine")
-TOP_KEYS = {"manifest", "mulan", "codec", "semantic_tokenizer", "stages", "device"}
+TOP_KEYS = {"manifest", "mulan", "melody", "codec", "semantic_tokenizer", "stages", "device"}
 STAGE_KEYS = {"checkpoint", "context_seconds", "prefix_seconds"}
 SAMPLING_KEYS = {"temperature", "top_k", "top_p", "cfg_scale"}
 
@@ -68,6 +69,7 @@ class PipelineFile:
     mulan: tuple[str, str] | None = None  # (checkpoint, rvq)
     semantic_tokenizer: PluginSpec | None = None
     device: str = "cpu"
+    melody: tuple[str, str] | None = None  # (checkpoint, rvq) of the melody conditioner
 
 
 def load_pipeline_file(path: str | os.PathLike) -> PipelineFile:
@@ -113,6 +115,18 @@ def parse_pipeline(data: Any, *, where: str, root: Path) -> PipelineFile:
             _file(_require(mulan_block, "checkpoint", where, "mulan"), mulan_root, where, "mulan"),
             _file(_require(mulan_block, "rvq", where, "mulan"), mulan_root, where, "mulan.rvq"),
         )
+    melody_block, melody_root = data.get("melody") or None, root
+    if melody_block is None and manifest.get("melody"):
+        melody_block, melody_root = manifest["melody"], root_m
+    melody = None
+    if melody_block is not None:
+        _mapping(melody_block, where, "melody")
+        ckpt = _require(melody_block, "checkpoint", where, "melody")
+        rvq = _require(melody_block, "rvq", where, "melody")
+        melody = (
+            _file(ckpt, melody_root, where, "melody.checkpoint"),
+            _file(rvq, melody_root, where, "melody.rvq"),
+        )
     stages_block = _require(data, "stages", where, "")
     _mapping(stages_block, where, "stages")
     _known(stages_block, set(STAGE_NAMES), where, "stages")
@@ -133,6 +147,7 @@ def parse_pipeline(data: Any, *, where: str, root: Path) -> PipelineFile:
         mulan=mulan,
         semantic_tokenizer=semantic,
         device=device,
+        melody=melody,
     )
 
 
