@@ -148,6 +148,35 @@ class MelodyConditioner:
         return f"{self._melody_fp}+{self.rvq.fingerprint()}"
 
 
+def clip_window_tokens(
+    conditioner: MelodyConditioner, wav: torch.Tensor, rate: int, seconds: float
+) -> torch.Tensor:
+    """Melody tokens of every window of a clip fitted to ``seconds``: (T,) or (1, T) audio at
+    ``rate`` is resampled, looped when shorter than ``seconds`` and cut when longer, then
+    tokenized -> (1, W_T, levels) (generation follows it window by window)."""
+    import torchaudio.functional as AF
+
+    from musiclm.models.melody import fit_length
+
+    wav = wav.reshape(1, -1).float()
+    if wav.shape[-1] == 0:
+        raise ValueError("melody clip is empty")
+    wav = AF.resample(wav, rate, conditioner.sample_rate)
+    wav = fit_length(wav, max(1, int(round(seconds * conditioner.sample_rate))))
+    return conditioner.window_tokens(wav[:, None, :])
+
+
+def tokens_at(window_tokens: torch.Tensor, start: float, hop: float, windows: int) -> torch.Tensor:
+    """The ``windows`` melody windows from ``start`` seconds of (B, W_T, L) window tokens,
+    flattened window-major (B, windows * L); ``-1`` (padding) past the clip's last window."""
+    first = int(round(start / hop))
+    b, total, levels = window_tokens.shape
+    out = torch.full((b, windows, levels), -1, dtype=torch.long, device=window_tokens.device)
+    part = window_tokens[:, first : first + windows]
+    out[:, : part.shape[1]] = part
+    return out.reshape(b, windows * levels)
+
+
 def _clips(directory: str, sample_rate: int, max_clips: int | None) -> Iterator[torch.Tensor]:
     """Every clip of an audio shard folder as (T,) float at ``sample_rate``."""
     import torchaudio
