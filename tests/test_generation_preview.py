@@ -83,3 +83,20 @@ def test_preview_logs_generated_audio_during_fit(cls, kw, shards, tmp_path):
     out = preview.preview(trainer, model)
     levels = model.layout.target_level_count
     assert out["tokens"].shape == (1, levels, 10) and torch.isfinite(out["audio"]).all()
+
+
+def test_a_failing_preview_warns_and_training_goes_on(shards, tmp_path):
+    data = TokenDataModule(
+        str(shards / "train"), None, seconds=2.0, batch_size=2, num_workers=0,
+        batches_per_epoch=2,
+    )  # fmt: skip
+    model = CoarseStage(dim=32, depth=2, heads=4, warmup_steps=1, coarse_levels=2)
+    preview = GenerationPreview(every_n_steps=1, codec={"name": "no-such-codec"})
+    trainer = L.Trainer(
+        max_steps=2, accelerator="cpu", default_root_dir=str(tmp_path), logger=False,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        callbacks=[preview],
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match="GenerationPreview failed"):
+        trainer.fit(model, data)
+    assert preview.disabled and trainer.global_step == 2

@@ -60,6 +60,7 @@ class GenerationPreview(Callback):
         self.source = ""
         self._codec: Any = None
         self._logged_data = False
+        self.disabled = False
 
     # --- hooks ---------------------------------------------------------------------------
 
@@ -74,12 +75,18 @@ class GenerationPreview(Callback):
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, *args: Any
     ) -> None:
         step = trainer.global_step
-        if step == 0 or step % self.every_n_steps or not trainer.is_global_zero:
+        if self.disabled or step == 0 or step % self.every_n_steps or not trainer.is_global_zero:
             return
         if self.example is None and isinstance(batch, dict):
             self.example, self.source = _first_row(batch), "train"
         if self.example is not None and getattr(pl_module, "layout", None) is not None:
-            self.preview(trainer, pl_module)
+            try:
+                self.preview(trainer, pl_module)
+            except Exception as err:  # a preview must never end a training run
+                from lightning.pytorch.utilities import rank_zero_warn
+
+                rank_zero_warn(f"GenerationPreview failed and is switched off: {err!r}")
+                self.disabled = True
 
     # --- the preview ---------------------------------------------------------------------
 
