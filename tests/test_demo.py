@@ -183,15 +183,15 @@ def test_loss_curves_from_tensorboard_events(tmp_path):
 def test_acceptance_checks():
     metrics = {
         "adherence": {
-            "generated": {"instrument": {"accuracy": 0.5}, "tempo_8pct": {"accuracy": 0.1}},
-            "chance": {"instrument": {"prior": 0.14}, "tempo_8pct": {"prior": 0.15}},
+            "generated": {"instrument": {"accuracy": 0.5}, "bpm_within_8pct": {"accuracy": 0.1}},
+            "chance": {"instrument": {"prior": 0.14}, "bpm_within_8pct": {"prior": 0.15}},
         },
         "mcc": {"generated": {"mean": 0.3}, "generated_mismatched": {"mean": 0.1}},
     }
     got = {what: ok for what, ok, _ in acceptance(metrics)}
     assert got == {
         "adherence instrument above chance": True,
-        "adherence tempo_8pct above chance": False,
+        "adherence bpm_within_8pct above chance": False,
         "MCC generated above mismatched": True,
     }
     assert all(ok is None for _, ok, _ in acceptance({}))

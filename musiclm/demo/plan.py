@@ -69,8 +69,12 @@ class DemoSettings:
             codec_max_frames=2000,
             semantic_k=16,
             lm_steps={"semantic": 6, "coarse": 6, "fine": 6},
-            lm_overrides=[*tiny, "--data.init_args.seconds=2.0"],
-            mulan_overrides=["--data.init_args.crop_seconds=2.0", "--model.init_args.window_s=2.0"],
+            lm_overrides=[*tiny, "--data.init_args.seconds=2.0", "--trainer.log_every_n_steps=1"],
+            mulan_overrides=[
+                "--data.init_args.crop_seconds=2.0",
+                "--model.init_args.window_s=2.0",
+                "--trainer.log_every_n_steps=1",
+            ],
             prompts=3,
             gen_seconds=2.0,
             eval_args=["--max-train-clips", "40"],
@@ -288,7 +292,8 @@ def build_steps(runner: StepRunner, p: DemoPaths, s: DemoSettings) -> list[Step]
     def report(step: Step) -> None:
         from musiclm.demo.report import write_report
 
-        write_report(p, step_seconds=runner.step_seconds())
+        done = runner.step_seconds()
+        write_report(p, step_seconds={n: done[n] for n in names if n in done})
 
     splits = [p.audio / x / "manifest.json" for x in ("train", "valid", "test")]
     token_splits = [p.tokens / x / "manifest.json" for x in ("train", "valid", "test")]
@@ -307,6 +312,7 @@ def build_steps(runner: StepRunner, p: DemoPaths, s: DemoSettings) -> list[Step]
     ]
     table += [("pipeline", "write PIPELINE.yaml", pipeline, [p.pipeline])]
     steps = [Step(n, d, r, lambda paths=paths: _missing(*paths)) for n, d, r, paths in table]
+    names = [*(row[0] for row in table), "generate", "evaluate"]
     steps += [
         Step(
             "generate",

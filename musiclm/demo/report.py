@@ -119,8 +119,8 @@ def acceptance(metrics: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
     checks: list[tuple[str, bool | None, str]] = []
     adh = metrics.get("adherence") or {}
     gen, chance = adh.get("generated", {}), adh.get("chance", {})
-    for word in ("instrument", "tempo"):
-        names = [n for n in gen if n.startswith(word)]
+    for word, prefixes in (("instrument", ("instrument",)), ("tempo", ("bpm", "tempo"))):
+        names = [n for n in gen if n.startswith(prefixes)]
         for n in names:
             acc = gen[n].get("accuracy")
             prior = (chance.get(n) or {}).get("prior")

@@ -109,7 +109,8 @@ class StepRunner:
                 [str(a) for a in argv],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, **(env or {})},
+                # Unbuffered, so a child's progress shows as it happens, not at exit.
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             )
             assert proc.stdout is not None
             # Raw chunks, not lines, so progress bars (carriage returns) stay live.
