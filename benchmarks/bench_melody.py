@@ -1,0 +1,204 @@
+"""Melody figures: retrieval recall@1 across timbres on held-out tunes, and the chroma-cosine
+gain of melody conditioning. One JSON line per figure.
+
+    # recall@1 of a melody checkpoint on the test pairs of `musiclm data melody-pairs`
+    python benchmarks/bench_melody.py recall --checkpoint CKPT --pairs PAIRS/melodies.jsonl
+    # chroma cosine between held-out melody clips and semantic tokens generated with the
+    # melody (a stage trained with melody: true) against a stage trained without it
+    python benchmarks/bench_melody.py chroma --melody-stage A.ckpt --plain-stage B.ckpt \
+        --melody CKPT --melody-rvq RVQ --semantic-args '{"kmeans": KM}' --pairs PAIRS/melodies.jsonl
+
+Chroma cosine (as MusicGen reports it): the per-frame cosine between the chroma of the melody
+clip and that of the generated music, averaged over frames. For semantic tokens of the
+``music-features`` tokenizer the chroma of a token is the chroma part of its k-means centroid,
+so the figure measures the semantic stage (the one melody conditioning steers) without the
+acoustic stages and codec in between.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import numpy as np
+import torch
+
+
+def _pairs(path: str, split: str) -> list[dict]:
+    rows = [json.loads(x) for x in open(path) if x.strip()]
+    return [r for r in rows if r.get("split") == split]
+
+
+def recall(args: argparse.Namespace) -> None:
+    """Recall@1 across timbres: view 0 queries view 1 and back (the validation metric)."""
+    import soundfile as sf
+
+    from musiclm.models.melody import load_melody
+    from musiclm.stages.melody import cross_view_recall
+
+    net = load_melody(args.checkpoint)
+    rows = _pairs(args.pairs, args.split)
+    root = __import__("pathlib").Path(args.pairs).parent
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["melody_id"], []).append(r)
+    audio, labels, views = [], [], []
+    for g, (_, members) in enumerate(sorted(groups.items())):
+        for v, r in enumerate(members[:2]):
+            y, sr = sf.read(root / r["audio"], dtype="float32")
+            assert sr == net.sample_rate, (sr, net.sample_rate)
+            audio.append(torch.from_numpy(y))
+            labels.append(g)
+            views.append(v)
+    n = min(len(a) for a in audio)
+    wav = torch.stack([a[:n] for a in audio])
+    labels_t, views_t = torch.tensor(labels), torch.tensor(views)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        emb = net(wav)
+    took = time.perf_counter() - t0
+    # a baseline with no learning: mean chroma of the pitch front end, cosine ranked
+    with torch.no_grad():
+        chroma = net.frontend(wav)[..., -12:].mean(1)
+    chroma = torch.nn.functional.normalize(chroma - chroma.mean(1, keepdim=True), dim=-1)
+    common = {"split": args.split, "groups": len(groups), "chance": 1 / len(groups)}
+    print(
+        json.dumps(
+            {
+                "figure": "melody_recall_at_1",
+                "value": cross_view_recall(emb, labels_t, views_t),
+                **common,
+            }
+        )
+    )
+    print(
+        json.dumps(
+            {
+                "figure": "mean_chroma_recall_at_1",
+                "value": cross_view_recall(chroma, labels_t, views_t),
+                **common,
+            }
+        )
+    )
+    print(json.dumps({"figure": "melody_embed_clips_per_s", "value": len(wav) / took}))
+
+
+def chroma_frames(wav: np.ndarray, rate: int, frame_rate: float) -> np.ndarray:
+    """(F, 12) unit chroma vectors at ``frame_rate`` (librosa's STFT chroma)."""
+    import librosa
+
+    hop = int(round(rate / frame_rate))
+    c = librosa.feature.chroma_stft(y=wav, sr=rate, hop_length=hop, n_fft=2048, tuning=0.0)
+    c = c.T
+    return c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-8)
+
+
+def chroma_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over frames of the cosine between two (F, 12) chroma sequences (the shorter F)."""
+    n = min(len(a), len(b))
+    return float((a[:n] * b[:n]).sum(1).mean())
+
+
+def chroma(args: argparse.Namespace) -> None:
+    import soundfile as sf
+    import torchaudio.functional as AF
+
+    from musiclm.generation.decode import sliding_generate
+    from musiclm.generation.fast_lm import FastTokenLM
+    from musiclm.generation.sampling import SamplingConfig
+    from musiclm.stages.token_lm_stage import load_network
+    from musiclm.tokenizers.base import build
+    from musiclm.tokenizers.melody_tokens import MelodyConditioner, clip_window_tokens, tokens_at
+
+    sem = build("semantic_tokenizers", "music-features", **json.loads(args.semantic_args))
+    centroids = sem._head.centroids if hasattr(sem._head, "centroids") else None
+    if centroids is None:
+        from musiclm.tokenizers.artifacts import load_artifact
+
+        centroids = load_artifact(json.loads(args.semantic_args)["kmeans"])[0]["centroids"]
+    token_chroma = torch.nn.functional.normalize(centroids[:, :12].float(), dim=-1).numpy()
+    cond = MelodyConditioner.from_files(args.melody, args.melody_rvq)
+    nets = {"melody": load_network(args.melody_stage), "plain": load_network(args.plain_stage)}
+    rows = _pairs(args.pairs, args.split)
+    root = __import__("pathlib").Path(args.pairs).parent
+    seen, clips = set(), []
+    for r in rows:  # one clip per held-out melody
+        if r["melody_id"] not in seen:
+            seen.add(r["melody_id"])
+            clips.append(r)
+    clips = clips[: args.max_melodies]
+    frames = int(round(args.seconds * sem.frame_rate))
+    scores: dict[str, list[float]] = {k: [] for k in nets}
+    for i, r in enumerate(clips):
+        y, sr = sf.read(root / r["audio"], dtype="float32")
+        wav = torch.from_numpy(y)
+        target = chroma_frames(
+            AF.resample(wav, sr, 16000).numpy(), 16000, sem.frame_rate
+        )  # the melody's chroma
+        # the melody clip is looped to the output length, as `generate --melody` does
+        reps = int(np.ceil(len(target) and frames / len(target)))
+        target = np.concatenate([target] * max(1, reps))[:frames]
+        mel = clip_window_tokens(cond, wav, sr, args.seconds)
+        for name, (net, layout) in nets.items():
+
+            def prompt(f0, f1, new, layout=layout, mel=mel):
+                streams = {"_batch": torch.empty(args.samples, 0)}
+                if layout.melody:
+                    spec = layout.spec
+                    streams["melody"] = tokens_at(
+                        mel.expand(args.samples, -1, -1), f0 / spec.semantic_rate,
+                        spec.melody_hop, spec.melody_windows,
+                    )  # fmt: skip
+                return layout.prefix(streams)
+
+            codes = sliding_generate(
+                FastTokenLM(net), layout=layout, conditioning=prompt, total_frames=frames,
+                context_frames=int(round(args.context * sem.frame_rate)),
+                prefix_frames=int(round(args.context / 2 * sem.frame_rate)),
+                sampling=SamplingConfig(temperature=args.temperature),
+                generator=torch.Generator().manual_seed(i), batch=args.samples,
+            )[:, 0]  # fmt: skip
+            for row in codes.numpy():
+                scores[name].append(chroma_cosine(target, token_chroma[row]))
+    with_m, without = np.array(scores["melody"]), np.array(scores["plain"])
+    per_melody = (with_m - without).reshape(len(clips), args.samples).mean(1)
+    common = {"melodies": len(clips), "samples_per_melody": args.samples, "seconds": args.seconds,
+              "machine": platform.machine(), "split": args.split}  # fmt: skip
+    for name, values in (("with_melody", with_m), ("without_melody", without)):
+        stats = {"mean": float(values.mean()), "std": float(values.std())}
+        print(json.dumps({"figure": f"chroma_cosine_{name}", **stats, **common}))
+    gain = {"mean": float(per_melody.mean()), "std": float(per_melody.std())}
+    improved = int((per_melody > 0).sum())
+    print(json.dumps({"figure": "chroma_cosine_gain", **gain, "melodies_improved": improved,
+                      **common}))  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    sub = p.add_subparsers(dest="what", required=True)
+    r = sub.add_parser("recall")
+    r.add_argument("--checkpoint", required=True)
+    r.add_argument("--pairs", required=True)
+    r.add_argument("--split", default="test")
+    c = sub.add_parser("chroma")
+    c.add_argument("--melody-stage", required=True, help="semantic stage trained with melody")
+    c.add_argument("--plain-stage", required=True, help="same stage trained without melody")
+    c.add_argument("--melody", required=True, help="MelodyStage checkpoint")
+    c.add_argument("--melody-rvq", required=True)
+    c.add_argument("--semantic-args", required=True, help="music-features args (JSON)")
+    c.add_argument("--pairs", required=True)
+    c.add_argument("--split", default="test")
+    c.add_argument("--seconds", type=float, default=8.0)
+    c.add_argument("--context", type=float, default=8.0)
+    c.add_argument("--samples", type=int, default=2)
+    c.add_argument("--max-melodies", type=int, default=24)
+    c.add_argument("--temperature", type=float, default=1.0)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    recall(args) if args.what == "recall" else chroma(args)
+
+
+if __name__ == "__main__":
+    main()
