@@ -24,7 +24,7 @@ class DemoSettings:
     clips: int = 200
     seconds: float = 10.0
     # MuLan: steps, batch, crop (seconds); the conditioning RVQ over its audio embeddings.
-    mulan_steps: int = 300
+    mulan_steps: int = 150
     mulan_batch: int = 32
     rvq_levels: int = 4
     rvq_codebook: int = 32
@@ -35,14 +35,14 @@ class DemoSettings:
     semantic_k: int = 256
     # Token LMs: steps per stage and extra `musiclm fit` overrides shared by all three.
     lm_steps: dict[str, int] = field(
-        default_factory=lambda: {"semantic": 300, "coarse": 300, "fine": 150}
+        default_factory=lambda: {"semantic": 200, "coarse": 200, "fine": 120}
     )
     lm_overrides: list[str] = field(default_factory=list)
     mulan_overrides: list[str] = field(default_factory=list)
     # Generation: held-out prompts (test captions), clip length, sampling.
     prompts: int = 20
     gen_seconds: float = 8.0
-    cfg_scale: float = 1.0
+    cfg_scale: float = 3.0
     gen_args: list[str] = field(default_factory=list)
     eval_args: list[str] = field(default_factory=list)
 
@@ -77,6 +77,7 @@ class DemoSettings:
             ],
             prompts=3,
             gen_seconds=2.0,
+            cfg_scale=1.0,
             eval_args=["--max-train-clips", "40"],
         )
 
