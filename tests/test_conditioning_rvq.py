@@ -13,6 +13,15 @@ from mulan_helpers import SAMPLE_RATE, TINY, ToneDataset
 from musiclm.tokenizers.conditioning_rvq import ConditioningRVQ, MulanConditioner, main
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny models gain nothing from more threads; on a shared CPU they mostly spin.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _embeddings(n: int = 512, d: int = 16, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     centres = torch.randn(12, d, generator=gen)

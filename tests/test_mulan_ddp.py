@@ -32,6 +32,7 @@ def _gather(t: torch.Tensor) -> torch.Tensor:
 
 def _worker(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)  # two processes on a 2-core machine
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
         x, y, audio_net, text_net = _problem()

@@ -13,6 +13,15 @@ SMALL_ARGS = {"scratch": {"dim": 32, "depth": 1, "heads": 2, "vocab_size": 256}}
 TEXTS = ["a calm piano melody in C major", "fast violin", ""]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # A shared 2-core CPU: more threads mostly spin while other jobs hold the cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def minilm():
     return build("text_encoders", "minilm", trainable_layers=1)
