@@ -22,6 +22,7 @@ import json
 import os
 import tarfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -441,7 +442,10 @@ def prepare_tokens(
         callbacks=[writer],
         use_distributed_sampler=False,
     )
-    trainer.predict(Tokenize(c, s, m, mel), dataloaders=loader, return_predictions=False)
+    with warnings.catch_warnings():
+        # batches are whole-shard slices we index ourselves; Lightning's indices are unused
+        warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
+        trainer.predict(Tokenize(c, s, m, mel), dataloaders=loader, return_predictions=False)
     trainer.strategy.barrier()
     manifests = {}
     if trainer.global_rank == 0:
