@@ -136,3 +136,50 @@ def test_melody_padding_past_the_clip_is_pad(shards):
     assert len(set(ids[:3].tolist())) == 3  # each level has its own id range
     with pytest.raises(ValueError, match="semantic and coarse"):
         TokenLayout(stage="fine", spec=SPEC, melody=True)
+
+
+@pytest.mark.slow
+def test_prepare_tokens_with_melody_end_to_end(tmp_path):
+    """Demo clips -> audio shards -> token shards with melody.npy and a melody manifest."""
+    from musiclm.cli import main as cli
+    from musiclm.datamodules.shards import read_manifest
+    from musiclm.demo_corpus import build_demo_corpus
+    from musiclm.models.melody import MelodyEmbedder
+    from musiclm.stages.melody import MelodyStage
+    from musiclm.tokenizers.melody_tokens import MelodyRVQ, melody_fingerprint
+    from musiclm.tokenizers.prepare_tokens import prepare_tokens
+
+    manifest = build_demo_corpus(tmp_path / "corpus", clips=4, seconds=3.0, progress=False)
+    args = ["--source", "demo", "--input", str(manifest), "--out", str(tmp_path / "audio")]
+    assert cli(["prepare", "audio", *args, "--quiet"]) == 0
+    km = tmp_path / "km.safetensors"
+    assert cli(["prepare", "fit-semantic", "--audio", str(tmp_path / "audio"), "--out", str(km),
+                "--k", "4"]) == 0  # fmt: skip
+    tiny = dict(sample_rate=8000, n_fft=1024, hop_length=160, dim=16, depth=1, heads=2,
+                embed_dim=8, window_s=1.0, hop_s=1.0, input_s=2.0)  # fmt: skip
+    stage = MelodyStage(**tiny)
+    trainer = L.Trainer(accelerator="cpu", logger=False, max_steps=0)
+    trainer.strategy.connect(stage)
+    trainer.save_checkpoint(tmp_path / "melody.ckpt")
+    net: MelodyEmbedder = stage.melody.eval()
+    emb = torch.nn.functional.normalize(torch.randn(32, 8), dim=-1)
+    MelodyRVQ.fit(
+        emb, levels=2, codebook_size=4, meta={"melody_fingerprint": melody_fingerprint(net)}
+    ).save(tmp_path / "rvq.safetensors")
+    codec = {"config": {"sampling_rate": 16000, "hidden_size": 16, "num_filters": 4,
+                        "upsampling_ratios": [4, 2], "codebook_size": 16,
+                        "target_bandwidths": [12.0], "num_lstm_layers": 1}}  # fmt: skip
+    manifests = prepare_tokens(
+        tmp_path / "audio", tmp_path / "tokens", codec="encodec-hf", codec_args=codec,
+        semantic="music-features", semantic_args={"kmeans": str(km)},
+        melody=(str(tmp_path / "melody.ckpt"), str(tmp_path / "rvq.safetensors")), progress=False,
+    )  # fmt: skip
+    split = next(iter(manifests))
+    man = read_manifest(tmp_path / "tokens" / split)
+    assert man["melody"]["num_windows"] == 2 and man["melody"]["num_levels"] == 2
+    spec = TokenSpec.from_manifest(man)
+    assert spec.melody_windows == 2 and spec.melody_hop == 1.0
+    dm = TokenDataModule(str(tmp_path / "tokens" / split), seconds=2.0, batch_size=1,
+                         num_workers=0, batches_per_epoch=1)  # fmt: skip
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["melody"].shape == (1, 4)
