@@ -255,3 +255,29 @@ def test_killed_job_resumes_and_two_ranks_agree(shards, encodec_run, tmp_path):
         for key in a:
             assert a[key]["acoustic.npy"] == b[key]["acoustic.npy"]
             assert a[key]["semantic.npy"] == b[key]["semantic.npy"]
+
+
+def test_mulan_tokens_when_a_checkpoint_is_given(shards, tmp_path, capsys):
+    from test_conditioning_rvq import _checkpoint
+
+    from musiclm.tokenizers.conditioning_rvq import MulanConditioner
+    from musiclm.tokenizers.fit_codec import resample
+
+    root, sem_args = shards
+    audio = tmp_path / "audio"
+    shutil.copytree(root / "audio" / "train", audio / "train")
+    ckpt = _checkpoint(tmp_path)
+    rvq = tmp_path / "rvq.safetensors"
+    args = ["--checkpoint", ckpt, "--audio", str(audio / "train"), "--out", str(rvq)]
+    assert cli(["prepare", "mulan-rvq", *args, "--levels", "2", "--codebook-size", "2"]) == 0
+    cond = MulanConditioner.from_files(ckpt, str(rvq))
+    man = prepare_tokens(audio, tmp_path / "tokens", codec="encodec-hf",
+                         codec_args=CODECS["encodec-hf"], semantic=SEM, semantic_args=sem_args,
+                         mulan=(ckpt, str(rvq)), batch_size=2, progress=False)["train"]  # fmt: skip
+    assert man["mulan"]["fingerprint"] == cond.fingerprint()
+    assert (man["mulan"]["num_levels"], man["mulan"]["codebook_size"]) == (2, 2)
+    clips = {a["key"]: a for a in iter_audio_samples(audio / "train")}
+    for key, fields in read_tokens(tmp_path / "tokens" / "train").items():
+        got = decode_npy(fields["mulan.npy"])
+        wav = resample(clips[key]["audio"], 16000, cond.sample_rate)[None, None]
+        assert got.shape == (2,) and got.tolist() == cond.audio_tokens(wav)[0].tolist()

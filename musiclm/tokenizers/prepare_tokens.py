@@ -168,8 +168,9 @@ class Tokenize(LightningModule):
             if isinstance(net, torch.nn.Module) and hasattr(plugin, "device"):
                 net.to(self.device)
                 plugin.device = self.device
-        if self.melody is not None:
-            self.melody.to(self.device)
+        for conditioner in (self.mulan, self.melody):
+            if conditioner is not None:
+                conditioner.to(self.device)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         out: dict[str, Any] = {"acoustic": [], "semantic": [], "mulan": [], "melody": []}
