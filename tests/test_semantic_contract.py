@@ -143,3 +143,22 @@ def test_music_features_follow_pitch_and_rhythm_not_loudness():
     assert (base[mid, rhythm] - slower[mid, rhythm]).norm(dim=1).mean() > (
         base[mid, rhythm] - quiet[mid, rhythm]
     ).norm(dim=1).mean()
+
+
+def test_hf_ssl_w2v_bert_from_a_local_folder(tmp_path):
+    """Models taking input_features (Wav2Vec2-BERT) go through their own feature extractor."""
+    from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertConfig, Wav2Vec2BertModel
+
+    cfg = Wav2Vec2BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                             intermediate_size=32, feature_projection_input_dim=160,
+                             output_hidden_size=16, conv_depthwise_kernel_size=3)  # fmt: skip
+    torch.manual_seed(0)
+    Wav2Vec2BertModel(cfg).save_pretrained(tmp_path)
+    SeamlessM4TFeatureExtractor(feature_size=80, stride=2).save_pretrained(tmp_path)
+    tok = build("semantic_tokenizers", "hf-ssl", pretrained=str(tmp_path), layer=1)
+    assert tok.frame_rate == 50.0 and tok.sample_rate == 16000
+    wav = torch.stack([clip(1, 16000, 1.0), clip(2, 16000, 1.0)])[:, None]
+    f = tok.features(wav)
+    assert f.shape == (2, 50, 16)
+    torch.testing.assert_close(f, torch.cat([tok.features(wav[:1]), tok.features(wav[1:])]),
+                               atol=1e-4, rtol=1e-4)  # fmt: skip

@@ -7,6 +7,7 @@ online, from the package's own download (``model_type``); an untrained architect
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,7 @@ class DacCodec:
             if not path.is_file():
                 raise FileNotFoundError(f"dac: weights_path {path} does not exist")
             kwargs, state = _load_weights(path)
-            allowed = set(DAC.__init__.__code__.co_varnames)
+            allowed = set(inspect.signature(DAC).parameters)
             kwargs = {k: v for k, v in kwargs.items() if k in allowed}
             model = DAC(**kwargs)
             # DAC.load uses strict=False, which would accept a mismatched file in silence.
