@@ -6,8 +6,11 @@ Prints one JSON line per figure:
 - ``train``: tokens/s and MFU per configuration (semantic and coarse at the peer's sizes,
   d=256 / 4 layers / 4 heads / 1024-token vocabulary / 512 tokens / batch 8; and the MFU
   goal size d=512 / 8 layers / 8 heads / 1024 tokens);
-- ``peer`` (with ``--peer VENV``): audiolm-pytorch 2.4.0 run by ``/work/shared/peer``'s
-  ``bench_peer.py`` in its own environment, in the same job, and our/their ratios.
+- ``peer`` (with ``--peer VENV``): audiolm-pytorch 2.4.0's training step set up as
+  ``/work/shared/peer/bench_peer.py`` does, in its own environment, run between two runs of
+  ours in the same job (the CPU is shared: bracketing evens out load drift), and the ratio.
+  Ours counts the whole loop (Lightning, shard reading, cropping, logging hooks); theirs is
+  the bare forward/backward/AdamW step.
 
 Run: ``python benchmarks/bench_train.py [--quick] [--peer /root/.cache/musiclm-peer]``
 """
@@ -19,7 +22,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +29,15 @@ from pathlib import Path
 import torch
 
 PEER_DIR = Path("/work/shared/peer")
+
+PEER_STEP = Path(__file__).with_name("peer_train_step.py")
+
+
+def peer_train(venv: str, which: str, warmup: int, steps: int, threads: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(PEER_DIR / "stubs")}
+    cmd = [f"{venv}/bin/python", str(PEER_STEP), which, str(warmup), str(steps), str(threads)]
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def emit(**fields) -> None:
@@ -111,6 +122,8 @@ def main() -> None:
     parser.add_argument("--peer", default=None, help="audiolm-pytorch venv: run its benchmark too")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=0, help="dataloader workers")
+    parser.add_argument("--steps", type=int, default=12, help="timed steps per run")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per run")
     parser.add_argument("--only", default=None, help="comma-separated config names")
     args = parser.parse_args()
 
@@ -120,7 +133,7 @@ def main() -> None:
     from musiclm.stages.semantic import SemanticStage
     from musiclm.stages.token_layout import TokenSpec
 
-    warmup, steps = (1, 3) if args.quick else (3, 12)
+    warmup, steps = (1, 3) if args.quick else (args.warmup, args.steps)
     common = dict(ff_mult=4, dropout=0.0, lr=3e-4, weight_decay=0.01)
     # semantic: BOS + 511 semantic frames = 512 tokens; coarse: BOS + 128 S + 128 x 4 levels
     sem_spec = TokenSpec(1024, 50.0, 1024, 4, 50.0, codec_name="bench", semantic_name="bench")
@@ -168,28 +181,29 @@ def main() -> None:
     emit(figure="matmul_after", dtype="float32", size=2048, flops_per_s=peak_after)
 
     if args.peer:
-        out = Path(tempfile.mkdtemp()) / "peer.json"
-        env = {**os.environ, "PYTHONPATH": str(PEER_DIR / "stubs"), "PEER_OUT": str(out)}
-        cmd = [f"{args.peer}/bin/python", str(PEER_DIR / "bench_peer.py")]
-        cmd += ["--quick"] if args.quick else []
-        subprocess.run(cmd, env=env, check=True, stdout=sys.stderr)
-        peer = json.loads(out.read_text())
-        for ours_key, peer_key in (
-            ("semantic_d256", "semantic_flashFalse"),
-            ("semantic_d256", "semantic_flashTrue"),
-            ("coarse_d256", "coarse_flashFalse"),
-            ("coarse_d256", "coarse_flashTrue"),
-        ):
-            theirs = peer["train"][peer_key]["tokens_per_s"]
-            if ours_key in ours:
-                emit(
-                    figure="peer",
-                    ours=ours_key,
-                    peer=f"audiolm-pytorch {peer['meta'].get('audiolm_pytorch')} {peer_key}",
-                    ours_tokens_per_s=ours[ours_key]["tokens_per_s"],
-                    peer_tokens_per_s=theirs,
-                    ratio=ours[ours_key]["tokens_per_s"] / theirs,
-                )
+        # their training step, same sizes, right after ours (same load), then ours again
+        for ours_key, which in (("semantic_d256", "semantic"), ("coarse_d256", "coarse")):
+            if ours_key not in ours:
+                continue
+            theirs = peer_train(args.peer, which, warmup, steps, args.threads)
+            cls, spec, seconds, kw, batch = configs[ours_key]
+            with tempfile.TemporaryDirectory() as tmp:
+                again = run_config(
+                    ours_key, cls, spec, seconds, {**common, **kw}, batch=batch, steps=steps,
+                    warmup=warmup, workers=args.workers, root=Path(tmp),
+                )  # fmt: skip
+            mine = (ours[ours_key]["tokens_per_s"] + again["tokens_per_s"]) / 2
+            emit(
+                figure="peer",
+                ours=ours_key,
+                peer=f"audiolm-pytorch 2.4.0 {which} (flash_attn=False), training step only",
+                ours_tokens_per_s=mine,
+                ours_runs=[ours[ours_key]["tokens_per_s"], again["tokens_per_s"]],
+                peer_tokens_per_s=theirs["tokens_per_s"],
+                peer_tokens_per_s_median_step=theirs["tokens_per_s_median_step"],
+                ratio=mine / theirs["tokens_per_s"],
+                loadavg=os.getloadavg()[0],
+            )
 
 
 if __name__ == "__main__":
