@@ -243,3 +243,18 @@ def test_quick_demo_end_to_end_and_resume(tmp_path):
     assert demo.main(["--out", str(out), "--quick"]) == 0
     after = {m.name: m.stat().st_mtime_ns for m in (out / "steps").glob("*.done")}
     assert before == after, "a rerun of a finished demo must skip every step"
+
+
+def test_training_step_is_done_only_at_its_step_count(tmp_path):
+    """Lightning exits 0 when stopped by SIGTERM: the checkpoint's step decides."""
+    import torch
+
+    from musiclm.demo.plan import fit_missing
+
+    p = DemoPaths(out=tmp_path, conf=tmp_path)
+    assert fit_missing(p, "fine", 10) == [str(p.last_ckpt("fine"))]
+    p.last_ckpt("fine").parent.mkdir(parents=True)
+    torch.save({"global_step": 4, "epoch": 0}, p.last_ckpt("fine"))
+    assert fit_missing(p, "fine", 10) == [f"6 more training steps in {p.last_ckpt('fine')}"]
+    torch.save({"global_step": 10, "epoch": 1}, p.last_ckpt("fine"))
+    assert fit_missing(p, "fine", 10) == []

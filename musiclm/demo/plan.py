@@ -160,6 +160,24 @@ def _missing(*paths: Path) -> list[str]:
     return [str(x) for x in paths if not x.exists()]
 
 
+def checkpoint_step(path: Path) -> int:
+    """The global step a Lightning checkpoint was saved at (memory-mapped, nothing unpickled)."""
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return int(ckpt["global_step"])
+
+
+def fit_missing(p: DemoPaths, stage: str, steps: int) -> list[str]:
+    """What a training step still owes: ``last.ckpt`` at ``steps`` or more. Lightning exits
+    with status 0 when it stops on SIGTERM, so the exit status alone does not prove it."""
+    last = p.last_ckpt(stage)
+    if not last.is_file():
+        return [str(last)]
+    got = checkpoint_step(last)
+    return [] if got >= steps else [f"{steps - got} more training steps in {last}"]
+
+
 def fit_argv(p: DemoPaths, stage: str, data: dict[str, Path], extra: list[str]) -> list[str]:
     """``musiclm fit`` for one stage, resuming from ``last.ckpt`` when a run was cut short."""
     argv = musiclm_argv(
@@ -301,19 +319,20 @@ def build_steps(runner: StepRunner, p: DemoPaths, s: DemoSettings) -> list[Step]
     table = [
         ("corpus", "render the demo corpus", corpus, [p.corpus / "manifest.jsonl"]),
         ("audio", "audio shards (train/valid/test)", audio, splits),
-        ("mulan", "train MuLan (musiclm fit)", mulan, [p.last_ckpt("mulan")]),
         ("mulan-rvq", "fit the conditioning RVQ", mulan_rvq, [p.rvq]),
         ("semantic-kmeans", "fit the semantic k-means", semantic_kmeans, [p.kmeans]),
         ("codec", "fit the offline codec", codec, [p.codec]),
         ("tokens", "token shards (semantic, acoustic, MuLan)", tokens, token_splits),
     ]
-    table += [
-        (stage, f"train the {stage} LM (musiclm fit)", lm(stage), [p.last_ckpt(stage)])
-        for stage in LM_STAGES
-    ]
     table += [("pipeline", "write PIPELINE.yaml", pipeline, [p.pipeline])]
     steps = [Step(n, d, r, lambda paths=paths: _missing(*paths)) for n, d, r, paths in table]
-    names = [*(row[0] for row in table), "generate", "evaluate"]
+    fits = [("mulan", "train MuLan (musiclm fit)", mulan, s.mulan_steps)]
+    fits += [(x, f"train the {x} LM (musiclm fit)", lm(x), s.lm_steps[x]) for x in LM_STAGES]
+    for i, (stage, describe, run, n) in zip((2, 7, 8, 9), fits, strict=True):
+        steps.insert(
+            i, Step(stage, describe, run, lambda stage=stage, n=n: fit_missing(p, stage, n))
+        )
+    names = [step.name for step in steps]
     steps += [
         Step(
             "generate",
