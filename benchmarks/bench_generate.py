@@ -116,11 +116,27 @@ def copy_bandwidth(megabytes: int = 512) -> float:
     return 2 * a.numel() * 4 / best
 
 
-def bench_model(args) -> None:
+def peer_sized_model() -> tuple[TokenLM, TokenLayout]:
     torch.manual_seed(0)
     layout = semantic_layout()
     net = TokenLM(num_tokens=layout.num_tokens, num_targets=layout.num_targets, dim=256,
                   depth=4, heads=4).eval()  # fmt: skip
+    return net, layout
+
+
+def ours_cached(args) -> dict[int, float]:
+    """Our cached tokens/s at batch 1 and 8 (the figure compared with the peer)."""
+    net, layout = peer_sized_model()
+    out = {}
+    for batch in (1, 8):
+        out[batch] = batch * args.tokens / time_decode(net, layout, batch, args.tokens, "ours")
+        emit(figure="decode_tokens_per_s", who="musiclm", path="ours", batch=batch, cached=True,
+             tokens=args.tokens, tokens_per_s=out[batch])  # fmt: skip
+    return out
+
+
+def bench_model(args) -> None:
+    net, layout = peer_sized_model()
     n = args.tokens
     for batch in (1, 8):
         for how, tokens in (("ours", n), ("x-transformers", n), ("no-cache", args.uncached)):
@@ -140,13 +156,14 @@ def bench_model(args) -> None:
          fraction_of_bound=bound / per_token)  # fmt: skip
 
 
-def bench_peer(args) -> None:
+def bench_peer(args) -> dict[int, float]:
     python = Path(args.peer) / "bin" / "python"
     if not python.is_file():
         emit(figure="decode_tokens_per_s", who="audiolm-pytorch 2.4.0", error=f"no {python}")
-        return
+        return {}
     env = {**os.environ, "PYTHONPATH": PEER_STUBS}
-    cmd = [str(python), str(ROOT / "benchmarks" / "peer_generate.py"), "--tokens", str(args.tokens)]
+    script = str(ROOT / "benchmarks" / "peer_generate.py")
+    cmd = [str(python), script, "--tokens", str(args.tokens), "--threads", str(args.threads)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     for line in lines:
@@ -154,6 +171,7 @@ def bench_peer(args) -> None:
     if out.returncode or not lines:
         emit(figure="decode_tokens_per_s", who="audiolm-pytorch 2.4.0",
              error=out.stderr.strip().splitlines()[-1:] or "no output")  # fmt: skip
+    return {r["batch"]: r["tokens_per_s"] for r in map(json.loads, lines)}
 
 
 def demo_stage_modules(spec: TokenSpec) -> dict:
@@ -242,7 +260,7 @@ def main() -> None:
     p.add_argument("--peer", default=None, help="audiolm-pytorch venv (install.sh)")
     p.add_argument("--pipeline", default=str(ROOT / "runs/demo/PIPELINE.yaml"))
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--only", default="model,peer,stages,pipeline")
+    p.add_argument("--only", default="peer,model,stages,pipeline")
     args = p.parse_args()
     args.tokens, args.uncached = (50, 20) if args.quick else (500, 200)
     args.position_steps = 20 if args.quick else 100
@@ -251,10 +269,17 @@ def main() -> None:
     emit(figure="meta", threads=args.threads, torch=torch.__version__,
          loadavg=os.getloadavg(), python=sys.version.split()[0])  # fmt: skip
     only = set(args.only.split(","))
+    if "peer" in only and args.peer:
+        # ours before and after theirs: the machine is shared, load drifts during the run
+        before = ours_cached(args)
+        theirs = bench_peer(args)
+        after = ours_cached(args)
+        for batch, peer in theirs.items():
+            mean = (before[batch] + after[batch]) / 2
+            emit(figure="vs_peer", batch=batch, ours_tokens_per_s=mean, peer_tokens_per_s=peer,
+                 ratio=mean / peer, ours_runs=[before[batch], after[batch]])  # fmt: skip
     if "model" in only:
         bench_model(args)
-    if "peer" in only and args.peer:
-        bench_peer(args)
     if "stages" in only:
         bench_stages(args)
     if "pipeline" in only:
