@@ -124,9 +124,10 @@ def chroma(args: argparse.Namespace) -> None:
     rows = _pairs(args.pairs, args.split)
     root = __import__("pathlib").Path(args.pairs).parent
     seen, clips = set(), []
-    for r in rows:  # one clip per held-out melody
-        if r["melody_id"] not in seen:
-            seen.add(r["melody_id"])
+    for r in rows:  # one clip per melody (a demo corpus manifest works too: one per clip)
+        key = r.get("melody_id", r.get("id"))
+        if key not in seen:
+            seen.add(key)
             clips.append(r)
     clips = clips[: args.max_melodies]
     frames = int(round(args.seconds * sem.frame_rate))
