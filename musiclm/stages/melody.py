@@ -85,7 +85,7 @@ class MelodyStage(LightningModule):
         if self.trainer is not None and self.trainer.world_size > 1:
             # labels are per-batch group indices: make them unique across ranks before mixing
             labels = labels + self.global_rank * 1_000_000
-            emb, labels = self._gather(emb), self._gather(labels)
+            emb, labels = self._gather(emb), self.all_gather(labels).reshape(-1)
         loss, stats = semihard_triplet_loss(emb, labels, self.hparams.margin)
         n = emb.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
