@@ -146,8 +146,12 @@ def bench_model(args) -> None:
                  seconds=seconds)  # fmt: skip
     fast = FastTokenLM(net)
     near, far = (position_step_seconds(fast, p, args.position_steps) for p in (200, 2000))
+    # bytes each step must read: every weight once, plus the cached keys and values so far
+    kv = [len(fast.layers) * 2 * fast.heads * fast.dim_head * 4 * p for p in (200, 2000)]
+    weights = fast.weight_bytes()
     emit(figure="position_scaling", batch=1, ms_at_200=near * 1e3, ms_at_2000=far * 1e3,
-         ratio=far / near)  # fmt: skip
+         ratio=far / near, bytes_ratio=(weights + kv[1]) / (weights + kv[0]),
+         kv_bytes_at_2000=kv[1], weight_bytes=weights)  # fmt: skip
     per_token = time_decode(net, layout, 1, n, "ours") / n
     bandwidth = copy_bandwidth()
     bound = fast.weight_bytes() / bandwidth
