@@ -89,6 +89,8 @@ def test_whole_hierarchy_with_sliding_windows_is_seeded(plain):
     assert torch.equal(a.audio, b.audio) and torch.equal(a.codes["acoustic"], b.codes["acoustic"])
     c = pipe.generate(schedules, seconds=5.0, seed=4)
     assert not torch.equal(a.codes["acoustic"], c.codes["acoustic"])
+    with pytest.raises(ValueError, match="re-ranking scores candidates with MuLan"):
+        pipe.generate(schedules, seconds=1.0, rerank=2)
 
 
 def test_story_mode_changes_the_conditioning_per_window(conditioned):

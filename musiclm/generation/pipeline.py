@@ -267,6 +267,11 @@ class Pipeline:
         """
         if seconds <= 0 or rerank < 1 or not schedules:
             raise ValueError("need seconds > 0, rerank >= 1 and at least one prompt")
+        if rerank > 1 and self.spec.mulan is None:
+            raise ValueError(
+                f"re-ranking scores candidates with MuLan: add 'mulan: {{checkpoint, rvq}}' to "
+                f"{self.spec.path}"
+            )
         schedules = [sorted(s) for s in schedules]
         rows = [s for s in schedules for _ in range(rerank)]
         gen = torch.Generator(device=self.device).manual_seed(seed)
