@@ -27,6 +27,9 @@ KIND = "mulan_rvq"
 class ConditioningRVQ:
     """Residual k-means codebooks (levels, size, dim): level l quantises what levels < l left."""
 
+    # The artifact kind written into saved files and fingerprints; subclasses name their own.
+    kind: str = KIND
+
     def __init__(self, codebooks: torch.Tensor, meta: dict[str, Any] | None = None) -> None:
         if codebooks.dim() != 3:
             raise ValueError(f"codebooks must be (levels, size, dim), got {tuple(codebooks.shape)}")
@@ -71,7 +74,7 @@ class ConditioningRVQ:
         books = fit_residual_kmeans(
             emb.float().cpu(), levels, codebook_size, seed=seed, iters=iters
         )
-        info = {**(meta or {}), "kind": KIND, "levels": levels, "codebook_size": codebook_size}
+        info = {**(meta or {}), "kind": cls.kind, "levels": levels, "codebook_size": codebook_size}
         info.update(dim=int(emb.shape[1]), fit_count=int(emb.shape[0]), seed=seed, iters=iters)
         rvq = cls(books, info)
         rvq.meta["quantization_mse"] = rvq.quantization_errors(emb)
@@ -103,10 +106,10 @@ class ConditioningRVQ:
         ]
 
     def fingerprint(self) -> str:
-        """``mulan_rvq:<16 hex>`` over the codebooks and their metadata."""
+        """``<kind>:<16 hex>`` over the codebooks and their metadata."""
         from musiclm.tokenizers.artifacts import tensor_digest
 
-        return f"{KIND}:{tensor_digest({'codebooks': self.codebooks}, self.meta)[:16]}"
+        return f"{self.kind}:{tensor_digest({'codebooks': self.codebooks}, self.meta)[:16]}"
 
     def save(self, path: str | os.PathLike) -> None:
         """Atomically write ``path`` (safetensors) and ``path``.json (a readable copy of meta)."""
@@ -125,9 +128,9 @@ class ConditioningRVQ:
         """Read a file written by ``save``; a wrong kind or a corrupt file raises naming it."""
         from musiclm.tokenizers.artifacts import load_artifact
 
-        tensors, meta = load_artifact(path, kind=KIND)
+        tensors, meta = load_artifact(path, kind=cls.kind)
         if "codebooks" not in tensors:
-            raise ValueError(f"{path}: conditioning RVQ artifact lacks 'codebooks'")
+            raise ValueError(f"{path}: {cls.kind} artifact lacks 'codebooks'")
         return cls(tensors["codebooks"], meta)
 
 

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 
@@ -29,25 +28,7 @@ KIND = "melody_rvq"
 class MelodyRVQ(ConditioningRVQ):
     """The conditioning RVQ over melody-window embeddings (its own artifact kind)."""
 
-    @classmethod
-    def fit(cls, emb: torch.Tensor, **kwargs: Any) -> MelodyRVQ:
-        rvq = super().fit(emb, **kwargs)
-        rvq.meta["kind"] = KIND
-        return rvq  # type: ignore[return-value]
-
-    def fingerprint(self) -> str:
-        from musiclm.tokenizers.artifacts import tensor_digest
-
-        return f"{KIND}:{tensor_digest({'codebooks': self.codebooks}, self.meta)[:16]}"
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> MelodyRVQ:
-        from musiclm.tokenizers.artifacts import load_artifact
-
-        tensors, meta = load_artifact(path, kind=KIND)
-        if "codebooks" not in tensors:
-            raise ValueError(f"{path}: melody RVQ artifact lacks 'codebooks'")
-        return cls(tensors["codebooks"], meta)
+    kind = KIND
 
 
 def melody_fingerprint(model: torch.nn.Module) -> str:
