@@ -332,7 +332,6 @@ def build_steps(runner: StepRunner, p: DemoPaths, s: DemoSettings) -> list[Step]
         steps.insert(
             i, Step(stage, describe, run, lambda stage=stage, n=n: fit_missing(p, stage, n))
         )
-    names = [step.name for step in steps]
     steps += [
         Step(
             "generate",
@@ -343,4 +342,5 @@ def build_steps(runner: StepRunner, p: DemoPaths, s: DemoSettings) -> list[Step]
         Step("evaluate", "musiclm evaluate", evaluate, lambda: _missing(p.eval / "metrics.json")),
         Step("report", "report.md and plots", report, lambda: _missing(p.out / "report.md")),
     ]
+    names = [step.name for step in steps]
     return steps
