@@ -152,8 +152,9 @@ def test_pipeline_file_names_every_artifact_relative_to_the_run(tmp_path):
     with pytest.raises(PipelineFileError, match="stages.coarse.checkpoint"):
         outputs.write_pipeline(p)
     p.last_ckpt("coarse").write_bytes(b"x")
-    outputs.write_pipeline(p, cfg_scale=2.0)
-    assert load_pipeline_file(p.pipeline).stages["coarse"].sampling.cfg_scale == 2.0
+    outputs.write_pipeline(p, cfg_scale=2.0, temperatures={"fine": 0.3})
+    stages = load_pipeline_file(p.pipeline).stages
+    assert stages["coarse"].sampling.cfg_scale == 2.0 and stages["fine"].sampling.temperature == 0.3
     spec = yaml.safe_load(p.pipeline.read_text())
     assert (p.out / spec["mulan"]["checkpoint"]).resolve() == p.last_ckpt("mulan").resolve()
     assert (p.out / spec["codec"]["args"]["codebooks"]).resolve() == p.codec.resolve()

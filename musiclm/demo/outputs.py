@@ -48,12 +48,16 @@ def pipeline_dict(p: DemoPaths) -> dict[str, Any]:
     }
 
 
-def write_pipeline(p: DemoPaths, *, cfg_scale: float = 1.0) -> Path:
+def write_pipeline(
+    p: DemoPaths, *, cfg_scale: float = 1.0, temperatures: dict[str, float] | None = None
+) -> Path:
     """Write PIPELINE.yaml naming every checkpoint and artifact of the run (validated by the
     generation package's own schema, so a missing file fails here, naming the key)."""
     from musiclm.generation.pipeline_file import write_pipeline_file
 
     data = pipeline_dict(p)
+    for stage, value in (temperatures or {}).items():
+        data["stages"][stage]["temperature"] = value
     if cfg_scale != 1.0:  # stages trained with conditioning dropout take guidance
         for stage in ("semantic", "coarse"):
             data["stages"][stage]["cfg_scale"] = cfg_scale
