@@ -20,7 +20,10 @@ def test_there_are_stage_configs():
 def test_print_config(config):
     proc = subprocess.run(
         [sys.executable, "-m", "musiclm.cli", "fit", "--print_config", "--config", str(config)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "class_path" in proc.stdout
@@ -34,10 +37,15 @@ def test_config_opens_with_launch_command(config):
 
 
 def test_fit_help_and_top_level_help():
-    out = subprocess.run([sys.executable, "-m", "musiclm.cli", "--help"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "musiclm.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for cmd in ("fit", "plugins", "data", "prepare", "generate", "evaluate", "demo"):
         assert cmd in out
-    proc = subprocess.run([sys.executable, "-m", "musiclm.cli", "fit", "--help"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "musiclm.cli", "fit", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0 and "--trainer.max_steps" in proc.stdout
