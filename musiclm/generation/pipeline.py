@@ -146,19 +146,8 @@ class Pipeline:
         """MuLan + RVQ (``MulanConditioner``), checked against the stages' training tokens."""
         from musiclm.tokenizers.conditioning_rvq import MulanConditioner
 
-        if self.spec.mulan is None:
-            raise PipelineFileError(
-                f"{self.spec.path}: the stages are conditioned on MuLan tokens; add 'mulan: "
-                "{checkpoint, rvq}' (or a 'manifest' whose shards name them)"
-            )
-        cond = MulanConditioner.from_files(*self.spec.mulan, device=self.device)
         expected = self.stages["semantic"].layout.spec.mulan_fingerprint
-        if expected and cond.fingerprint() != expected:
-            raise PipelineFileError(
-                f"{self.spec.path}: MuLan+RVQ fingerprint {cond.fingerprint()} differs from "
-                f"{expected} that the stages' token shards were made with"
-            )
-        return cond
+        return self._checked_conditioner("mulan", MulanConditioner, self.spec.mulan, expected)
 
     @property
     def uses_melody(self) -> bool:
@@ -169,16 +158,24 @@ class Pipeline:
         """Melody network + RVQ (``MelodyConditioner``), checked against the stages' tokens."""
         from musiclm.tokenizers.melody_tokens import MelodyConditioner
 
-        if self.spec.melody is None:
+        expected = self.stages["semantic"].layout.spec.melody_fingerprint
+        return self._checked_conditioner("melody", MelodyConditioner, self.spec.melody, expected)
+
+    def _checked_conditioner(
+        self, key: str, cls: Any, files: tuple[str, str] | None, expected: str | None
+    ) -> Any:
+        """``cls.from_files(checkpoint, rvq)`` for pipeline key ``key``, refusing a conditioner
+        whose fingerprint differs from the one the stages' token shards were made with."""
+        label = {"mulan": "MuLan", "melody": "melody"}[key]
+        if files is None:
             raise PipelineFileError(
-                f"{self.spec.path}: the stages are conditioned on melody tokens; add 'melody: "
+                f"{self.spec.path}: the stages are conditioned on {label} tokens; add '{key}: "
                 "{checkpoint, rvq}' (or a 'manifest' whose shards name them)"
             )
-        cond = MelodyConditioner.from_files(*self.spec.melody, device=self.device)
-        expected = self.stages["semantic"].layout.spec.melody_fingerprint
+        cond = cls.from_files(*files, device=self.device)
         if expected and cond.fingerprint() != expected:
             raise PipelineFileError(
-                f"{self.spec.path}: melody fingerprint {cond.fingerprint()} differs from "
+                f"{self.spec.path}: {label} fingerprint {cond.fingerprint()} differs from "
                 f"{expected} that the stages' token shards were made with"
             )
         return cond
