@@ -247,23 +247,52 @@ def embed_audio_shards(
     return torch.cat(embs)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``musiclm prepare mulan-rvq``: fit the conditioning RVQ over a training shard folder."""
-    from musiclm.models.mulan import load_mulan
-
-    p = argparse.ArgumentParser(prog="musiclm prepare mulan-rvq", description=main.__doc__)
-    p.add_argument("--checkpoint", required=True, help="MulanStage checkpoint (.ckpt)")
+def rvq_job_parser(
+    prog: str, description: str | None, *, network: str, levels: int, codebook_size: int
+) -> argparse.ArgumentParser:
+    """The arguments shared by the jobs that fit an RVQ over a network's audio embeddings."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--checkpoint", required=True, help=f"{network} checkpoint (.ckpt)")
     p.add_argument("--audio", required=True, help="audio shard folder (the training split)")
     p.add_argument("--out", required=True, help="output .safetensors (a .json sidecar beside)")
-    p.add_argument("--levels", type=int, default=12)
-    p.add_argument("--codebook-size", type=int, default=1024)
+    p.add_argument("--levels", type=int, default=levels)
+    p.add_argument("--codebook-size", type=int, default=codebook_size)
     p.add_argument("--iters", type=int, default=20, help="k-means iterations per level")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-clips", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args(argv)
+    return p
 
+
+def fit_save_report(
+    cls: type[ConditioningRVQ],
+    emb: torch.Tensor,
+    args: argparse.Namespace,
+    meta: dict,
+    *,
+    count: str,
+) -> int:
+    """Fit ``cls`` on ``emb`` with the job's arguments, save it and print a JSON summary."""
+    rvq = cls.fit(
+        emb, levels=args.levels, codebook_size=args.codebook_size, iters=args.iters,
+        seed=args.seed, meta=meta,
+    )  # fmt: skip
+    rvq.save(args.out)
+    errors = rvq.meta["quantization_mse"]
+    print(json.dumps({"out": args.out, count: emb.shape[0], "fingerprint": rvq.fingerprint(),
+                      "quantization_mse_by_levels": [round(e, 5) for e in errors]}))  # fmt: skip
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``musiclm prepare mulan-rvq``: fit the conditioning RVQ over a training shard folder."""
+    from musiclm.models.mulan import load_mulan
+
+    args = rvq_job_parser(
+        "musiclm prepare mulan-rvq", main.__doc__, network="MulanStage", levels=12,
+        codebook_size=1024,
+    ).parse_args(argv)  # fmt: skip
     mulan = load_mulan(args.checkpoint, map_location=args.device)
     emb = embed_audio_shards(
         mulan, args.audio, batch_size=args.batch_size, max_clips=args.max_clips
@@ -274,12 +303,4 @@ def main(argv: list[str] | None = None) -> int:
         "audio": os.path.abspath(args.audio),
         "seed": args.seed,
     }
-    rvq = ConditioningRVQ.fit(
-        emb, levels=args.levels, codebook_size=args.codebook_size, iters=args.iters,
-        seed=args.seed, meta=meta,
-    )  # fmt: skip
-    rvq.save(args.out)
-    errors = rvq.meta["quantization_mse"]
-    print(json.dumps({"out": args.out, "clips": emb.shape[0], "fingerprint": rvq.fingerprint(),
-                      "quantization_mse_by_levels": [round(e, 5) for e in errors]}))  # fmt: skip
-    return 0
+    return fit_save_report(ConditioningRVQ, emb, args, meta, count="clips")

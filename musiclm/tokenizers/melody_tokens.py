@@ -13,8 +13,6 @@ quantised; tokens are window-major (``w0l0 w0l1 .. w1l0 ..``).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 from collections.abc import Iterator
 
@@ -198,20 +196,12 @@ def embed_audio_shards(
 def main(argv: list[str] | None = None) -> int:
     """``musiclm prepare melody-rvq``: fit the melody RVQ over a training shard folder."""
     from musiclm.models.melody import load_melody
+    from musiclm.tokenizers.conditioning_rvq import fit_save_report, rvq_job_parser
 
-    p = argparse.ArgumentParser(prog="musiclm prepare melody-rvq", description=main.__doc__)
-    p.add_argument("--checkpoint", required=True, help="MelodyStage checkpoint (.ckpt)")
-    p.add_argument("--audio", required=True, help="audio shard folder (the training split)")
-    p.add_argument("--out", required=True, help="output .safetensors (a .json sidecar beside)")
-    p.add_argument("--levels", type=int, default=24)
-    p.add_argument("--codebook-size", type=int, default=512)
-    p.add_argument("--iters", type=int, default=20, help="k-means iterations per level")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-clips", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args(argv)
-
+    args = rvq_job_parser(
+        "musiclm prepare melody-rvq", main.__doc__, network="MelodyStage", levels=24,
+        codebook_size=512,
+    ).parse_args(argv)  # fmt: skip
     melody = load_melody(args.checkpoint, map_location=args.device)
     emb = embed_audio_shards(
         melody, args.audio, batch_size=args.batch_size, max_clips=args.max_clips
@@ -222,12 +212,4 @@ def main(argv: list[str] | None = None) -> int:
         "audio": os.path.abspath(args.audio),
         "num_windows": melody.num_windows,
     }
-    rvq = MelodyRVQ.fit(
-        emb, levels=args.levels, codebook_size=args.codebook_size, iters=args.iters,
-        seed=args.seed, meta=meta,
-    )  # fmt: skip
-    rvq.save(args.out)
-    errors = rvq.meta["quantization_mse"]
-    print(json.dumps({"out": args.out, "windows": emb.shape[0], "fingerprint": rvq.fingerprint(),
-                      "quantization_mse_by_levels": [round(e, 5) for e in errors]}))  # fmt: skip
-    return 0
+    return fit_save_report(MelodyRVQ, emb, args, meta, count="windows")
