@@ -7,6 +7,10 @@ gain of melody conditioning. One JSON line per figure.
     # melody (a stage trained with melody: true) against a stage trained without it
     python benchmarks/bench_melody.py chroma --melody-stage A.ckpt --plain-stage B.ckpt \
         --melody CKPT --melody-rvq RVQ --semantic-args '{"kmeans": KM}' --pairs PAIRS/melodies.jsonl
+    # chroma cosine between held-out melody clips and the DECODED audio of text prompts that
+    # name another instrument, with --melody (pipeline A) and without (pipeline B), same seeds
+    python benchmarks/bench_melody.py audio --melody-pipeline A.yaml --plain-pipeline B.yaml \
+        --corpus CORPUS/manifest.jsonl --split test --samples 2
 
 Chroma cosine (as MusicGen reports it): the per-frame cosine between the chroma of the melody
 clip and that of the generated music, averaged over frames. For semantic tokens of the
@@ -176,6 +180,95 @@ def chroma(args: argparse.Namespace) -> None:
                       **common}))  # fmt: skip
 
 
+def _held_out_tunes(corpus: str, split: str, limit: int) -> list[dict]:
+    """One clip per piece of a demo corpus manifest's ``split`` (held-out tunes)."""
+    seen, out = set(), []
+    for line in open(corpus):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        piece = row["attributes"]["piece"]
+        if row.get("split") == split and piece not in seen:
+            seen.add(piece)
+            out.append(row)
+    return out[:limit]
+
+
+def audio(args: argparse.Namespace) -> None:
+    """Chroma cosine between each held-out melody clip and the DECODED audio generated from a
+    text prompt naming another instrument, with ``--melody`` (one pipeline) and without (a
+    pipeline whose semantic stage was trained the same way without melody), same seeds."""
+    import soundfile as sf
+    import torchaudio.functional as AF
+
+    from musiclm.demo_corpus import INSTRUMENTS
+    from musiclm.generation.pipeline import Pipeline
+    from musiclm.models.melody import fit_length
+
+    pipes = {"melody": Pipeline.from_file(args.melody_pipeline),
+             "plain": Pipeline.from_file(args.plain_pipeline)}  # fmt: skip
+    tunes = _held_out_tunes(args.corpus, args.split, args.max_melodies)
+    root = __import__("pathlib").Path(args.corpus).parent
+    rate = pipes["melody"].codec.sample_rate
+    rows, targets = [], []
+    for i, r in enumerate(tunes):
+        attrs = r["attributes"]
+        others = [x for x in INSTRUMENTS if x != attrs["instrument"]]
+        instrument = others[i % len(others)]  # a timbre the melody clip does not have
+        article = "An" if instrument[0] in "aeiou" else "A"
+        prompt = args.template.format(article=article, instrument=instrument,
+                                      source=attrs["source"], bpm=attrs["bpm"])  # fmt: skip
+        y, sr = sf.read(root / r["audio"], dtype="float32", always_2d=True)
+        wav = torch.from_numpy(y.mean(1))
+        # the target: the melody clip as `generate --melody` uses it (looped or cut)
+        target = fit_length(AF.resample(wav, sr, rate), int(round(args.seconds * rate)))
+        targets.append(chroma_frames(target.numpy(), rate, args.frame_rate))
+        scores = {}
+        for name, pipe in pipes.items():
+            t0 = time.perf_counter()
+            out = pipe.generate(
+                [[(0.0, prompt)]] * args.samples, seconds=args.seconds, seed=args.seed + i,
+                melody_audio=(wav, sr) if name == "melody" else None,
+            )  # fmt: skip
+            took = time.perf_counter() - t0
+            gen = [chroma_frames(a[0].numpy(), out.sample_rate, args.frame_rate)
+                   for a in out.audio]  # fmt: skip
+            scores[name] = [chroma_cosine(targets[-1], g) for g in gen]
+            scores[name + "_s"] = took
+        row = {"figure": "chroma_cosine_prompt", "melody_id": r["id"], "piece":
+               attrs["piece"], "melody_instrument": attrs["instrument"], "prompt": prompt,
+               "with_melody": scores["melody"], "without_melody": scores["plain"],
+               "gain": float(np.mean(scores["melody"]) - np.mean(scores["plain"])),
+               "seconds_generating": [round(scores["melody_s"], 1),
+                                      round(scores["plain_s"], 1)]}  # fmt: skip
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    with_m = np.array([x for r in rows for x in r["with_melody"]])
+    without = np.array([x for r in rows for x in r["without_melody"]])
+    gains = np.array([r["gain"] for r in rows])
+    # floor: a real clip of another held-out tune against this melody
+    floor = [chroma_cosine(targets[i], targets[(i + 1) % len(targets)])
+             for i in range(len(targets))]  # fmt: skip
+    common = {"prompts": len(rows), "samples_per_prompt": args.samples, "seconds": args.seconds,
+              "split": args.split, "template": args.template}  # fmt: skip
+    for name, values in (("with_melody", with_m), ("without_melody", without)):
+        stats = {"mean": float(values.mean()), "std": float(values.std())}
+        print(json.dumps({"figure": f"audio_chroma_cosine_{name}", **stats, **common}))
+    print(json.dumps({"figure": "audio_chroma_cosine_gain", "mean": float(gains.mean()),
+                      "std": float(gains.std()), "sem": float(gains.std() / np.sqrt(len(gains))),
+                      "prompts_improved": int((gains > 0).sum()), **common}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "figure": "audio_chroma_cosine_floor_other_tune",
+                "mean": float(np.mean(floor)),
+                "std": float(np.std(floor)),
+                **common,
+            }
+        )
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     sub = p.add_subparsers(dest="what", required=True)
@@ -196,9 +289,21 @@ def main() -> None:
     c.add_argument("--samples", type=int, default=2)
     c.add_argument("--max-melodies", type=int, default=24)
     c.add_argument("--temperature", type=float, default=1.0)
+    a = sub.add_parser("audio", help="chroma cosine on decoded audio from text prompts")
+    a.add_argument("--melody-pipeline", required=True, help="PIPELINE.yaml, melody stages")
+    a.add_argument("--plain-pipeline", required=True, help="the same trained without melody")
+    a.add_argument("--corpus", required=True, help="demo corpus manifest.jsonl")
+    a.add_argument("--split", default="test")
+    a.add_argument("--max-melodies", type=int, default=32, help="held-out tunes, one clip each")
+    a.add_argument("--samples", type=int, default=2, help="generations per prompt and arm")
+    a.add_argument("--seconds", type=float, default=8.0)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--frame-rate", type=float, default=25.0, help="chroma frames per second")
+    a.add_argument("--template", default="{article} {instrument} plays a {source} at {bpm} BPM.",
+                   help="prompt; names another instrument, never the key")  # fmt: skip
     args = p.parse_args()
     torch.set_num_threads(1)
-    recall(args) if args.what == "recall" else chroma(args)
+    {"recall": recall, "chroma": chroma, "audio": audio}[args.what](args)
 
 
 if __name__ == "__main__":

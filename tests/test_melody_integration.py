@@ -183,3 +183,25 @@ def test_prepare_tokens_with_melody_end_to_end(tmp_path):
                          num_workers=0, batches_per_epoch=1)  # fmt: skip
     batch = next(iter(dm.train_dataloader()))
     assert batch["melody"].shape == (1, 4)
+
+
+def test_cfg_dropout_nulls_the_melody_with_the_text():
+    """The unconditional row of classifier-free guidance has neither text nor melody, so the
+    guidance strengthens both; the semantic targets (and a stage without melody) are kept."""
+    from musiclm.stages.token_layout import NULL
+
+    streams = {
+        "mulan": torch.tensor([[1, 2, 3], [4, 5, 6]]),
+        "melody": torch.tensor([[0, 1, 2, 3, 4, 0], [1, 1, 1, 2, 2, 2]]),
+        "semantic": torch.tensor([[7, 8, 9, 10], [11, 12, 13, 14]]),
+    }
+    layout = TokenLayout(stage="semantic", spec=SPEC, melody=True)
+    seq = layout.sequence(streams)
+    out = layout.drop_conditioning(seq.tokens, torch.tensor([True, False]))
+    assert (out[0, 1 : 1 + 3 + 6] == NULL).all()  # MuLan and melody of the dropped row
+    assert torch.equal(out[0, 1 + 3 + 6 :], seq.tokens[0, 1 + 3 + 6 :])  # targets kept
+    assert torch.equal(out[1], seq.tokens[1])  # the other row untouched
+    plain = TokenLayout(stage="semantic", spec=SPEC)
+    seq = plain.sequence(streams)
+    out = plain.drop_conditioning(seq.tokens, torch.tensor([True, True]))
+    assert (out[:, 1:4] == NULL).all() and torch.equal(out[:, 4:], seq.tokens[:, 4:])

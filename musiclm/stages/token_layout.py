@@ -25,7 +25,8 @@ API used by training and generation (kept stable):
   streams ``{"mulan": (B, Q_m), "semantic": (B, F_s), "acoustic": (B, Q, F_a)}``
   (``-1`` marks padding: input PAD, label ``IGNORE``);
 - ``layout.prefix(streams)``: ``[BOS] + conditioning`` ids only (the generation prompt);
-- ``layout.drop_conditioning(tokens, drop)``: MuLan ids of rows ``drop`` -> NULL (CFG);
+- ``layout.drop_conditioning(tokens, drop)``: MuLan (+ melody) ids of rows ``drop`` -> NULL
+  (CFG);
 - ``layout.target_levels(n, offset)``: level of each target position;
 - ``layout.allowed_targets(n, offset)``: bool ``(n, num_targets)``, which ids each target
   position may take (sampling masks the rest);
@@ -271,10 +272,16 @@ class TokenLayout:
         return LMSequence(tokens, self.codes_to_targets(codes), prefix.shape[1])
 
     def drop_conditioning(self, tokens: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
-        """Replace the MuLan ids of rows where ``drop`` is true by NULL (a copy)."""
+        """Replace the MuLan ids (and the melody ids, which follow them) of rows where
+        ``drop`` is true by NULL (a copy).
+
+        Melody is dropped with the text so that classifier-free guidance, which contrasts
+        the prompt with this unconditional one, strengthens the melody as well as the text.
+        """
         if not self.uses_mulan:
             return tokens
-        span = slice(1, 1 + self.spec.mulan_levels)
+        melody = self.spec.melody_windows * self.spec.melody_levels if self.melody else 0
+        span = slice(1, 1 + self.spec.mulan_levels + melody)
         out = tokens.clone()
         out[:, span] = torch.where(drop.view(-1, 1), NULL, tokens[:, span])
         return out
