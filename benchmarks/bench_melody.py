@@ -211,7 +211,10 @@ def audio(args: argparse.Namespace) -> None:
     root = __import__("pathlib").Path(args.corpus).parent
     rate = pipes["melody"].codec.sample_rate
     rows, targets = [], []
+    started = time.perf_counter()
     for i, r in enumerate(tunes):
+        if rows and time.perf_counter() - started > 60 * args.max_minutes:
+            break  # a time budget on a shared machine: the summary covers the prompts done
         attrs = r["attributes"]
         others = [x for x in INSTRUMENTS if x != attrs["instrument"]]
         instrument = others[i % len(others)]  # a timbre the melody clip does not have
@@ -269,6 +272,38 @@ def audio(args: argparse.Namespace) -> None:
     )
 
 
+def teacher(args: argparse.Namespace) -> None:
+    """Teacher-forced loss of a melody-conditioned stage on token shards with each clip's own
+    melody tokens against another clip's (rolled by one in the batch): a stage that follows
+    the melody predicts its clip's tokens better with the right melody; one that memorised
+    training clips shows the gap on the training split only."""
+    import torch.nn.functional as F
+
+    from musiclm.datamodules.tokens import TokenDataModule
+    from musiclm.stages.token_layout import IGNORE
+    from musiclm.stages.token_lm_stage import load_network
+
+    net, layout = load_network(args.stage)
+    for split in args.splits.split(","):
+        data = TokenDataModule(f"{args.tokens}/{split}", f"{args.tokens}/{split}",
+                               seconds=args.seconds, batch_size=args.clips, num_workers=0,
+                               batches_per_epoch=1, val_batches=1)  # fmt: skip
+        batch = next(iter(data.val_dataloader()))  # the first clips, cropped from their start
+
+        def loss(b: dict) -> float:
+            seq = layout.sequence(b)
+            with torch.no_grad():
+                logits = net(seq.tokens[:, :-1], start=seq.prefix_len - 1)
+            flat = logits.reshape(-1, logits.shape[-1])
+            return float(F.cross_entropy(flat, seq.labels.reshape(-1), ignore_index=IGNORE))
+
+        other = {**batch, "melody": batch["melody"].roll(1, 0)}
+        own, rolled = loss(batch), loss(other)
+        print(json.dumps({"figure": "teacher_forced_loss", "split": split, "own_melody": own,
+                          "other_melody": rolled, "gap": rolled - own,
+                          "clips": int(batch["melody"].shape[0])}))  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     sub = p.add_subparsers(dest="what", required=True)
@@ -298,12 +333,20 @@ def main() -> None:
     a.add_argument("--samples", type=int, default=2, help="generations per prompt and arm")
     a.add_argument("--seconds", type=float, default=8.0)
     a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--max-minutes", type=float, default=float("inf"),
+                   help="start no new prompt after this long")  # fmt: skip
     a.add_argument("--frame-rate", type=float, default=25.0, help="chroma frames per second")
     a.add_argument("--template", default="{article} {instrument} plays a {source} at {bpm} BPM.",
                    help="prompt; names another instrument, never the key")  # fmt: skip
+    t = sub.add_parser("teacher", help="teacher-forced loss, own vs another clip's melody")
+    t.add_argument("--stage", required=True, help="stage checkpoint trained with melody")
+    t.add_argument("--tokens", required=True, help="token shard root (split folders)")
+    t.add_argument("--splits", default="train,valid,test")
+    t.add_argument("--clips", type=int, default=32)
+    t.add_argument("--seconds", type=float, default=8.0)
     args = p.parse_args()
     torch.set_num_threads(1)
-    {"recall": recall, "chroma": chroma, "audio": audio}[args.what](args)
+    {"recall": recall, "chroma": chroma, "audio": audio, "teacher": teacher}[args.what](args)
 
 
 if __name__ == "__main__":
