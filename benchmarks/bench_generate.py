@@ -8,7 +8,8 @@ One JSON line per figure, fp32 on the CPU with 2 threads:
   [BOS], batch 1 and 8: ours (``musiclm.generation``), the x-transformers cache path through
   ``TokenLM`` and no cache (full forward per step); with ``--peer``, audiolm-pytorch 2.4.0's
   cached ``generate`` at the same sizes in the same run (``peer_generate.py``);
-- ``position_scaling``: per-token time at position 2,000 versus 200 (batch 1);
+- ``position_scaling`` (``--only position``): per-token time at position 2,000 versus 200
+  (batch 1) at the peer size, the demo width and the paper size (d=1024, 24 layers);
 - ``weight_streaming``: bytes of weights per token over the copy bandwidth measured here, as
   a fraction of the measured per-token time at batch 1;
 - ``stage_tokens_per_s``: each stage at the demo configs' sizes, batch 1 and 8, cached and not;
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -94,14 +96,32 @@ def time_xtransformers(net, prompt, tokens, sampling, gen) -> float:
 
 
 @torch.inference_mode()
-def position_step_seconds(fast: FastTokenLM, position: int, steps: int) -> float:
-    cache = fast.new_cache(1, position + steps + 1)
-    fast.forward(torch.randint(3, 1000, (1, position)), cache)
+def position_step_seconds(
+    fast: FastTokenLM, positions: tuple[int, ...], steps: int, rounds: int = 5
+) -> dict[int, float]:
+    """Median time of one cached step at each position (batch 1).
+
+    The positions are timed in alternation, ``rounds`` times, each step on its own, and the
+    median is kept: on a shared machine a burst of load then hits both positions alike
+    instead of whichever happened to run at that moment. Every round rewinds the cache to its
+    position, so each step attends over exactly that many keys.
+    """
+    caches = {}
+    for p in positions:
+        caches[p] = fast.new_cache(1, p + steps + 1)
+        fast.forward(torch.randint(3, 1000, (1, p)), caches[p])
     token = torch.full((1,), 5)
-    start = time.perf_counter()
-    for _ in range(steps):
-        fast.step(token, cache)
-    return (time.perf_counter() - start) / steps
+    times: dict[int, list[float]] = {p: [] for p in positions}
+    for _ in range(rounds):
+        for p in positions:
+            cache = caches[p]
+            cache.length = p
+            fast.step(token, cache)  # warm this cache's pages
+            for _ in range(steps):
+                start = time.perf_counter()
+                fast.step(token, cache)
+                times[p].append(time.perf_counter() - start)
+    return {p: statistics.median(t) for p, t in times.items()}
 
 
 def copy_bandwidth(megabytes: int = 512) -> float:
@@ -145,19 +165,40 @@ def bench_model(args) -> None:
                  cached=how != "no-cache", tokens=tokens, tokens_per_s=batch * tokens / seconds,
                  seconds=seconds)  # fmt: skip
     fast = FastTokenLM(net)
-    near, far = (position_step_seconds(fast, p, args.position_steps) for p in (200, 2000))
-    # bytes each step must read: every weight once, plus the cached keys and values so far
-    kv = [len(fast.layers) * 2 * fast.heads * fast.dim_head * 4 * p for p in (200, 2000)]
-    weights = fast.weight_bytes()
-    emit(figure="position_scaling", batch=1, ms_at_200=near * 1e3, ms_at_2000=far * 1e3,
-         ratio=far / near, bytes_ratio=(weights + kv[1]) / (weights + kv[0]),
-         kv_bytes_at_2000=kv[1], weight_bytes=weights)  # fmt: skip
     per_token = time_decode(net, layout, 1, n, "ours") / n
     bandwidth = copy_bandwidth()
     bound = fast.weight_bytes() / bandwidth
     emit(figure="weight_streaming", batch=1, weight_bytes=fast.weight_bytes(),
          copy_bandwidth_gb_s=bandwidth / 1e9, bound_ms=bound * 1e3, measured_ms=per_token * 1e3,
          fraction_of_bound=bound / per_token)  # fmt: skip
+
+
+# (dim, depth, heads): the peer comparison's size, the demo stages' width and the paper's
+POSITION_SIZES = {"d256_peer": (256, 4, 4), "d128_demo": (128, 4, 4), "d1024_paper": (1024, 24, 16)}
+
+
+def bench_position(args) -> None:
+    """Per-token time at position 2,000 vs 200 (batch 1) for each size in POSITION_SIZES.
+
+    A step reads every weight once plus the cached keys and values so far; how the two
+    compare decides the ratio, so ``bytes_ratio`` (what a memory-bound step would show) is
+    printed beside the measured one.
+    """
+    layout = semantic_layout()
+    for name, (dim, depth, heads) in POSITION_SIZES.items():
+        torch.manual_seed(0)
+        net = TokenLM(num_tokens=layout.num_tokens, num_targets=layout.num_targets, dim=dim,
+                      depth=depth, heads=heads).eval()  # fmt: skip
+        fast = FastTokenLM(net)
+        steps = args.position_steps if dim < 1024 else max(2, args.position_steps // 8)
+        at = position_step_seconds(fast, (200, 2000), steps)
+        kv = [len(fast.layers) * 2 * fast.heads * fast.dim_head * 4 * p for p in (200, 2000)]
+        weights = fast.weight_bytes()
+        emit(figure="position_scaling", size=name, dim=dim, depth=depth, heads=heads, batch=1,
+             ms_at_200=at[200] * 1e3, ms_at_2000=at[2000] * 1e3, ratio=at[2000] / at[200],
+             bytes_ratio=(weights + kv[1]) / (weights + kv[0]), kv_bytes_at_2000=kv[1],
+             weight_bytes=weights, steps_per_round=steps)  # fmt: skip
+        del net, fast
 
 
 def bench_peer(args) -> dict[int, float]:
@@ -264,10 +305,10 @@ def main() -> None:
     p.add_argument("--peer", default=None, help="audiolm-pytorch venv (install.sh)")
     p.add_argument("--pipeline", default=str(ROOT / "runs/demo/PIPELINE.yaml"))
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--only", default="peer,model,stages,pipeline")
+    p.add_argument("--only", default="peer,model,position,stages,pipeline")
     args = p.parse_args()
     args.tokens, args.uncached = (50, 20) if args.quick else (500, 200)
-    args.position_steps = 20 if args.quick else 100
+    args.position_steps = 10 if args.quick else 40
     args.seconds = 2.0 if args.quick else 10.0
     torch.set_num_threads(args.threads)
     emit(figure="meta", threads=args.threads, torch=torch.__version__,
@@ -284,6 +325,8 @@ def main() -> None:
                  ratio=mean / peer, ours_runs=[before[batch], after[batch]])  # fmt: skip
     if "model" in only:
         bench_model(args)
+    if "position" in only:
+        bench_position(args)
     if "stages" in only:
         bench_stages(args)
     if "pipeline" in only:

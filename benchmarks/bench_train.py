@@ -6,11 +6,14 @@ Prints one JSON line per figure:
 - ``train``: tokens/s and MFU per configuration (semantic and coarse at the peer's sizes,
   d=256 / 4 layers / 4 heads / 1024-token vocabulary / 512 tokens / batch 8; and the MFU
   goal size d=512 / 8 layers / 8 heads / 1024 tokens);
+- ``bare`` (with ``--bare``): a bare x-transformers decoder of the MFU-goal size, same run;
+- ``mfu``: every configuration's model FLOP/s over the higher of the two matmul probes;
 - ``peer`` (with ``--peer VENV``): audiolm-pytorch 2.4.0's training step set up as
-  ``/work/shared/peer/bench_peer.py`` does, in its own environment, run between two runs of
-  ours in the same job (the CPU is shared: bracketing evens out load drift), and the ratio.
-  Ours counts the whole loop (Lightning, shard reading, cropping, logging hooks); theirs is
-  the bare forward/backward/AdamW step.
+  ``/work/shared/peer/bench_peer.py`` does, in its own environment, alternated with runs of
+  ours ``--rounds`` times (the faster of its flash_attn settings each round), compared by
+  median step. Ours counts the whole loop (Lightning, shard reading, cropping, logging
+  hooks); theirs is the bare forward/backward/AdamW step. ``--compile`` trains ours with the
+  stages' ``compile: true`` (torch.compile; its warm-up falls in the untimed steps).
 
 Run: ``python benchmarks/bench_train.py [--quick] [--peer /root/.cache/musiclm-peer]``
 """
@@ -33,9 +36,10 @@ PEER_DIR = Path("/work/shared/peer")
 PEER_STEP = Path(__file__).with_name("peer_train_step.py")
 
 
-def peer_train(venv: str, which: str, warmup: int, steps: int, threads: int) -> dict:
+def peer_train(venv: str, which: str, warmup: int, steps: int, threads: int, flash: bool) -> dict:
     env = {**os.environ, "PYTHONPATH": str(PEER_DIR / "stubs")}
     cmd = [f"{venv}/bin/python", str(PEER_STEP), which, str(warmup), str(steps), str(threads)]
+    cmd.append("1" if flash else "0")
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -60,6 +64,38 @@ class StepTimer:
                 self.tokens.append(module.last_batch_tokens)
 
         return _Timer()
+
+
+def bare_decoder(dim: int, depth: int, heads: int, vocab: int, context: int, batch: int,
+                 steps: int, warmup: int) -> dict:  # fmt: skip
+    """A bare x-transformers decoder of the same size: random tokens, forward, cross entropy,
+    backward, AdamW; no Lightning, no data loading (the reference the loop must not lose to)."""
+    from x_transformers import Decoder, TransformerWrapper
+
+    torch.manual_seed(0)
+    layers = Decoder(dim=dim, depth=depth, heads=heads, rotary_pos_emb=True, attn_flash=True)
+    net = TransformerWrapper(
+        num_tokens=vocab, max_seq_len=0, use_abs_pos_emb=False, attn_layers=layers
+    )
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-4)
+    x = torch.randint(0, vocab, (batch, context + 1))
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        logits = net(x[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), x[:, 1:].reshape(-1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    weights = sum(p.numel() for p in net.parameters()) - net.token_emb.emb.weight.numel()
+    flops_tok = 3.0 * (2 * weights + 4 * depth * context * dim)
+    tok_s = batch * context / statistics.median(times)
+    return {"name": f"bare_x_transformers_d{dim}", "dim": dim, "depth": depth, "heads": heads,
+            "context": context, "batch": batch, "timed_steps": steps,
+            "tokens_per_s_median_step": tok_s, "flops_per_token": flops_tok,
+            "model_flops_per_s": tok_s * flops_tok}  # fmt: skip
 
 
 def run_config(name, stage_cls, spec, seconds, model_kw, *, batch, steps, warmup, workers, root):
@@ -113,6 +149,7 @@ def run_config(name, stage_cls, spec, seconds, model_kw, *, batch, steps, warmup
         "flops_per_token": flops_tok,
         "model_flops_per_s": sum(tokens) * flops_tok / total,
         "num_workers": workers,
+        "compile": bool(model_kw.get("compile")),
     }
 
 
@@ -125,6 +162,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per run")
     parser.add_argument("--only", default=None, help="comma-separated config names")
+    parser.add_argument(
+        "--compile", action="store_true", help="train with the stage's `compile: true`"
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="peer comparison: runs per side")
+    parser.add_argument(
+        "--bare", action="store_true", help="also time a bare x-transformers decoder (d=512)"
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -134,7 +178,7 @@ def main() -> None:
     from musiclm.stages.token_layout import TokenSpec
 
     warmup, steps = (1, 3) if args.quick else (args.warmup, args.steps)
-    common = dict(ff_mult=4, dropout=0.0, lr=3e-4, weight_decay=0.01)
+    common = dict(ff_mult=4, dropout=0.0, lr=3e-4, weight_decay=0.01, compile=args.compile)
     # semantic: BOS + 511 semantic frames = 512 tokens; coarse: BOS + 128 S + 128 x 4 levels
     sem_spec = TokenSpec(1024, 50.0, 1024, 4, 50.0, codec_name="bench", semantic_name="bench")
     coarse_spec = TokenSpec(1024, 25.0, 1024, 4, 25.0, codec_name="bench", semantic_name="bench")
@@ -156,7 +200,7 @@ def main() -> None:
         ),
     }
     chosen = args.only.split(",") if args.only else list(configs)
-    peak = matmul_flops("cpu", torch.float32, 2048, seconds=2.0)
+    peak = matmul_flops("cpu", torch.float32, 2048, seconds=2.0, warmup=3.0)
     emit(figure="matmul", dtype="float32", size=2048, flops_per_s=peak, threads=args.threads)
     ours = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -174,34 +218,58 @@ def main() -> None:
                 workers=args.workers,
                 root=Path(tmp),
             )
-            result["mfu"] = result["model_flops_per_s"] / peak
+            result["mfu_vs_first_probe"] = result["model_flops_per_s"] / peak
             ours[name] = result
             emit(figure="train", loadavg=os.getloadavg()[0], **result)
+    if args.bare and "semantic_d512_1024tok" in ours:
+        bare = bare_decoder(512, 8, 8, 1024, 1023, 8, steps=steps, warmup=warmup)
+        ours[bare["name"]] = bare
+        emit(figure="bare", loadavg=os.getloadavg()[0], **bare)
     peak_after = matmul_flops("cpu", torch.float32, 2048, seconds=2.0)
     emit(figure="matmul_after", dtype="float32", size=2048, flops_per_s=peak_after)
+    # against the higher probe: a probe slowed by load or a cold CPU would inflate the MFU
+    best = max(peak, peak_after)
+    for name, result in ours.items():
+        emit(figure="mfu", name=name, model_flops_per_s=result["model_flops_per_s"],
+             peak_flops_per_s=best, probes=[peak, peak_after],
+             mfu=result["model_flops_per_s"] / best)  # fmt: skip
 
     if args.peer:
-        # their training step, same sizes, right after ours (same load), then ours again
+        # ours and theirs alternate, ``--rounds`` times each, in this one job: load on a shared
+        # machine drifts, and alternating spreads it over both sides; the ratio uses the
+        # median step of every run (a burst of load moves a median less than a total)
         for ours_key, which in (("semantic_d256", "semantic"), ("coarse_d256", "coarse")):
             if ours_key not in ours:
                 continue
-            theirs = peer_train(args.peer, which, warmup, steps, args.threads)
             cls, spec, seconds, kw, batch = configs[ours_key]
-            with tempfile.TemporaryDirectory() as tmp:
-                again = run_config(
-                    ours_key, cls, spec, seconds, {**common, **kw}, batch=batch, steps=steps,
-                    warmup=warmup, workers=args.workers, root=Path(tmp),
-                )  # fmt: skip
-            mine = (ours[ours_key]["tokens_per_s"] + again["tokens_per_s"]) / 2
+            mine, theirs = [ours[ours_key]], []
+            for r in range(args.rounds):
+                # theirs with and without its flash attention; the faster one is compared
+                runs = [peer_train(args.peer, which, warmup, steps, args.threads, f)
+                        for f in (False, True)]  # fmt: skip
+                theirs.append(max(runs, key=lambda t: t["tokens_per_s_median_step"]))
+                if r + 1 < args.rounds:
+                    with tempfile.TemporaryDirectory() as tmp:
+                        mine.append(run_config(
+                            ours_key, cls, spec, seconds, {**common, **kw}, batch=batch,
+                            steps=steps, warmup=warmup, workers=args.workers, root=Path(tmp),
+                        ))  # fmt: skip
+            ours_med = statistics.mean(m["tokens_per_s_median_step"] for m in mine)
+            peer_med = statistics.mean(t["tokens_per_s_median_step"] for t in theirs)
             emit(
                 figure="peer",
                 ours=ours_key,
-                peer=f"audiolm-pytorch 2.4.0 {which} (flash_attn=False), training step only",
-                ours_tokens_per_s=mine,
-                ours_runs=[ours[ours_key]["tokens_per_s"], again["tokens_per_s"]],
-                peer_tokens_per_s=theirs["tokens_per_s"],
-                peer_tokens_per_s_median_step=theirs["tokens_per_s_median_step"],
-                ratio=mine / theirs["tokens_per_s"],
+                compile=args.compile,
+                peer=f"audiolm-pytorch 2.4.0 {which}, training step only, faster of flash_attn "
+                "False/True per round",
+                ours_tokens_per_s_median_step=ours_med,
+                peer_tokens_per_s_median_step=peer_med,
+                ratio=ours_med / peer_med,
+                ours_runs=[m["tokens_per_s_median_step"] for m in mine],
+                peer_runs=[t["tokens_per_s_median_step"] for t in theirs],
+                peer_flash=[t["flash_attn"] for t in theirs],
+                ratio_of_totals=statistics.mean(m["tokens_per_s"] for m in mine)
+                / statistics.mean(t["tokens_per_s"] for t in theirs),
                 loadavg=os.getloadavg()[0],
             )
 

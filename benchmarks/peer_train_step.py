@@ -2,7 +2,7 @@
 
 Set up as /work/shared/peer/bench_peer.py does (same classes, sizes, wrapper defaults, AdamW,
 T5 config stub so nothing is downloaded), training only, so that bench_train.py can run it
-between two runs of ours. Usage: peer_train_step.py semantic|coarse WARMUP STEPS THREADS
+between two runs of ours. Usage: peer_train_step.py semantic|coarse WARMUP STEPS THREADS [FLASH 0|1]
 """
 
 import json
@@ -29,6 +29,7 @@ from transformers import T5Config  # noqa: E402
 
 alm_t5.T5_CONFIGS[alm_t5.DEFAULT_T5_NAME] = dict(config=T5Config(d_model=768))
 which, warmup, steps, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+flash = len(sys.argv) > 5 and sys.argv[5] == "1"
 torch.manual_seed(0)
 torch.set_num_threads(threads)
 gen = torch.Generator().manual_seed(0)
@@ -44,7 +45,7 @@ def ids(b: int, n: int) -> torch.Tensor:
 
 if which == "semantic":
     model = SemanticTransformer(
-        num_semantic_tokens=1024, dim=256, depth=4, heads=4, flash_attn=False
+        num_semantic_tokens=1024, dim=256, depth=4, heads=4, flash_attn=flash
     )
     wrapper = SemanticTransformerWrapper(transformer=model)
     kw, tok = dict(semantic_token_ids=ids(B, N)), B * N
@@ -56,7 +57,7 @@ else:
         dim=256,
         depth=4,
         heads=4,
-        flash_attn=False,
+        flash_attn=flash,
     )
     codec = SoundStream(codebook_size=1024, rq_num_quantizers=8)  # only for .rq_groups
     wrapper = CoarseTransformerWrapper(transformer=model, codec=codec)
@@ -79,5 +80,6 @@ result = dict(
     tokens_per_s=tok * len(times) / sum(times),
     tokens_per_s_median_step=tok / statistics.median(times),
     steps=len(times),
+    flash_attn=flash,
 )
 print(json.dumps(result))

@@ -22,13 +22,22 @@ def matmul_flops(
     dtype: torch.dtype = torch.float32,
     size: int = 2048,
     seconds: float = 1.0,
+    warmup: float = 0.5,
 ) -> float:
-    """Measured FLOP/s of ``size``-square matrix products (best of repeated timings)."""
+    """Measured FLOP/s of ``size``-square matrix products (best of repeated timings).
+
+    ``warmup`` seconds of untimed products come first: on a CPU that has been idle the first
+    second runs well below the steady rate (clock ramp, cold caches), which would understate
+    the peak and overstate every MFU quoted against it.
+    """
     device = torch.device(device)
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    deadline = time.perf_counter() + warmup
     torch.mm(a, b)
+    while time.perf_counter() < deadline:
+        torch.mm(a, b)
     sync()
     best, deadline = float("inf"), time.perf_counter() + seconds
     reps = 1
