@@ -236,6 +236,49 @@ def mulan_kwargs(hparams: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in hparams.items() if k in names}
 
 
+FROZEN_KEY = "frozen_text_encoder"
+
+
+def frozen_state_keys(model: MuLan) -> list[str]:
+    """State-dict keys of the pretrained text encoder that training never changes (frozen
+    parameters and its buffers): checkpoints leave them out and reload them from its path."""
+    inner = getattr(model.text_encoder, "model", None)
+    if not isinstance(inner, nn.Module) or not hasattr(model.text_encoder, "path"):
+        return []  # an encoder trained from scratch: everything is saved
+    trainable = {n for n, p in inner.named_parameters() if p.requires_grad}
+    prefix = "text_encoder.model."
+    return [prefix + k for k in inner.state_dict() if k not in trainable]
+
+
+def frozen_digest(model: MuLan, keys: list[str]) -> str:
+    """SHA-256 over the frozen tensors (what a checkpoint's reload must reproduce)."""
+    from musiclm.tokenizers.artifacts import tensor_digest
+
+    state = model.state_dict()
+    return tensor_digest({k: state[k] for k in keys})
+
+
+def restore_frozen(
+    model: MuLan, state: dict[str, torch.Tensor], record: dict[str, Any] | None, where: str
+) -> dict[str, torch.Tensor]:
+    """``state`` (keys relative to ``model``) with the frozen text-encoder tensors filled in
+    from ``model`` (freshly loaded from its path), after checking they are the ones the
+    checkpoint was trained with."""
+    if not record:
+        return state
+    keys = list(record["keys"])
+    digest = frozen_digest(model, keys) if keys else ""
+    if digest != record["digest"]:
+        raise ValueError(
+            f"{where}: the frozen text encoder loaded from {model.text_encoder.path!r} is not "
+            f"the one this checkpoint was trained with (digest {digest[:12]} != "
+            f"{record['digest'][:12]}, trained from {record.get('path')!r}); point "
+            "text_encoder_args.path at that model"
+        )
+    own = model.state_dict()
+    return {**{k: own[k] for k in keys}, **state}
+
+
 def load_mulan(checkpoint_path: str, *, map_location: str | torch.device = "cpu") -> MuLan:
     """Rebuild ``MuLan`` from a ``MulanStage`` checkpoint (``weights_only`` load, eval mode)."""
     try:
@@ -250,6 +293,7 @@ def load_mulan(checkpoint_path: str, *, map_location: str | torch.device = "cpu"
     state = {k[6:]: v for k, v in ckpt["state_dict"].items() if k.startswith("mulan.")}
     if not state:
         raise ValueError(f"{checkpoint_path}: no 'mulan.*' weights; is it a MulanStage checkpoint?")
+    state = restore_frozen(model, state, ckpt.get(FROZEN_KEY), checkpoint_path)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(

@@ -18,11 +18,15 @@ from torch import nn
 
 from musiclm.evaluation.retrieval import bidirectional_metrics
 from musiclm.models.mulan import (
+    FROZEN_KEY,
     MAX_LOGIT_SCALE,
     MuLan,
     contrastive_loss,
+    frozen_digest,
+    frozen_state_keys,
     gathered_contrastive_loss,
     mulan_kwargs,
+    restore_frozen,
 )
 
 DEFAULT_PROMPTS = {"instrument": "played on a {}"}
@@ -87,6 +91,7 @@ class MulanStage(LightningModule):
             dict(DEFAULT_PROMPTS) if zero_shot_prompts is None else zero_shot_prompts
         )
         self._val: dict[str, list] = {}
+        self._frozen_digest: str | None = None
 
     @property
     def sample_rate(self) -> int:
@@ -150,6 +155,31 @@ class MulanStage(LightningModule):
             out[f"val/zeroshot/{attr}"] = acc
             out[f"val/zeroshot/{attr}_chance"] = 1.0 / len(classes)
         return out
+
+    # --- checkpoints: the frozen pretrained text encoder is reloaded, not stored -----------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keys = frozen_state_keys(self.mulan)
+        if not keys:
+            return
+        if self._frozen_digest is None:  # frozen tensors never change: hash them once
+            self._frozen_digest = frozen_digest(self.mulan, keys)
+        state = checkpoint["state_dict"]
+        for key in keys:
+            state.pop("mulan." + key, None)
+        checkpoint[FROZEN_KEY] = {
+            "path": str(self.mulan.text_encoder.path),
+            "digest": self._frozen_digest,
+            "keys": keys,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # runs before Lightning loads the state dict (resume and load_from_checkpoint alike)
+        record = checkpoint.get(FROZEN_KEY)
+        if record:
+            mine = {k[6:]: v for k, v in checkpoint["state_dict"].items() if k.startswith("mulan.")}
+            full = restore_frozen(self.mulan, mine, record, "mulan checkpoint")
+            checkpoint["state_dict"].update({"mulan." + k: v for k, v in full.items()})
 
     def configure_optimizers(self) -> dict[str, Any]:
         decay, no_decay = [], []
