@@ -6,7 +6,7 @@ Prints one JSON line per figure:
 - ``train``: tokens/s and MFU per configuration (semantic and coarse at the peer's sizes,
   d=256 / 4 layers / 4 heads / 1024-token vocabulary / 512 tokens / batch 8; and the MFU
   goal size d=512 / 8 layers / 8 heads / 1024 tokens);
-- ``bare`` (with ``--bare``): a bare x-transformers decoder of the MFU-goal size, same run;
+- ``bare`` (with ``--bare``): bare x-transformers decoders at the semantic sizes, same run;
 - ``mfu``: every configuration's model FLOP/s over the higher of the two matmul probes;
 - ``peer`` (with ``--peer VENV``): audiolm-pytorch 2.4.0's training step set up as
   ``/work/shared/peer/bench_peer.py`` does, in its own environment, alternated with runs of
@@ -167,7 +167,7 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=2, help="peer comparison: runs per side")
     parser.add_argument(
-        "--bare", action="store_true", help="also time a bare x-transformers decoder (d=512)"
+        "--bare", action="store_true", help="also time bare decoders at the semantic sizes"
     )
     args = parser.parse_args()
 
@@ -221,8 +221,14 @@ def main() -> None:
             result["mfu_vs_first_probe"] = result["model_flops_per_s"] / peak
             ours[name] = result
             emit(figure="train", loadavg=os.getloadavg()[0], **result)
-    if args.bare and "semantic_d512_1024tok" in ours:
-        bare = bare_decoder(512, 8, 8, 1024, 1023, 8, steps=steps, warmup=warmup)
+    # the semantic configurations' sizes as a bare decoder: (dim, depth, heads, context)
+    bare_sizes = {"semantic_d256": (256, 4, 4, 511), "semantic_d512_1024tok": (512, 8, 8, 1023)}
+    for name in [n for n in bare_sizes if n in ours] if args.bare else []:
+        dim, depth, heads, context = bare_sizes[name]
+        bare = bare_decoder(dim, depth, heads, 1024, context, 8, steps=steps, warmup=warmup)
+        bare["loop_over_bare"] = (
+            ours[name]["tokens_per_s_median_step"] / bare["tokens_per_s_median_step"]
+        )
         ours[bare["name"]] = bare
         emit(figure="bare", loadavg=os.getloadavg()[0], **bare)
     peak_after = matmul_flops("cpu", torch.float32, 2048, seconds=2.0)
