@@ -372,3 +372,33 @@ def test_rerun_with_other_settings_is_refused(tmp_path, corpus, capsys):
     )
     err = capsys.readouterr().err
     assert "audio-000-000000.json" in err and "new --out" in err
+
+
+def test_rank_finishing_during_another_ranks_manifest_write_is_not_lost(
+    tmp_path, corpus, monkeypatch
+):
+    """Rank 0 reads the progress records, rank 1's last records land, rank 0 renames its
+    manifest last: the manifest must still end up complete (no barrier between ranks)."""
+    out = tmp_path / "race"
+    args = dict(shard_size=4, world_size=2, progress=False)
+    pa.prepare_audio("jsonl", corpus, out, rank=1, **args)
+    aside = tmp_path / "aside"
+    held = {}
+    for rec in out.rglob("progress/*-001-*.json"):
+        held[rec] = aside / rec.relative_to(out)
+        held[rec].parent.mkdir(parents=True, exist_ok=True)
+        rec.rename(held[rec])
+    real_write = pa.atomic_write_json
+
+    def write_then_rank1_finishes(path, obj):
+        real_write(path, obj)
+        if path.name == "manifest.json":
+            for rec, moved in list(held.items()):
+                if rec.parent.parent == path.parent:
+                    moved.rename(rec)
+                    del held[rec]
+
+    monkeypatch.setattr(pa, "atomic_write_json", write_then_rank1_finishes)
+    pa.prepare_audio("jsonl", corpus, out, rank=0, **args)
+    manifest = read_manifest(out / "train")
+    assert manifest["complete"] and manifest["num_samples"] == 20

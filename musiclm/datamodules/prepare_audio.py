@@ -105,8 +105,25 @@ def _chunk_done(split_dir: Path, rank: int, index: int, key: str) -> bool:
 
 
 def write_manifest(split_dir: Path, *, sample_rate: int, source: dict, expected: int) -> dict:
-    """Rebuild ``manifest.json`` of one split from the progress records of every rank."""
-    records = sorted((split_dir / "progress").glob(f"{PREFIX}-*.json"))
+    """Rebuild ``manifest.json`` of one split from the progress records of every rank.
+
+    Ranks finish without a barrier, so a rank that read the records just before another
+    rank's last one appeared could rename its older manifest over the newer one. Rereading
+    the records after the write, and writing again while they changed, closes that gap: any
+    record that appears later belongs to a rank whose own write comes after this one.
+    """
+    while True:
+        records = sorted((split_dir / "progress").glob(f"{PREFIX}-*.json"))
+        complete = len(records) == expected
+        manifest = _manifest_from(
+            records, sample_rate=sample_rate, source=source, complete=complete
+        )
+        atomic_write_json(split_dir / "manifest.json", manifest)
+        if sorted((split_dir / "progress").glob(f"{PREFIX}-*.json")) == records:
+            return manifest
+
+
+def _manifest_from(records: list[Path], *, sample_rate: int, source: dict, complete: bool) -> dict:
     shards, skipped = [], []
     for rec in records:
         data = json.loads(rec.read_text())
@@ -121,10 +138,9 @@ def write_manifest(split_dir: Path, *, sample_rate: int, source: dict, expected:
         "total_seconds": round(sum(s["seconds"] for s in shards), 3),
         "shards": shards,
         "skipped": skipped,
-        "complete": len(records) == expected,
+        "complete": complete,
         "source": source,
     }
-    atomic_write_json(split_dir / "manifest.json", manifest)
     return manifest
 
 
