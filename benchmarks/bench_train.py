@@ -10,10 +10,12 @@ Prints one JSON line per figure:
 - ``mfu``: every configuration's model FLOP/s over the higher of the two matmul probes;
 - ``peer`` (with ``--peer VENV``): audiolm-pytorch 2.4.0's training step set up as
   ``/work/shared/peer/bench_peer.py`` does, in its own environment, alternated with runs of
-  ours ``--rounds`` times (the faster of its flash_attn settings each round), compared by
-  median step. Ours counts the whole loop (Lightning, shard reading, cropping, logging
-  hooks); theirs is the bare forward/backward/AdamW step. ``--compile`` trains ours with the
-  stages' ``compile: true`` (torch.compile; its warm-up falls in the untimed steps).
+  ours ``--rounds`` times, compared by median step. Theirs runs with its default
+  ``flash_attn=False``: ``flash_attn=True`` also switches off its relative position bias, its
+  only position signal, so that model is not the same function (timed once for the record,
+  ``peer_flash_no_positions``). Ours counts the whole loop (Lightning, shard reading,
+  cropping, logging hooks); theirs is the bare forward/backward/AdamW step. ``--compile``
+  trains ours with the stages' ``compile: true`` (its warm-up falls in the untimed steps).
 
 Run: ``python benchmarks/bench_train.py [--quick] [--peer /root/.cache/musiclm-peer]``
 """
@@ -250,10 +252,8 @@ def main() -> None:
             cls, spec, seconds, kw, batch = configs[ours_key]
             mine, theirs = [ours[ours_key]], []
             for r in range(args.rounds):
-                # theirs with and without its flash attention; the faster one is compared
-                runs = [peer_train(args.peer, which, warmup, steps, args.threads, f)
-                        for f in (False, True)]  # fmt: skip
-                theirs.append(max(runs, key=lambda t: t["tokens_per_s_median_step"]))
+                # their default, flash_attn=False: the model with positions (T5 relative bias)
+                theirs.append(peer_train(args.peer, which, warmup, steps, args.threads, False))
                 if r + 1 < args.rounds:
                     with tempfile.TemporaryDirectory() as tmp:
                         mine.append(run_config(
@@ -266,18 +266,21 @@ def main() -> None:
                 figure="peer",
                 ours=ours_key,
                 compile=args.compile,
-                peer=f"audiolm-pytorch 2.4.0 {which}, training step only, faster of flash_attn "
-                "False/True per round",
+                peer=f"audiolm-pytorch 2.4.0 {which}, training step only, flash_attn=False",
                 ours_tokens_per_s_median_step=ours_med,
                 peer_tokens_per_s_median_step=peer_med,
                 ratio=ours_med / peer_med,
                 ours_runs=[m["tokens_per_s_median_step"] for m in mine],
                 peer_runs=[t["tokens_per_s_median_step"] for t in theirs],
-                peer_flash=[t["flash_attn"] for t in theirs],
                 ratio_of_totals=statistics.mean(m["tokens_per_s"] for m in mine)
                 / statistics.mean(t["tokens_per_s"] for t in theirs),
                 loadavg=os.getloadavg()[0],
             )
+            # flash_attn=True turns their relative position bias off (their transformer then
+            # has no position information at all): timed for the record, not compared
+            flash = peer_train(args.peer, which, warmup, steps, args.threads, True)
+            emit(figure="peer_flash_no_positions", ours=ours_key, **flash,
+                 ratio=ours_med / flash["tokens_per_s_median_step"])  # fmt: skip
 
 
 if __name__ == "__main__":
