@@ -1,0 +1,206 @@
+"""Where does the demo lose tempo (and key)? Attribute adherence at each link of the chain.
+
+    python benchmarks/bench_demo_diagnose.py --run runs/demo [--splits test,valid]
+
+The same attribute estimators as ``musiclm evaluate`` (``<run>/eval/attribute_estimators.json``)
+score, for every held-out clip (first ``--seconds`` of it, its caption as the prompt):
+
+* ``real``: the real clip;
+* ``codec-all`` / ``codec-coarse``: the clip through the codec (all levels; coarse levels only);
+* ``real-coarse->fine``: the real coarse codes, fine levels sampled by the fine LM;
+* ``real-semantic->coarse->fine``: the real clip's semantic tokens, then the coarse and fine
+  LMs (conditioned on the caption's MuLan tokens) and the codec;
+* ``text->all``: the whole chain from the caption (what ``musiclm generate`` does);
+* ``tokens:real`` / ``tokens:generated``: tempo read straight from semantic tokens (the
+  onset feature of each token's k-means centroid), for the real clip's tokens and for tokens
+  the semantic LM sampled from the caption.
+
+One JSON line per (link, attribute); the sampling settings are the pipeline file's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# music-features layout: chroma 12, melody 3, onset context 5 (t-2..t+2), rhythm 12, timbre 9
+ONSET_COLUMN = 12 + 3 + 2
+
+
+def token_tempo(tokens: np.ndarray, centroids: np.ndarray, est, rate: float) -> float:
+    """Tempo of a semantic token sequence from its centroids' onset feature (same prior)."""
+    import librosa
+
+    env = centroids[tokens, ONSET_COLUMN].astype(np.float64)
+    env = np.clip(env - np.median(env), 0, None)
+    hop = round(est.sample_rate / rate)
+    win = min(len(env), round(8.0 * rate))
+    tg = librosa.feature.tempogram(
+        onset_envelope=env, sr=est.sample_rate, hop_length=hop, win_length=win
+    ).mean(1)
+    bpm = librosa.feature.tempo(
+        tg=tg[:, None], aggregate=None, sr=est.sample_rate, hop_length=hop,
+        start_bpm=est.start_bpm, std_bpm=est.std_bpm, max_tempo=320.0,
+    )  # fmt: skip
+    return float(np.atleast_1d(bpm)[0])
+
+
+def acoustic_from_semantic(pipe, semantic: torch.Tensor, texts: list[str], gen) -> torch.Tensor:
+    """Coarse then fine codes (B, Q, F) from semantic tokens (B, F_s), as ``Pipeline.generate``."""
+    mulan = pipe.mulan_tokens(texts)
+    cond = torch.stack([mulan[t] for t in texts]) if mulan else None
+    sem, coarse = pipe.stages["semantic"], pipe.stages["coarse"]
+    ratio = sem.rate / coarse.rate
+    frames = coarse.frames(semantic.shape[1] / sem.rate)
+
+    def coarse_prompt(f0: int, f1: int, new: int) -> torch.Tensor:
+        s0, s1 = math.floor(f0 * ratio), min(semantic.shape[1], math.ceil(f1 * ratio))
+        streams = {"semantic": semantic[:, s0:s1]}
+        if coarse.layout.uses_mulan:
+            streams["mulan"] = cond
+        return coarse.layout.prefix(streams)
+
+    codes = pipe._run(coarse, coarse_prompt, frames, None, len(texts), gen)
+    return fine_from_coarse(pipe, codes, cond, gen)
+
+
+def fine_from_coarse(pipe, codes: torch.Tensor, cond, gen) -> torch.Tensor:
+    """Coarse codes (B, L, F) + fine codes sampled by the fine LM -> (B, Q, F)."""
+    if "fine" not in pipe.stages:
+        return codes
+    fine = pipe.stages["fine"]
+
+    def fine_prompt(f0: int, f1: int, new: int) -> torch.Tensor:
+        streams = {"acoustic": codes[..., f0:f1]}
+        if fine.layout.uses_mulan:
+            streams["mulan"] = cond
+        return fine.layout.prefix(streams)
+
+    rest = pipe._run(fine, fine_prompt, codes.shape[-1], None, codes.shape[0], gen)
+    return torch.cat([codes, rest], dim=1)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", default="runs/demo", help="a finished demo run folder")
+    ap.add_argument("--pipeline", help="pipeline file (default: <run>/PIPELINE.yaml)")
+    ap.add_argument("--estimators", help="default: <run>/eval/attribute_estimators.json")
+    ap.add_argument("--splits", default="test", help="audio splits of <run>/audio to use")
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--links", default="all", help="comma list of links to run (default all)")
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
+        help="sampling override, e.g. semantic.temperature=0.8 or coarse.cfg_scale=5",
+    )  # fmt: skip
+    args = ap.parse_args()
+    torch.manual_seed(args.seed)
+
+    from musiclm.evaluation import attributes as A
+    from musiclm.evaluation.clips import load_centroids, load_reference
+    from musiclm.generation.pipeline import Pipeline
+
+    run = Path(args.run)
+    est = A.AttributeEstimators.load(args.estimators or run / "eval" / "attribute_estimators.json")
+    pipe = Pipeline.from_file(str(args.pipeline or run / "PIPELINE.yaml"), device="cpu")
+    for item in args.set:
+        target, _, value = item.partition("=")
+        stage, _, key = target.partition(".")
+        cast = int if key == "top_k" else float
+        pipe.set_sampling(stage, **{key: cast(value)})
+    codec, tok = pipe.codec, pipe.semantic_tokenizer
+    clips = [
+        c for s in args.splits.split(",") for c in load_reference(run / "audio" / s) if c.attributes
+    ]
+    sr = codec.sample_rate
+    if any(c.sample_rate != sr for c in clips) or tok.sample_rate != sr:
+        raise ValueError(f"expected every clip and the semantic tokenizer at {sr} Hz")
+    n = round(args.seconds * sr)
+    wav = torch.stack([torch.from_numpy(np.pad(c.audio[:n], (0, max(0, n - c.audio.size))))
+                       for c in clips])[:, None]  # fmt: skip
+    texts = [c.text or "" for c in clips]
+    targets = [c.attributes for c in clips]
+    chance = A.chance_levels(est.train_attributes, targets, tempo_words=est.tempo_words)
+    want = None if args.links == "all" else set(args.links.split(","))
+    gen = torch.Generator().manual_seed(args.seed)
+    load0 = os.getloadavg()[0]
+
+    def emit(link: str, audio: torch.Tensor, seconds: float) -> None:
+        preds = [est.predict(est.analyse(a.reshape(-1).numpy(), sr)) for a in audio]
+        table = A.adherence(preds, targets, tempo_words=est.tempo_words)
+        for attr, row in table.items():
+            print(json.dumps({
+                "figure": "adherence", "link": link, "attribute": attr,
+                "accuracy": round(row["accuracy"], 3), "n": row["n"],
+                "chance_prior": round(chance[attr]["prior"], 3),
+                "chance_majority": round(chance[attr]["majority"], 3),
+            }), flush=True)  # fmt: skip
+        print(json.dumps({"figure": "link seconds", "link": link, "value": round(seconds, 1)}))
+
+    def timed(link: str, make) -> None:
+        if want is not None and link not in want:
+            return
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            audio = make()
+        emit(link, audio[..., :n], time.perf_counter() - t0)
+
+    codes = codec.encode(wav)
+    levels = pipe.stages["coarse"].layout.coarse_levels
+    real_sem = tok.tokenize(wav)  # (B, F_s)
+    timed("real", lambda: wav)
+    timed("codec-all", lambda: codec.decode(codes))
+    timed("codec-coarse", lambda: codec.decode(codes[:, :levels]))
+    timed("real-coarse->fine", lambda: codec.decode(fine_from_coarse(pipe, codes[:, :levels],
+                                                                     None, gen)))  # fmt: skip
+    timed("real-semantic->coarse->fine",
+          lambda: codec.decode(acoustic_from_semantic(pipe, real_sem, texts, gen)))  # fmt: skip
+
+    sem_gen: dict[str, torch.Tensor] = {}
+
+    def text_all() -> torch.Tensor:
+        out = pipe.generate([[(0.0, t)] for t in texts], seconds=args.seconds, seed=args.seed)
+        sem_gen["tokens"] = out.codes["semantic"]
+        return out.audio
+
+    timed("text->all", text_all)
+    if "tokens" not in sem_gen and (want is None or "tokens:generated" in want):
+        sem = pipe.stages["semantic"]
+        texts_m = pipe.mulan_tokens(texts)
+        cond = torch.stack([texts_m[t] for t in texts])
+        sem_gen["tokens"] = pipe._run(
+            sem, lambda f0, f1, new: sem.layout.prefix({"mulan": cond}),
+            sem.frames(args.seconds), None, len(texts), gen,
+        )[:, 0]  # fmt: skip
+
+    kmeans = pipe.spec.semantic_tokenizer.args.get("kmeans")
+    centroids = load_centroids(kmeans)
+    rate = pipe.stages["semantic"].rate
+    for link, tokens in (("tokens:real", real_sem), ("tokens:generated", sem_gen.get("tokens"))):
+        if tokens is None:
+            continue
+        preds = [{"bpm": token_tempo(t.numpy(), centroids, est.tempo, rate)} for t in tokens]
+        table = A.adherence(preds, targets, tempo_words=est.tempo_words)
+        for attr, row in table.items():
+            print(json.dumps({
+                "figure": "adherence", "link": link, "attribute": attr,
+                "accuracy": round(row["accuracy"], 3), "n": row["n"],
+                "chance_prior": round(chance[attr]["prior"], 3),
+            }), flush=True)  # fmt: skip
+    print(json.dumps({"figure": "load average (1 min)", "start": round(load0, 2),
+                      "end": round(os.getloadavg()[0], 2)}))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
