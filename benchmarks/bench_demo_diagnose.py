@@ -13,7 +13,11 @@ score, for every held-out clip (first ``--seconds`` of it, its caption as the pr
 * ``text->all``: the whole chain from the caption (what ``musiclm generate`` does);
 * ``tokens:real`` / ``tokens:generated``: tempo read straight from semantic tokens (the
   onset feature of each token's k-means centroid), for the real clip's tokens and for tokens
-  the semantic LM sampled from the caption.
+  the semantic LM sampled from the caption;
+* ``mulan-tokens:text``: what the conditioning can tell at all: each caption's MuLan text
+  tokens matched (longest common prefix of levels) against the MuLan audio tokens of the
+  training clips (what the LMs were trained on); the matches' median BPM and majority
+  instrument, key and mode are the prediction.
 
 One JSON line per (link, attribute); the sampling settings are the pipeline file's.
 """
@@ -88,6 +92,42 @@ def fine_from_coarse(pipe, codes: torch.Tensor, cond, gen) -> torch.Tensor:
 
     rest = pipe._run(fine, fine_prompt, codes.shape[-1], None, codes.shape[0], gen)
     return torch.cat([codes, rest], dim=1)
+
+
+def mulan_neighbours(pipe, run: Path, texts: list[str]) -> list[dict]:
+    """Attributes of the training clips whose MuLan tokens (as in the token shards) share the
+    longest prefix with each text's MuLan tokens (median BPM; majority instrument and key)."""
+    from collections import Counter
+
+    from musiclm.evaluation.clips import load_token_examples
+
+    rows = [json.loads(x) for x in (run / "corpus" / "manifest.jsonl").read_text().splitlines()]
+    attrs = {r["id"]: r["attributes"] for r in rows}
+    train = load_token_examples(run / "tokens" / "train")
+    audio_tokens = np.stack([e.conditioning for e in train]).astype(np.int64)
+    out = []
+    for q in pipe.conditioner.text_tokens(texts).numpy():
+        shared = (audio_tokens == q).cumprod(1).sum(1)
+        near = [attrs[train[i].key] for i in np.flatnonzero(shared == shared.max())]
+        key = Counter((a["key"], a["mode"]) for a in near).most_common(1)[0][0]
+        out.append({
+            "bpm": float(np.median([a["bpm"] for a in near])),
+            "instrument": Counter(a["instrument"] for a in near).most_common(1)[0][0],
+            "key": key[0], "mode": key[1],
+        })  # fmt: skip
+    return out
+
+
+def emit_table(link: str, preds: list[dict], targets: list[dict], chance: dict, est) -> None:
+    from musiclm.evaluation import attributes as A
+
+    table = A.adherence(preds, targets, tempo_words=est.tempo_words)
+    for attr, row in table.items():
+        print(json.dumps({
+            "figure": "adherence", "link": link, "attribute": attr,
+            "accuracy": round(row["accuracy"], 3), "n": row["n"],
+            "chance_prior": round(chance[attr]["prior"], 3),
+        }), flush=True)  # fmt: skip
 
 
 def main() -> int:
@@ -183,6 +223,9 @@ def main() -> int:
             sem.frames(args.seconds), None, len(texts), gen,
         )[:, 0]  # fmt: skip
 
+    if want is None or "mulan-tokens:text" in want:
+        emit_table("mulan-tokens:text", mulan_neighbours(pipe, run, texts), targets, chance, est)
+
     kmeans = pipe.spec.semantic_tokenizer.args.get("kmeans")
     centroids = load_centroids(kmeans)
     rate = pipe.stages["semantic"].rate
@@ -190,13 +233,7 @@ def main() -> int:
         if tokens is None:
             continue
         preds = [{"bpm": token_tempo(t.numpy(), centroids, est.tempo, rate)} for t in tokens]
-        table = A.adherence(preds, targets, tempo_words=est.tempo_words)
-        for attr, row in table.items():
-            print(json.dumps({
-                "figure": "adherence", "link": link, "attribute": attr,
-                "accuracy": round(row["accuracy"], 3), "n": row["n"],
-                "chance_prior": round(chance[attr]["prior"], 3),
-            }), flush=True)  # fmt: skip
+        emit_table(link, preds, targets, chance, est)
     print(json.dumps({"figure": "load average (1 min)", "start": round(load0, 2),
                       "end": round(os.getloadavg()[0], 2)}))  # fmt: skip
     return 0

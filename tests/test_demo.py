@@ -101,6 +101,7 @@ def _corpus(p: DemoPaths, rows: list[dict]) -> None:
 ROWS = [
     {"id": "c0", "caption": "violin, slow", "split": "train", "attributes": {"bpm": 60}},
     {"id": "c1", "caption": "organ, fast ", "split": "test", "attributes": {"bpm": 150}},
+    {"id": "c3", "caption": "harp, slow", "split": "valid", "attributes": {"bpm": 70}},
     {"id": "c2", "caption": "flute, lively", "split": "test", "attributes": {"bpm": 120}},
 ]
 
@@ -108,7 +109,8 @@ ROWS = [
 def test_prompts_and_sidecar_attributes(tmp_path):
     p = DemoPaths(out=tmp_path, conf=tmp_path)
     _corpus(p, ROWS)
-    rows = outputs.write_prompts(p, 5)
+    assert [r["id"] for r in outputs.write_prompts(p, 5)] == ["c1", "c2", "c3"]  # test first
+    rows = outputs.write_prompts(p, 2)
     assert [r["id"] for r in rows] == ["c1", "c2"]
     lines = [json.loads(x) for x in p.prompts.read_text().splitlines()]
     assert [x["prompt"] for x in lines] == ["organ, fast", "flute, lively"]

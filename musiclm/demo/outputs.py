@@ -64,8 +64,12 @@ def write_pipeline(
     return write_pipeline_file(p.pipeline, data)
 
 
-def held_out_rows(p: DemoPaths, n: int) -> list[dict[str, Any]]:
-    """Up to ``n`` test-split rows of the corpus manifest (caption + attributes)."""
+def held_out_rows(
+    p: DemoPaths, n: int, splits: tuple[str, ...] = ("test", "valid")
+) -> list[dict[str, Any]]:
+    """Up to ``n`` held-out rows of the corpus manifest (caption + attributes): the test
+    split first, then the validation split (the LMs never train on it), for enough prompts
+    that one clip is not 5 % of an accuracy."""
     manifest = p.corpus / "manifest.jsonl"
     rows = []
     for i, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), 1):
@@ -75,10 +79,11 @@ def held_out_rows(p: DemoPaths, n: int) -> list[dict[str, Any]]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{manifest}:{i}: invalid JSON ({exc})") from exc
-        if row.get("split") == "test":
+        if row.get("split") in splits:
             rows.append(row)
-    if not rows:
+    if not any(r["split"] == "test" for r in rows):
         raise ValueError(f"{manifest}: no clip in the test split to prompt with")
+    rows.sort(key=lambda r: splits.index(r["split"]))  # stable: manifest order within a split
     return rows[:n]
 
 
