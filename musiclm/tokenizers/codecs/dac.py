@@ -43,13 +43,17 @@ class DacCodec:
         config: dict[str, Any] | None = None,
         num_quantizers: int | None = None,
         chunk_seconds: float = 30.0,
+        context_seconds: float = 1.0,
         seed: int = 0,
         device: str = "cpu",
     ) -> None:
         """Exactly one of ``weights_path``, ``model_type`` (download) or ``config`` (untrained).
 
         ``num_quantizers`` keeps only the first levels of a model with more; ``chunk_seconds``
-        bounds the audio encoded at once; ``seed`` fixes an untrained model's weights.
+        bounds the audio encoded at once; each chunk is encoded with ``context_seconds`` of
+        the neighbouring audio on both sides and only its own frames are kept, so frames at a
+        cut see the same surroundings as in one pass; ``seed`` fixes an untrained model's
+        weights.
         """
         from dac.model import DAC
 
@@ -92,6 +96,9 @@ class DacCodec:
         self.num_quantizers = num_quantizers or total
         self.codebook_size = int(model.codebook_size)
         self.chunk = max(self.hop, int(chunk_seconds * self.sample_rate) // self.hop * self.hop)
+        if context_seconds < 0:
+            raise ValueError(f"dac: context_seconds must be >= 0, got {context_seconds}")
+        self.context = int(context_seconds * self.sample_rate) // self.hop * self.hop
         self._config["num_quantizers"] = self.num_quantizers
         self._fingerprint = config_fingerprint("dac", self._config, module_digest(self.model))
 
@@ -125,10 +132,14 @@ class DacCodec:
         check_wav(wav, "dac.encode")
         wav = pad_to_hop(wav.to(self.device), self.hop)
         self.model.eval()  # quantizer dropout ignores n_quantizers in train mode
-        parts = []
-        for piece in wav.split(self.chunk, dim=-1):
-            _, codes, *_ = self.model.encode(piece, n_quantizers=self.num_quantizers)
-            parts.append(codes[:, : self.num_quantizers])
+        parts, total = [], wav.shape[-1]
+        for start in range(0, total, self.chunk):
+            end = min(start + self.chunk, total)
+            # hop-aligned context on both sides, then keep the chunk's own frames
+            lo, hi = max(0, start - self.context), min(total, end + self.context)
+            _, codes, *_ = self.model.encode(wav[..., lo:hi], n_quantizers=self.num_quantizers)
+            first = (start - lo) // self.hop
+            parts.append(codes[:, : self.num_quantizers, first : first + (end - start) // self.hop])
         return torch.cat(parts, dim=-1).long().cpu()
 
     @torch.inference_mode()
