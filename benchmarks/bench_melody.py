@@ -304,6 +304,30 @@ def teacher(args: argparse.Namespace) -> None:
                           "clips": int(batch["melody"].shape[0])}))  # fmt: skip
 
 
+def pool(args: argparse.Namespace) -> None:
+    """Pool the per-prompt lines of several ``audio`` runs (other seeds, more samples): the
+    gain of a prompt is the mean over all its samples with melody minus all without; the
+    sign test asks how likely that many prompts improve if melody changed nothing."""
+    import math
+
+    samples: dict[str, dict[str, list[float]]] = {}
+    for path in args.runs:
+        for line in open(path):
+            row = json.loads(line)
+            if row.get("figure") == "chroma_cosine_prompt":
+                got = samples.setdefault(row["melody_id"], {"with": [], "without": []})
+                got["with"] += row["with_melody"]
+                got["without"] += row["without_melody"]
+    gains = np.array([np.mean(v["with"]) - np.mean(v["without"]) for v in samples.values()])
+    n, k = len(gains), int((gains > 0).sum())
+    tail = sum(math.comb(n, i) for i in range(max(k, n - k), n + 1)) / 2**n
+    print(json.dumps({"figure": "audio_chroma_cosine_gain_pooled", "mean": float(gains.mean()),
+                      "std": float(gains.std()), "sem": float(gains.std() / np.sqrt(n)),
+                      "prompts": n, "prompts_improved": k, "sign_test_p": min(1.0, 2 * tail),
+                      "samples": sum(len(v["with"]) for v in samples.values()),
+                      "runs": len(args.runs)}))  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     sub = p.add_subparsers(dest="what", required=True)
@@ -344,9 +368,13 @@ def main() -> None:
     t.add_argument("--splits", default="train,valid,test")
     t.add_argument("--clips", type=int, default=32)
     t.add_argument("--seconds", type=float, default=8.0)
+    o = sub.add_parser("pool", help="pool the per-prompt lines of several audio runs")
+    o.add_argument("runs", nargs="+", help="JSONL outputs of `bench_melody.py audio`")
     args = p.parse_args()
     torch.set_num_threads(1)
-    {"recall": recall, "chroma": chroma, "audio": audio, "teacher": teacher}[args.what](args)
+    {"recall": recall, "chroma": chroma, "audio": audio, "teacher": teacher, "pool": pool}[
+        args.what
+    ](args)
 
 
 if __name__ == "__main__":
