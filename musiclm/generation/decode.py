@@ -84,11 +84,12 @@ def generate_window(
     out = prompt.new_empty(b, n_new)
     seq = torch.cat([rows, rows.new_zeros(rows.shape[0], n_new)], dim=1)
     kept = [] if on_window is not None else None
+    pos = layout.positions(p, p + n_new, device=prompt.device)
     if use_cache:
         cache = model.new_cache(rows.shape[0], p + n_new)
-        logits = model.forward(rows, cache)
+        logits = model.forward(rows, cache, positions=pos[:p])
     else:
-        logits = model.net(rows)[:, -1]
+        logits = model.net(rows, pos=pos[:p])[:, -1]
     for t in range(n_new):
         if kept is not None:
             kept.append(logits[:b].clone())
@@ -105,9 +106,9 @@ def generate_window(
             ids = torch.cat([ids, ids])
         seq[:, p + t] = ids
         if use_cache:
-            logits = model.step(ids, cache)
+            logits = model.step(ids, cache, pos[p + t])
         else:
-            logits = model.net(seq[:, : p + t + 1])[:, -1]
+            logits = model.net(seq[:, : p + t + 1], pos=pos[: p + t + 1])[:, -1]
     if on_window is not None:
         full = torch.cat([prompt, out + to_input], dim=1)
         on_window(full, torch.stack(kept, dim=1), p)

@@ -134,8 +134,19 @@ class FastTokenLM:
     # --- forward -------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor, cache: KVCache, *, all_logits: bool = False):
-        """Append ``tokens`` (B, n) to ``cache``; logits of the last (or every) new position."""
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        cache: KVCache,
+        *,
+        all_logits: bool = False,
+        positions: torch.Tensor | None = None,
+    ):
+        """Append ``tokens`` (B, n) to ``cache``; logits of the last (or every) new position.
+
+        ``positions`` (n,): their rotary positions (default: the next ``n`` slots); the
+        cache stores keys already rotated, so later steps may use any positions too.
+        """
         b, n = tokens.shape
         start = cache.length
         if b != cache.batch:
@@ -143,9 +154,13 @@ class FastTokenLM:
         if start + n > cache.capacity:
             raise ValueError(f"cache holds {cache.capacity} positions, asked for {start + n}")
         if n == 1:
-            return self.step(tokens[:, 0], cache)
-        cos, sin = self._tables(start + n)
-        cos, sin = cos[start : start + n], sin[start : start + n]  # (n, Dh)
+            return self.step(tokens[:, 0], cache, None if positions is None else positions[0])
+        if positions is None:
+            cos, sin = self._tables(start + n)
+            cos, sin = cos[start : start + n], sin[start : start + n]  # (n, Dh)
+        else:
+            cos, sin = self._tables(int(positions.max()) + 1)
+            cos, sin = cos[positions], sin[positions]
         h = F.embedding(tokens, self.emb)  # (B, n, D)
         end = start + n
         mask = None
@@ -175,13 +190,19 @@ class FastTokenLM:
         return F.linear(h, self.out)
 
     @torch.inference_mode()
-    def step(self, token: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """One new position per row: ``token`` (B,) -> logits (B, num_targets)."""
+    def step(
+        self, token: torch.Tensor, cache: KVCache, position: int | torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One new position per row: ``token`` (B,) -> logits (B, num_targets); ``position``
+        is its rotary position (default: its slot in the cache)."""
         pos = cache.length
         b = token.shape[0]
         if pos >= cache.capacity:
             raise ValueError(f"cache holds {cache.capacity} positions, asked for {pos + 1}")
-        cos, sin = self._cos[pos], self._sin[pos]
+        rot = pos if position is None else int(position)
+        if rot >= self._cos.shape[0]:
+            self._tables(rot + 1)
+        cos, sin = self._cos[rot], self._sin[rot]
         h = F.embedding(token, self.emb)  # (B, D)
         for i, layer in enumerate(self.layers):
             y = F.layer_norm(h, (self.dim,), layer.attn_gamma, None, self.eps)

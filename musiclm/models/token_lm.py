@@ -84,13 +84,23 @@ class TokenLM(nn.Module):
         cache: Any | None = None,
         return_cache: bool = False,
         start: int = 0,
+        pos: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         """Logits ``(B, N', num_targets)`` for the positions from ``start`` (or new ones).
 
-        With ``cache``, ``tokens`` holds only the new (not yet cached) positions.
+        With ``cache``, ``tokens`` holds only the new (not yet cached) positions. ``pos``
+        ``(N,)``: rotary positions of the tokens (default ``0..N-1``; see
+        ``TokenLayout.positions``); not supported together with ``cache``.
         """
         if tokens.dim() != 2 or tokens.shape[1] < 1:
             raise ValueError(f"tokens must be (batch, length>=1), got shape {tuple(tokens.shape)}")
+        if pos is not None:
+            if cache is not None or return_cache:
+                raise ValueError("custom positions go with a full forward pass (no cache)")
+            if pos.shape != (tokens.shape[1],):
+                raise ValueError(f"pos must be ({tokens.shape[1]},), got {tuple(pos.shape)}")
+            hidden = self.net(tokens, return_embeddings=True, pos=pos)
+            return self.net.to_logits(hidden[:, start:] if start else hidden)
         if cache is not None:
             hidden, inter = self.net(
                 tokens,

@@ -27,6 +27,8 @@ API used by training and generation (kept stable):
 - ``layout.prefix(streams)``: ``[BOS] + conditioning`` ids only (the generation prompt);
 - ``layout.drop_conditioning(tokens, drop)``: MuLan (+ melody) ids of rows ``drop`` -> NULL
   (CFG);
+- ``layout.positions(prefix_len, length)``: rotary positions (one clock for the timed
+  conditioning and the targets with ``aligned_positions``);
 - ``layout.target_levels(n, offset)``: level of each target position;
 - ``layout.allowed_targets(n, offset)``: bool ``(n, num_targets)``, which ids each target
   position may take (sampling masks the rest);
@@ -125,6 +127,7 @@ class TokenLayout:
     fine_levels: int | None = None  # None: every codec level above the coarse ones
     fine_sees_mulan: bool = False  # AudioLM/MusicLM: the fine stage sees coarse tokens only
     melody: bool = False  # melody tokens beside M (semantic and coarse stages)
+    aligned_positions: bool = False  # rotary positions on one clock for S/coarse and targets
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -285,6 +288,44 @@ class TokenLayout:
         out = tokens.clone()
         out[:, span] = torch.where(drop.view(-1, 1), NULL, tokens[:, span])
         return out
+
+    # --- rotary positions ---------------------------------------------------------------
+
+    def positions(self, prefix_len: int, length: int, device: Any = None) -> torch.Tensor:
+        """Rotary position of each of the first ``length`` tokens of a sequence whose
+        ``[BOS] + conditioning`` prefix has ``prefix_len`` tokens.
+
+        Without ``aligned_positions``: ``0..length-1``. With it, the timed conditioning
+        stream (semantic tokens for coarse, coarse levels for fine) is placed on the targets'
+        clock: the token of time ``t`` gets the position of the first target token of time
+        ``t``, so a target and the conditioning of its own moment are always at the same
+        small distance, wherever the frame lies in the window (as a prefix, their distance
+        would grow with the frame). BOS, MuLan and melody tokens, which have no time, come
+        just before. Positions may repeat and need not follow the sequence order: attention
+        stays causal by sequence order, rotary only sees the distances.
+        """
+        plain = torch.arange(length, device=device)
+        timed = {"semantic": None, "coarse": "semantic", "fine": "coarse"}[self.stage]
+        if not self.aligned_positions or timed is None:
+            return plain
+        untimed = 1 + (self.spec.mulan_levels if self.uses_mulan else 0)
+        if self.melody:
+            untimed += self.spec.melody_windows * self.spec.melody_levels
+        n_cond = prefix_len - untimed
+        if n_cond < 0:
+            raise ValueError(
+                f"{self.stage} prefix of {prefix_len} tokens is shorter than its {untimed} "
+                "untimed tokens"
+            )
+        cond_levels = 1 if timed == "semantic" else self.coarse_levels
+        cond_rate = self.spec.semantic_rate if timed == "semantic" else self.spec.acoustic_rate
+        levels = self.target_level_count
+        ratio = self.spec.acoustic_rate / cond_rate  # target frames per conditioning frame
+        i = torch.arange(n_cond, device=device)
+        frame, level = i // cond_levels, i % cond_levels
+        cond = untimed + torch.round(frame * ratio).long() * levels + level * levels // cond_levels
+        targets = untimed + torch.arange(max(0, length - prefix_len), device=device)
+        return torch.cat([torch.arange(untimed, device=device), cond, targets])[:length]
 
     # --- target ids <-> codes -----------------------------------------------------------
 

@@ -40,6 +40,7 @@ class TokenLMStage(LightningModule):
         fine_levels: int | None = None,
         fine_sees_mulan: bool = False,
         melody: bool = False,
+        aligned_positions: bool = False,
         cond_dropout: float = 0.0,
         lr: float = 3e-4,
         weight_decay: float = 0.01,
@@ -59,6 +60,9 @@ class TokenLMStage(LightningModule):
             fine_sees_mulan: whether the fine stage is conditioned on MuLan tokens too.
             melody: condition on melody tokens too (semantic and coarse stages; the shards
                 must carry them, and so must every batch and generation request).
+            aligned_positions: rotary positions of the timed conditioning (semantic tokens
+                for coarse, coarse levels for fine) on the targets' clock, so a target sees
+                the conditioning of its own moment at a fixed distance (``TokenLayout``).
             cond_dropout: probability of replacing a sample's MuLan tokens by NULL in
                 training, for classifier-free guidance at sampling.
             lr, weight_decay: AdamW; warmup_steps: linear warm-up; decay_steps: cosine decay
@@ -94,6 +98,7 @@ class TokenLMStage(LightningModule):
             fine_levels=hp.fine_levels,
             fine_sees_mulan=hp.fine_sees_mulan,
             melody=hp.melody,
+            aligned_positions=hp.aligned_positions,
         )
         self.net = TokenLM(
             num_tokens=self.layout.num_tokens,
@@ -157,7 +162,11 @@ class TokenLMStage(LightningModule):
             drop = torch.rand(tokens.shape[0], device=tokens.device) < self.hparams.cond_dropout
             tokens = self.layout.drop_conditioning(tokens, drop)
         # position P-1 predicts the first target; the last token predicts nothing
-        logits = self._forward(tokens[:, :-1], start=seq.prefix_len - 1)
+        n = tokens.shape[1] - 1
+        pos = None
+        if self.layout.aligned_positions:
+            pos = self.layout.positions(seq.prefix_len, n, device=tokens.device)
+        logits = self._forward(tokens[:, :-1], start=seq.prefix_len - 1, pos=pos)
         loss = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), seq.labels.reshape(-1), ignore_index=IGNORE
         )
@@ -273,6 +282,7 @@ def load_network(checkpoint: str, map_location: str = "cpu") -> tuple[TokenLM, T
         fine_levels=hp["fine_levels"],
         fine_sees_mulan=hp["fine_sees_mulan"],
         melody=hp.get("melody", False),
+        aligned_positions=hp.get("aligned_positions", False),
     )
     net = TokenLM(
         num_tokens=layout.num_tokens,

@@ -1,0 +1,115 @@
+"""Aligned rotary positions: the timed conditioning on the targets' clock, the same function
+in training, cached decoding and sliding windows."""
+
+import pytest
+import torch
+from generation_helpers import tiny_spec, tiny_stage
+from test_token_stages import datamodule, shards, trainer  # noqa: F401  (fixture)
+
+from musiclm.generation.decode import generate_window, sliding_generate
+from musiclm.generation.fast_lm import FastTokenLM
+from musiclm.generation.sampling import SamplingConfig
+from musiclm.stages.coarse import CoarseStage
+from musiclm.stages.token_layout import TokenLayout
+from musiclm.stages.token_lm_stage import load_network
+
+TOL = 1e-4
+
+
+def _streams(spec, batch=2, seconds=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "mulan": torch.randint(0, spec.mulan_codebook, (batch, spec.mulan_levels), generator=g),
+        "semantic": torch.randint(
+            0, spec.semantic_vocab, (batch, int(seconds * spec.semantic_rate)), generator=g
+        ),
+        "acoustic": torch.randint(
+            0,
+            spec.codebook_size,
+            (batch, spec.num_quantizers, int(seconds * spec.acoustic_rate)),
+            generator=g,
+        ),
+    }
+
+
+def test_conditioning_of_a_moment_sits_at_its_targets_position():
+    spec = tiny_spec()  # semantic 5 Hz, acoustic 10 Hz, 3 MuLan levels
+    coarse = TokenLayout(stage="coarse", spec=spec, coarse_levels=2, aligned_positions=True)
+    seq = coarse.sequence(_streams(spec))
+    pos = coarse.positions(seq.prefix_len, seq.tokens.shape[1])
+    untimed = 1 + spec.mulan_levels
+    assert pos[:untimed].tolist() == list(range(untimed))
+    sem = pos[untimed : seq.prefix_len]
+    targets = pos[seq.prefix_len :]
+    # semantic frame g (time g / 5 s) shares its position with coarse frame 2g, level 0
+    for g in range(len(sem)):
+        assert sem[g] == targets[2 * g * 2]
+    fine = TokenLayout(stage="fine", spec=spec, coarse_levels=2, aligned_positions=True)
+    seq = fine.sequence(_streams(spec))
+    pos = fine.positions(seq.prefix_len, seq.tokens.shape[1])
+    cond, targets = pos[1 : seq.prefix_len], pos[seq.prefix_len :]
+    assert torch.equal(cond, targets)  # coarse (f, q) and fine (f, q): 2 levels each
+    plain = TokenLayout(stage="coarse", spec=spec, coarse_levels=2)
+    assert torch.equal(plain.positions(7, 20), torch.arange(20))
+
+
+@pytest.mark.parametrize("stage", ["coarse", "fine"])
+def test_cached_decoding_with_aligned_positions_equals_full_forward(stage):
+    module = tiny_stage(stage, aligned_positions=True)
+    layout = module.layout
+    seq = layout.sequence(_streams(layout.spec, batch=3))
+    x, p = seq.tokens, seq.prefix_len
+    pos = layout.positions(p, x.shape[1])
+    with torch.no_grad():
+        full = module.net(x, pos=pos)
+        assert (full - module.net(x)).abs().max() > 1e-3  # the positions do matter
+    fast = FastTokenLM(module.net)
+    cache = fast.new_cache(3, x.shape[1])
+    prefill = fast.forward(x[:, :p], cache, all_logits=True, positions=pos[:p])
+    assert (prefill - full[:, :p]).abs().max() <= TOL
+    for i in range(p, x.shape[1]):
+        step = fast.step(x[:, i], cache, pos[i])
+        assert (step - full[:, i]).abs().max() <= TOL, (stage, i)
+
+
+@pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
+def test_generated_windows_see_what_training_sees(cfg_scale):
+    module = tiny_stage("coarse", aligned_positions=True)
+    layout = module.layout
+    prompt = layout.prefix(_streams(layout.spec))
+    records = []
+
+    def hook(tokens, logits, prompt_len):
+        pos = layout.positions(prompt_len, tokens.shape[1] - 1)
+        with torch.no_grad():
+            full = module.net(tokens[:, :-1], pos=pos)[:, prompt_len - 1 :]
+        records.append((full - logits).abs().max().item())
+
+    sampling = SamplingConfig(temperature=1.0, cfg_scale=cfg_scale)
+    fast = FastTokenLM(module.net)
+    generate_window(fast, prompt, 8, layout=layout, sampling=sampling, on_window=hook)
+    # windows past the first keep a prefix of generated frames, positions restart per window
+    spec = layout.spec
+    semantic = torch.randint(0, spec.semantic_vocab, (2, 10))
+
+    def conditioning(f0, f1, new):
+        streams = {"mulan": torch.zeros(2, spec.mulan_levels, dtype=torch.long)}
+        return layout.prefix({**streams, "semantic": semantic[:, f0 // 2 : (f1 + 1) // 2]})
+
+    codes = sliding_generate(
+        fast, layout=layout, conditioning=conditioning, total_frames=14, context_frames=6,
+        prefix_frames=2, sampling=sampling, batch=2, on_window=hook,
+    )  # fmt: skip
+    assert codes.shape == (2, 2, 14)
+    assert len(records) > 2 and max(records) <= TOL
+
+
+def test_stage_trains_with_aligned_positions_and_checkpoint_keeps_them(shards, tmp_path):  # noqa: F811
+    model = CoarseStage(dim=32, depth=2, heads=4, warmup_steps=2, coarse_levels=2,
+                        aligned_positions=True)  # fmt: skip
+    t = trainer(tmp_path, steps=2, limit_val_batches=0)
+    t.fit(model, datamodule(shards))
+    assert torch.isfinite(t.callback_metrics["train/loss"])
+    net, layout = load_network(t.checkpoint_callback.last_model_path or next(
+        str(p) for p in tmp_path.rglob("*.ckpt")))  # fmt: skip
+    assert layout.aligned_positions and layout == model.layout
