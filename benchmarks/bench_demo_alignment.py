@@ -74,7 +74,9 @@ def main() -> int:
     for name, semantic in conditions.items():
         seq = layout.sequence({**batch, "semantic": semantic})
         with torch.inference_mode():
-            logits = net(seq.tokens[:, :-1], start=seq.prefix_len - 1)
+            n = seq.tokens.shape[1] - 1
+            pos = layout.positions(seq.prefix_len, n) if layout.aligned_positions else None
+            logits = net(seq.tokens[:, :-1], start=seq.prefix_len - 1, pos=pos)
         loss = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), seq.labels.reshape(-1), ignore_index=IGNORE
         )
