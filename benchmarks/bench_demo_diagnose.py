@@ -127,6 +127,7 @@ def emit_table(link: str, preds: list[dict], targets: list[dict], chance: dict, 
             "figure": "adherence", "link": link, "attribute": attr,
             "accuracy": round(row["accuracy"], 3), "n": row["n"],
             "chance_prior": round(chance[attr]["prior"], 3),
+            "chance_majority": round(chance[attr]["majority"], 3),
         }), flush=True)  # fmt: skip
 
 
@@ -177,14 +178,7 @@ def main() -> int:
 
     def emit(link: str, audio: torch.Tensor, seconds: float) -> None:
         preds = [est.predict(est.analyse(a.reshape(-1).numpy(), sr)) for a in audio]
-        table = A.adherence(preds, targets, tempo_words=est.tempo_words)
-        for attr, row in table.items():
-            print(json.dumps({
-                "figure": "adherence", "link": link, "attribute": attr,
-                "accuracy": round(row["accuracy"], 3), "n": row["n"],
-                "chance_prior": round(chance[attr]["prior"], 3),
-                "chance_majority": round(chance[attr]["majority"], 3),
-            }), flush=True)  # fmt: skip
+        emit_table(link, preds, targets, chance, est)
         print(json.dumps({"figure": "link seconds", "link": link, "value": round(seconds, 1)}))
 
     def timed(link: str, make) -> None:
