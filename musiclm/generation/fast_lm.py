@@ -200,9 +200,8 @@ class FastTokenLM:
         if pos >= cache.capacity:
             raise ValueError(f"cache holds {cache.capacity} positions, asked for {pos + 1}")
         rot = pos if position is None else int(position)
-        if rot >= self._cos.shape[0]:
-            self._tables(rot + 1)
-        cos, sin = self._cos[rot], self._sin[rot]
+        cos, sin = self._tables(rot + 1)
+        cos, sin = cos[rot], sin[rot]
         h = F.embedding(token, self.emb)  # (B, D)
         for i, layer in enumerate(self.layers):
             y = F.layer_norm(h, (self.dim,), layer.attn_gamma, None, self.eps)

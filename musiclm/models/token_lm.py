@@ -99,8 +99,6 @@ class TokenLM(nn.Module):
                 raise ValueError("custom positions go with a full forward pass (no cache)")
             if pos.shape != (tokens.shape[1],):
                 raise ValueError(f"pos must be ({tokens.shape[1]},), got {tuple(pos.shape)}")
-            hidden = self.net(tokens, return_embeddings=True, pos=pos)
-            return self.net.to_logits(hidden[:, start:] if start else hidden)
         if cache is not None:
             hidden, inter = self.net(
                 tokens,
@@ -112,7 +110,7 @@ class TokenLM(nn.Module):
         elif return_cache:
             hidden, inter = self.net(tokens, return_embeddings_and_intermediates=True)
         else:
-            hidden, inter = self.net(tokens, return_embeddings=True), None
+            hidden, inter = self.net(tokens, return_embeddings=True, pos=pos), None
         logits = self.net.to_logits(hidden[:, start:] if start else hidden)
         return (logits, inter) if return_cache else logits
 
