@@ -71,14 +71,12 @@ class StepTimer:
 def bare_decoder(dim: int, depth: int, heads: int, vocab: int, context: int, batch: int,
                  steps: int, warmup: int) -> dict:  # fmt: skip
     """A bare x-transformers decoder of the same size: random tokens, forward, cross entropy,
-    backward, AdamW; no Lightning, no data loading (the reference the loop must not lose to)."""
-    from x_transformers import Decoder, TransformerWrapper
+    backward, AdamW; no Lightning, no data loading (the reference the loop must not lose to).
+    ``TokenLM`` is that decoder plus its logits head, nothing more."""
+    from musiclm.models.token_lm import TokenLM
 
     torch.manual_seed(0)
-    layers = Decoder(dim=dim, depth=depth, heads=heads, rotary_pos_emb=True, attn_flash=True)
-    net = TransformerWrapper(
-        num_tokens=vocab, max_seq_len=0, use_abs_pos_emb=False, attn_layers=layers
-    )
+    net = TokenLM(num_tokens=vocab, num_targets=vocab, dim=dim, depth=depth, heads=heads)
     opt = torch.optim.AdamW(net.parameters(), lr=3e-4)
     x = torch.randint(0, vocab, (batch, context + 1))
     times = []
@@ -91,8 +89,7 @@ def bare_decoder(dim: int, depth: int, heads: int, vocab: int, context: int, bat
         opt.zero_grad(set_to_none=True)
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    weights = sum(p.numel() for p in net.parameters()) - net.token_emb.emb.weight.numel()
-    flops_tok = 3.0 * (2 * weights + 4 * depth * context * dim)
+    flops_tok = net.flops_per_token(context)
     tok_s = batch * context / statistics.median(times)
     return {"name": f"bare_x_transformers_d{dim}", "dim": dim, "depth": depth, "heads": heads,
             "context": context, "batch": batch, "timed_steps": steps,
