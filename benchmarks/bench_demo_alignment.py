@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -35,8 +34,7 @@ def main() -> int:
     import webdataset as wds
 
     from musiclm.datamodules.shards import decode_npy, shard_paths
-    from musiclm.stages.token_layout import IGNORE
-    from musiclm.stages.token_lm_stage import load_network
+    from musiclm.stages.token_lm_stage import load_network, target_logits, target_loss
 
     net, layout = load_network(args.checkpoint)
     ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True, mmap=True)
@@ -74,12 +72,8 @@ def main() -> int:
     for name, semantic in conditions.items():
         seq = layout.sequence({**batch, "semantic": semantic})
         with torch.inference_mode():
-            n = seq.tokens.shape[1] - 1
-            pos = layout.positions(seq.prefix_len, n) if layout.aligned_positions else None
-            logits = net(seq.tokens[:, :-1], start=seq.prefix_len - 1, pos=pos)
-        loss = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), seq.labels.reshape(-1), ignore_index=IGNORE
-        )
+            logits = target_logits(net, layout, seq.tokens, seq.prefix_len)
+            loss = target_loss(logits, seq.labels, layout)
         print(json.dumps({"figure": "coarse teacher-forced loss", "condition": name,
                           "value": round(float(loss), 4), "clips": len(samples),
                           "crop_seconds": seconds}))  # fmt: skip

@@ -277,11 +277,8 @@ def teacher(args: argparse.Namespace) -> None:
     melody tokens against another clip's (rolled by one in the batch): a stage that follows
     the melody predicts its clip's tokens better with the right melody; one that memorised
     training clips shows the gap on the training split only."""
-    import torch.nn.functional as F
-
     from musiclm.datamodules.tokens import TokenDataModule
-    from musiclm.stages.token_layout import IGNORE
-    from musiclm.stages.token_lm_stage import load_network
+    from musiclm.stages.token_lm_stage import load_network, target_logits, target_loss
 
     net, layout = load_network(args.stage)
     for split in args.splits.split(","):
@@ -293,9 +290,8 @@ def teacher(args: argparse.Namespace) -> None:
         def loss(b: dict) -> float:
             seq = layout.sequence(b)
             with torch.no_grad():
-                logits = net(seq.tokens[:, :-1], start=seq.prefix_len - 1)
-            flat = logits.reshape(-1, logits.shape[-1])
-            return float(F.cross_entropy(flat, seq.labels.reshape(-1), ignore_index=IGNORE))
+                logits = target_logits(net, layout, seq.tokens, seq.prefix_len)
+                return float(target_loss(logits, seq.labels, layout))
 
         other = {**batch, "melody": batch["melody"].roll(1, 0)}
         own, rolled = loss(batch), loss(other)

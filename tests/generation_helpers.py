@@ -36,6 +36,28 @@ def tiny_stage(stage: str, spec: TokenSpec | None = None, *, seed: int = 0, **kw
     return module.eval()
 
 
+def window_checker(net, layout, records: list):
+    """A ``generate_window`` hook recording how far the decoder's logits are from the
+    network's full forward pass over the finished window (positions and frame
+    conditioning as training computes them); appends ``(max diff, tokens, prompt_len)``."""
+
+    def hook(tokens, logits, prompt_len, cond_len):
+        # the kept targets are recognised by their ids, independently of the decoder
+        targets_in_prompt = tokens[0, :prompt_len] >= layout.offsets()[layout.target_stream]
+        assert cond_len == prompt_len - int(targets_in_prompt.sum())
+        inputs = tokens[:, :-1]
+        with torch.no_grad():
+            full = net(
+                inputs,
+                pos=layout.positions(cond_len, inputs.shape[1]),
+                frame_ids=layout.frame_ids(inputs, cond_len),
+            )[:, prompt_len - 1 :]
+        assert full.shape == logits.shape
+        records.append(((full - logits).abs().max().item(), tokens, prompt_len))
+
+    return hook
+
+
 def save_checkpoint(module, path: Path, *, seconds: float) -> Path:
     """What Lightning writes for a stage, reduced to the keys generation reads."""
     ckpt = {

@@ -3,7 +3,7 @@ sampling filters and classifier-free guidance."""
 
 import pytest
 import torch
-from generation_helpers import random_input, tiny_stage
+from generation_helpers import random_input, tiny_stage, window_checker
 
 from musiclm.generation import sampling as sampling_mod
 from musiclm.generation.decode import generate_window, sliding_generate, targets_to_codes
@@ -42,16 +42,6 @@ def test_incremental_logits_equal_full_forward_at_every_step(stage):
         fast.step(x[:, 0], cache)
 
 
-def _check_window(net, records):
-    def hook(tokens, logits, prompt_len):
-        with torch.no_grad():
-            full = net(tokens[:, :-1])[:, prompt_len - 1 :]
-        assert full.shape == logits.shape
-        records.append(((full - logits).abs().max().item(), tokens, prompt_len))
-
-    return hook
-
-
 @pytest.mark.parametrize("stage", ["semantic", "coarse", "fine"])
 @pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
 def test_generated_window_logits_equal_full_forward(stage, cfg_scale):
@@ -73,7 +63,7 @@ def test_generated_window_logits_equal_full_forward(stage, cfg_scale):
         layout=layout,
         sampling=SamplingConfig(temperature=1.0, cfg_scale=cfg_scale),
         generator=torch.Generator().manual_seed(0),
-        on_window=_check_window(module.net, records),
+        on_window=window_checker(module.net, layout, records),
     )
     assert out.shape == (2, n)
     assert records[0][0] <= TOL
@@ -106,7 +96,7 @@ def test_sliding_windows_rebuild_the_cache_from_the_kept_prefix():
         sampling=SamplingConfig(temperature=1.0),
         generator=torch.Generator().manual_seed(0),
         batch=2,
-        on_window=_check_window(module.net, records),
+        on_window=window_checker(module.net, layout, records),
     )
     assert codes.shape == (2, 2, 11)
     assert spans == [(0, 5), (3, 8), (6, 11)]  # stride = context - prefix

@@ -23,8 +23,9 @@ from musiclm.generation.sampling import SamplingConfig, guide, sample
 # (f0, f1, new) -> [BOS] + conditioning input ids (B, P) for a window over target frames
 # f0..f1-1 whose frames from `new` on are to be generated (story mode picks the text at `new`)
 Conditioning = Callable[[int, int, int], torch.Tensor]
-# called once per window: (conditional input ids (B, P + n), raw logits (B, n, V), P)
-WindowHook = Callable[[torch.Tensor, torch.Tensor, int], None]
+# called once per window: (conditional input ids (B, P + n), raw logits (B, n, V), P, C) with
+# C = P minus the target tokens kept in the prompt (the [BOS] + conditioning length)
+WindowHook = Callable[[torch.Tensor, torch.Tensor, int, int], None]
 
 
 def level_bias(layout: Any, device: torch.device | str = "cpu") -> torch.Tensor | None:
@@ -84,12 +85,18 @@ def generate_window(
     out = prompt.new_empty(b, n_new)
     seq = torch.cat([rows, rows.new_zeros(rows.shape[0], n_new)], dim=1)
     kept = [] if on_window is not None else None
-    pos = layout.positions(p, p + n_new, device=prompt.device)
+    cond_len = p - level_offset  # [BOS] + conditioning, without the kept target tokens
+    pos = layout.positions(cond_len, p + n_new, device=prompt.device)
+    frame = layout.frame_ids(seq, cond_len)  # (rows, p + n_new, C) or None
     if use_cache:
         cache = model.new_cache(rows.shape[0], p + n_new)
-        logits = model.forward(rows, cache, positions=pos[:p])
+        logits = model.forward(
+            rows, cache, positions=pos[:p], frame_ids=None if frame is None else frame[:, :p]
+        )
     else:
-        logits = model.net(rows, pos=pos[:p])[:, -1]
+        logits = model.net(rows, pos=pos[:p], frame_ids=None if frame is None else frame[:, :p])[
+            :, -1
+        ]
     for t in range(n_new):
         if kept is not None:
             kept.append(logits[:b].clone())
@@ -106,12 +113,18 @@ def generate_window(
             ids = torch.cat([ids, ids])
         seq[:, p + t] = ids
         if use_cache:
-            logits = model.step(ids, cache, pos[p + t])
+            logits = model.step(
+                ids, cache, pos[p + t], frame_ids=None if frame is None else frame[:, p + t]
+            )
         else:
-            logits = model.net(seq[:, : p + t + 1], pos=pos[: p + t + 1])[:, -1]
+            logits = model.net(
+                seq[:, : p + t + 1],
+                pos=pos[: p + t + 1],
+                frame_ids=None if frame is None else frame[:, : p + t + 1],
+            )[:, -1]
     if on_window is not None:
         full = torch.cat([prompt, out + to_input], dim=1)
-        on_window(full, torch.stack(kept, dim=1), p)
+        on_window(full, torch.stack(kept, dim=1), p, cond_len)
     return out
 
 

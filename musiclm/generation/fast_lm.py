@@ -141,11 +141,13 @@ class FastTokenLM:
         *,
         all_logits: bool = False,
         positions: torch.Tensor | None = None,
+        frame_ids: torch.Tensor | None = None,
     ):
         """Append ``tokens`` (B, n) to ``cache``; logits of the last (or every) new position.
 
         ``positions`` (n,): their rotary positions (default: the next ``n`` slots); the
         cache stores keys already rotated, so later steps may use any positions too.
+        ``frame_ids`` (B, n, C): ids whose embeddings are added to the inputs (``-1``: none).
         """
         b, n = tokens.shape
         start = cache.length
@@ -154,14 +156,19 @@ class FastTokenLM:
         if start + n > cache.capacity:
             raise ValueError(f"cache holds {cache.capacity} positions, asked for {start + n}")
         if n == 1:
-            return self.step(tokens[:, 0], cache, None if positions is None else positions[0])
+            return self.step(
+                tokens[:, 0],
+                cache,
+                None if positions is None else positions[0],
+                frame_ids=None if frame_ids is None else frame_ids[:, 0],
+            )
         if positions is None:
             cos, sin = self._tables(start + n)
             cos, sin = cos[start : start + n], sin[start : start + n]  # (n, Dh)
         else:
             cos, sin = self._tables(int(positions.max()) + 1)
             cos, sin = cos[positions], sin[positions]
-        h = F.embedding(tokens, self.emb)  # (B, n, D)
+        h = self._embed(tokens, frame_ids)  # (B, n, D)
         end = start + n
         mask = None
         if start:  # queries start..end-1 see keys 0..their own position
@@ -191,10 +198,16 @@ class FastTokenLM:
 
     @torch.inference_mode()
     def step(
-        self, token: torch.Tensor, cache: KVCache, position: int | torch.Tensor | None = None
+        self,
+        token: torch.Tensor,
+        cache: KVCache,
+        position: int | torch.Tensor | None = None,
+        *,
+        frame_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One new position per row: ``token`` (B,) -> logits (B, num_targets); ``position``
-        is its rotary position (default: its slot in the cache)."""
+        is its rotary position (default: its slot in the cache); ``frame_ids`` (B, C) ids
+        whose embeddings are added to its input."""
         pos = cache.length
         b = token.shape[0]
         if pos >= cache.capacity:
@@ -202,7 +215,7 @@ class FastTokenLM:
         rot = pos if position is None else int(position)
         cos, sin = self._tables(rot + 1)
         cos, sin = cos[rot], sin[rot]
-        h = F.embedding(token, self.emb)  # (B, D)
+        h = self._embed(token, frame_ids)  # (B, D)
         for i, layer in enumerate(self.layers):
             y = F.layer_norm(h, (self.dim,), layer.attn_gamma, None, self.eps)
             qkv = F.linear(y, layer.wqkv).view(b, 3, self.heads, self.dim_head)
@@ -216,6 +229,13 @@ class FastTokenLM:
             h = h + self._ff(h, layer)
         cache.length = pos + 1
         return F.linear(F.layer_norm(h, (self.dim,), self.final_gamma, None, self.eps), self.out)
+
+    def _embed(self, tokens: torch.Tensor, frame_ids: torch.Tensor | None) -> torch.Tensor:
+        h = F.embedding(tokens, self.emb)
+        if frame_ids is None:
+            return h
+        extra = F.embedding(frame_ids.clamp_min(0), self.emb)  # (..., C, D)
+        return h + (extra * (frame_ids >= 0).unsqueeze(-1).to(h.dtype)).sum(-2)
 
     def _ff(self, h: torch.Tensor, layer: _Layer) -> torch.Tensor:
         y = F.layer_norm(h, (self.dim,), layer.ff_gamma, None, self.eps)

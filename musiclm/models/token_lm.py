@@ -14,6 +14,12 @@ API used by training and by generation (kept stable):
   position ``i`` predicts the token at ``i + 1``;
 - ``model(tokens, start=s)`` -> logits for positions ``s..N-1`` only (saves the head's
   matmul over the conditioning prefix during training);
+- ``model(tokens, start=s, levels=L)`` -> logits ``(B, N - s, num_targets // L)``: the
+  positions from ``s`` cycle through ``L`` target levels (frame-major codec levels, each
+  owning ``num_targets // L`` consecutive ids) and each gets logits over its own level's ids
+  only (a quarter of the head's work for 4 coarse levels; training's loss is over these);
+- ``frame_ids`` ``(B, N, C)`` input ids (``-1``: none) whose embeddings are added to each
+  position's token embedding (frame-aligned conditioning, see ``TokenLayout``);
 - ``model(prompt, return_cache=True)`` -> ``(logits, cache)``; then
   ``model(new_tokens, cache=cache, return_cache=True)`` -> ``(logits, cache)``: incremental
   decoding with x-transformers' key/value cache. With a cache, ``tokens`` holds only the
@@ -85,20 +91,35 @@ class TokenLM(nn.Module):
         return_cache: bool = False,
         start: int = 0,
         pos: torch.Tensor | None = None,
+        frame_ids: torch.Tensor | None = None,
+        levels: int = 1,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
-        """Logits ``(B, N', num_targets)`` for the positions from ``start`` (or new ones).
+        """Logits ``(B, N', num_targets // levels)`` for the positions from ``start`` (or new
+        ones).
 
         With ``cache``, ``tokens`` holds only the new (not yet cached) positions. ``pos``
         ``(N,)``: rotary positions of the tokens (default ``0..N-1``; see
-        ``TokenLayout.positions``); not supported together with ``cache``.
+        ``TokenLayout.positions``); ``frame_ids`` ``(B, N, C)``: ids whose embeddings are
+        added to the positions' inputs; ``levels``: per-level logits (module docstring).
+        ``pos``, ``frame_ids`` and ``levels`` go with a full forward pass (no cache).
         """
         if tokens.dim() != 2 or tokens.shape[1] < 1:
             raise ValueError(f"tokens must be (batch, length>=1), got shape {tuple(tokens.shape)}")
-        if pos is not None:
-            if cache is not None or return_cache:
-                raise ValueError("custom positions go with a full forward pass (no cache)")
-            if pos.shape != (tokens.shape[1],):
-                raise ValueError(f"pos must be ({tokens.shape[1]},), got {tuple(pos.shape)}")
+        n = tokens.shape[1]
+        full_pass_only = pos is not None or frame_ids is not None or levels != 1
+        if full_pass_only and (cache is not None or return_cache):
+            raise ValueError("pos, frame_ids and levels go with a full forward pass (no cache)")
+        if pos is not None and pos.shape != (n,):
+            raise ValueError(f"pos must be ({n},), got {tuple(pos.shape)}")
+        if frame_ids is not None and (frame_ids.dim() != 3 or frame_ids.shape[:2] != tokens.shape):
+            raise ValueError(
+                f"frame_ids must be ({tokens.shape[0]}, {n}, C), got {tuple(frame_ids.shape)}"
+            )
+        if levels < 1 or self.num_targets % levels or (n - start) % levels:
+            raise ValueError(
+                f"levels={levels} must divide num_targets={self.num_targets} and the "
+                f"{n - start} positions from start={start}"
+            )
         if cache is not None:
             hidden, inter = self.net(
                 tokens,
@@ -110,9 +131,24 @@ class TokenLM(nn.Module):
         elif return_cache:
             hidden, inter = self.net(tokens, return_embeddings_and_intermediates=True)
         else:
-            hidden, inter = self.net(tokens, return_embeddings=True, pos=pos), None
-        logits = self.net.to_logits(hidden[:, start:] if start else hidden)
+            extra = None if frame_ids is None else self.frame_embedding(frame_ids)
+            hidden = self.net(tokens, return_embeddings=True, pos=pos, sum_embeds=extra)
+            inter = None
+        hidden = hidden[:, start:] if start else hidden
+        if levels == 1:
+            logits = self.net.to_logits(hidden)
+        else:
+            b, t, d = hidden.shape
+            weight = self.net.to_logits.weight.view(levels, -1, d)  # (L, K, D)
+            logits = torch.einsum(
+                "bfld,lkd->bflk", hidden.view(b, t // levels, levels, d), weight
+            ).reshape(b, t, -1)
         return (logits, inter) if return_cache else logits
+
+    def frame_embedding(self, frame_ids: torch.Tensor) -> torch.Tensor:
+        """``(B, N, C)`` ids (``-1``: none) -> the sum of their token embeddings ``(B, N, D)``."""
+        emb = self.net.token_emb.emb(frame_ids.clamp_min(0))
+        return (emb * (frame_ids >= 0).unsqueeze(-1).to(emb.dtype)).sum(-2)
 
     def num_parameters(self, *, exclude_embedding: bool = True) -> int:
         """Parameter count (the input embedding excluded by default, as in FLOP estimates)."""
@@ -121,14 +157,16 @@ class TokenLM(nn.Module):
             total -= self.net.token_emb.emb.weight.numel()
         return total
 
-    def flops_per_token(self, context: int) -> float:
+    def flops_per_token(self, context: int, levels: int = 1) -> float:
         """Training FLOPs per token (forward + backward = 3x forward) at ``context`` length.
 
         Matmul FLOPs only: 2 per weight (the embedding lookup is not a matmul) plus attention
         scores and values, ``2 * 2 * context * dim`` per layer, counted for the full context
-        as the PaLM appendix does (causal attention does about half of that work).
+        as the PaLM appendix does (causal attention does about half of that work). With
+        per-level logits (``levels``) a position uses ``1 / levels`` of the output head.
         """
-        weights = self.num_parameters(exclude_embedding=True)
+        head = self.net.to_logits.weight.numel()
+        weights = self.num_parameters(exclude_embedding=True) - head + head // levels
         attention = 2 * 2 * self.depth * context * self.dim
         return 3.0 * (2 * weights + attention)
 

@@ -29,6 +29,9 @@ API used by training and generation (kept stable):
   (CFG);
 - ``layout.positions(prefix_len, length)``: rotary positions (one clock for the timed
   conditioning and the targets with ``aligned_positions``);
+- ``layout.frame_ids(tokens, cond_len)``: with ``frame_conditioning``, the ids of the timed
+  conditioning of each target's own frame, to be embedded and added to the input that
+  predicts it (``(B, N, C)``, ``-1`` elsewhere; None without the option);
 - ``layout.target_levels(n, offset)``: level of each target position;
 - ``layout.allowed_targets(n, offset)``: bool ``(n, num_targets)``, which ids each target
   position may take (sampling masks the rest);
@@ -128,6 +131,7 @@ class TokenLayout:
     fine_sees_mulan: bool = False  # AudioLM/MusicLM: the fine stage sees coarse tokens only
     melody: bool = False  # melody tokens beside M (semantic and coarse stages)
     aligned_positions: bool = False  # rotary positions on one clock for S/coarse and targets
+    frame_conditioning: bool = False  # each target's input also embeds its frame's S/coarse
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -139,6 +143,11 @@ class TokenLayout:
                 f"{self.stage} stage is built with melody conditioning but the token shards "
                 "carry no melody tokens: run `musiclm prepare tokens ... --melody CKPT "
                 "--melody-rvq RVQ`, or set melody: false"
+            )
+        if self.frame_conditioning and self.stage == "semantic":
+            raise ValueError(
+                "frame_conditioning is for the coarse and fine stages (the semantic stage has "
+                "no timed conditioning)"
             )
         q = self.spec.num_quantizers
         if self.stage != "semantic" and not 1 <= self.coarse_levels <= q:
@@ -289,6 +298,61 @@ class TokenLayout:
         out[:, span] = torch.where(drop.view(-1, 1), NULL, tokens[:, span])
         return out
 
+    # --- timed conditioning -------------------------------------------------------------
+
+    @property
+    def untimed_len(self) -> int:
+        """Tokens before the timed conditioning: BOS, MuLan, melody."""
+        n = 1 + (self.spec.mulan_levels if self.uses_mulan else 0)
+        if self.melody:
+            n += self.spec.melody_windows * self.spec.melody_levels
+        return n
+
+    def _timed(self) -> tuple[int, float] | None:
+        """``(levels, frame rate)`` of the timed conditioning stream (None for semantic)."""
+        if self.stage == "coarse":
+            return 1, self.spec.semantic_rate
+        if self.stage == "fine":
+            return self.coarse_levels, self.spec.acoustic_rate
+        return None
+
+    def frame_ids(self, tokens: torch.Tensor, cond_len: int) -> torch.Tensor | None:
+        """Ids ``(B, N, C)`` to embed and add to the inputs of ``tokens`` (B, N): at the input
+        that predicts target ``j`` (position ``cond_len - 1 + j``), the ``C`` timed
+        conditioning tokens (semantic token for coarse, coarse levels for fine) of target
+        ``j``'s own frame; ``-1`` at the other positions and for padding.
+
+        ``cond_len``: length of ``[BOS] + conditioning`` (without any targets kept in a
+        prompt). SoundStorm conditions this way (semantic and acoustic embeddings of a
+        frame summed): each prediction reads its moment's conditioning directly instead of
+        finding it by attention, which a small model on little data fails to learn.
+        """
+        if not self.frame_conditioning:
+            return None
+        timed = self._timed()
+        assert timed is not None  # refused at construction
+        cond_levels, cond_rate = timed
+        b, n = tokens.shape
+        n_frames = (cond_len - self.untimed_len) // cond_levels
+        if n_frames < 1:
+            raise ValueError(
+                f"{self.stage} prompt of {cond_len} tokens holds no timed conditioning after "
+                f"its {self.untimed_len} untimed tokens"
+            )
+        out = torch.full((b, n, cond_levels), -1, dtype=torch.long, device=tokens.device)
+        first = cond_len - 1  # the input predicting target 0
+        if n <= first:
+            return out
+        j = torch.arange(n - first, device=tokens.device)
+        frame = j // self.target_level_count
+        cond_frame = torch.floor(frame * (cond_rate / self.spec.acoustic_rate)).long()
+        cond_frame = cond_frame.clamp_max(n_frames - 1)
+        at = self.untimed_len + cond_frame.view(-1, 1) * cond_levels
+        at = at + torch.arange(cond_levels, device=tokens.device)  # (n - first, C)
+        ids = tokens[:, at]  # (B, n - first, C)
+        out[:, first:] = torch.where(ids == PAD, -1, ids)
+        return out
+
     # --- rotary positions ---------------------------------------------------------------
 
     def positions(self, prefix_len: int, length: int, device: Any = None) -> torch.Tensor:
@@ -308,9 +372,7 @@ class TokenLayout:
         timed = {"semantic": None, "coarse": "semantic", "fine": "coarse"}[self.stage]
         if not self.aligned_positions or timed is None:
             return plain
-        untimed = 1 + (self.spec.mulan_levels if self.uses_mulan else 0)
-        if self.melody:
-            untimed += self.spec.melody_windows * self.spec.melody_levels
+        untimed = self.untimed_len
         n_cond = prefix_len - untimed
         if n_cond < 0:
             raise ValueError(

@@ -41,6 +41,7 @@ class TokenLMStage(LightningModule):
         fine_sees_mulan: bool = False,
         melody: bool = False,
         aligned_positions: bool = False,
+        frame_conditioning: bool = False,
         cond_dropout: float = 0.0,
         lr: float = 3e-4,
         weight_decay: float = 0.01,
@@ -63,6 +64,9 @@ class TokenLMStage(LightningModule):
             aligned_positions: rotary positions of the timed conditioning (semantic tokens
                 for coarse, coarse levels for fine) on the targets' clock, so a target sees
                 the conditioning of its own moment at a fixed distance (``TokenLayout``).
+            frame_conditioning: the input predicting each target also embeds the timed
+                conditioning of that target's frame (SoundStorm-style sum; coarse and fine
+                stages). Not in the paper, which conditions by prefix only.
             cond_dropout: probability of replacing a sample's MuLan tokens by NULL in
                 training, for classifier-free guidance at sampling.
             lr, weight_decay: AdamW; warmup_steps: linear warm-up; decay_steps: cosine decay
@@ -99,6 +103,7 @@ class TokenLMStage(LightningModule):
             fine_sees_mulan=hp.fine_sees_mulan,
             melody=hp.melody,
             aligned_positions=hp.aligned_positions,
+            frame_conditioning=hp.frame_conditioning,
         )
         self.net = TokenLM(
             num_tokens=self.layout.num_tokens,
@@ -161,15 +166,8 @@ class TokenLMStage(LightningModule):
         if train and self.hparams.cond_dropout > 0:
             drop = torch.rand(tokens.shape[0], device=tokens.device) < self.hparams.cond_dropout
             tokens = self.layout.drop_conditioning(tokens, drop)
-        # position P-1 predicts the first target; the last token predicts nothing
-        n = tokens.shape[1] - 1
-        pos = None
-        if self.layout.aligned_positions:
-            pos = self.layout.positions(seq.prefix_len, n, device=tokens.device)
-        logits = self._forward(tokens[:, :-1], start=seq.prefix_len - 1, pos=pos)
-        loss = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), seq.labels.reshape(-1), ignore_index=IGNORE
-        )
+        logits = target_logits(self._forward, self.layout, tokens, seq.prefix_len)
+        loss = target_loss(logits, seq.labels, self.layout)
         self.last_batch_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
         self.last_context = tokens.shape[1] - 1
         return loss, logits, seq
@@ -197,13 +195,12 @@ class TokenLMStage(LightningModule):
             self.log(f"val/{name}", value, sync_dist=True)
 
     def _level_accuracy(self, logits: torch.Tensor, seq: LMSequence) -> dict[str, torch.Tensor]:
-        """Next-token accuracy per target level (argmax within the level's own ids)."""
+        """Next-token accuracy per target level (per-level logits: argmax within the level)."""
         assert self.layout is not None
         n = seq.labels.shape[1]
-        allowed = self.layout.allowed_targets(n, device=logits.device)
-        pred = logits.detach().masked_fill(~allowed, float("-inf")).argmax(-1)
+        pred = logits.detach().argmax(-1)
         valid = seq.labels != IGNORE
-        hit = (pred == seq.labels) & valid
+        hit = (pred == seq.labels % self.layout.target_level_size) & valid
         levels = self.layout.target_levels(n, device=logits.device)
         out = {}
         for level in range(self.layout.target_level_count):
@@ -245,7 +242,39 @@ class TokenLMStage(LightningModule):
         """Model FLOPs of the last training batch (forward + backward)."""
         if self.net is None or not self.last_batch_tokens:
             return 0.0
-        return self.net.flops_per_token(self.last_context) * self.last_batch_tokens
+        levels = self.layout.target_level_count if self.layout else 1
+        return self.net.flops_per_token(self.last_context, levels) * self.last_batch_tokens
+
+
+def target_logits(
+    net: Any, layout: TokenLayout, tokens: torch.Tensor, prefix_len: int
+) -> torch.Tensor:
+    """Teacher-forced logits ``(B, T, K)`` of a whole sequence's ``T`` targets, each over its
+    own level's ``K`` ids; the one definition training, validation and benchmarks share.
+
+    ``net``: a ``TokenLM`` (or its compiled wrapper); ``tokens`` ``(B, N)`` with its
+    ``[BOS] + conditioning`` in the first ``prefix_len``. Input ``P-1`` predicts the first
+    target and the last token predicts nothing.
+    """
+    inputs = tokens[:, :-1]
+    n = inputs.shape[1]
+    pos = (
+        layout.positions(prefix_len, n, device=tokens.device) if layout.aligned_positions else None
+    )
+    return net(
+        inputs,
+        start=prefix_len - 1,
+        pos=pos,
+        frame_ids=layout.frame_ids(inputs, prefix_len),
+        levels=layout.target_level_count,
+    )
+
+
+def target_loss(logits: torch.Tensor, labels: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    """Cross entropy of per-level logits against target ids (``IGNORE`` at padding)."""
+    k = layout.target_level_size
+    labels = torch.where(labels == IGNORE, IGNORE, labels % k)
+    return F.cross_entropy(logits.reshape(-1, k), labels.reshape(-1), ignore_index=IGNORE)
 
 
 def check_tokenizers(spec: TokenSpec, expected: Any, where: str, stage: str) -> None:
@@ -283,6 +312,7 @@ def load_network(checkpoint: str, map_location: str = "cpu") -> tuple[TokenLM, T
         fine_sees_mulan=hp["fine_sees_mulan"],
         melody=hp.get("melody", False),
         aligned_positions=hp.get("aligned_positions", False),
+        frame_conditioning=hp.get("frame_conditioning", False),
     )
     net = TokenLM(
         num_tokens=layout.num_tokens,
