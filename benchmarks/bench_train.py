@@ -130,7 +130,7 @@ def run_config(name, stage_cls, spec, seconds, model_kw, *, batch, steps, warmup
     steps_s = [b - a for a, b in zip(ends, ends[1:], strict=False)]
     total = ends[-1] - ends[0]
     context = model.last_context
-    flops_tok = model.net.flops_per_token(context)
+    flops_tok = model.net.flops_per_token(context, model.layout.target_level_count)
     return {
         "name": name,
         "stage": model.stage,

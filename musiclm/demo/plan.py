@@ -21,10 +21,12 @@ LM_STAGES = ("semantic", "coarse", "fine")
 class DemoSettings:
     """Sizes of one demo run (the full default, or ``quick()`` for the integration test)."""
 
-    clips: int = 200
+    # 400 clips rather than 200: rendering, shards and tokens cost ~0.2 s a clip, and the
+    # session-2 MuLan overfitted 160 training clips (validation loss 1.81 vs 0.35 on training)
+    clips: int = 400
     seconds: float = 10.0
     # MuLan: steps, batch, crop (seconds); the conditioning RVQ over its audio embeddings.
-    mulan_steps: int = 150
+    mulan_steps: int = 300
     mulan_batch: int = 32
     rvq_levels: int = 4
     rvq_codebook: int = 32
@@ -34,10 +36,10 @@ class DemoSettings:
     codec_max_frames: int = 40_000
     semantic_k: int = 256
     # Token LMs: steps per stage and extra `musiclm fit` overrides shared by all three.
-    # 600 coarse steps lower its val loss from 4.19 to 1.81 but move no adherence figure
-    # (docs/benchmarks.md, "End-to-end demo", session 2), so the demo keeps 200.
+    # The frame-conditioned coarse LM (conf/demo/coarse.yaml) keeps tempo better with 600
+    # steps than with 200 (docs/benchmarks.md, "End-to-end demo", session 3).
     lm_steps: dict[str, int] = field(
-        default_factory=lambda: {"semantic": 200, "coarse": 200, "fine": 120}
+        default_factory=lambda: {"semantic": 400, "coarse": 600, "fine": 120}
     )
     lm_overrides: list[str] = field(default_factory=list)
     mulan_overrides: list[str] = field(default_factory=list)
