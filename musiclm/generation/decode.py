@@ -88,15 +88,15 @@ def generate_window(
     cond_len = p - level_offset  # [BOS] + conditioning, without the kept target tokens
     pos = layout.positions(cond_len, p + n_new, device=prompt.device)
     frame = layout.frame_ids(seq, cond_len)  # (rows, p + n_new, C) or None
+
+    def frame_ids(at: int | slice) -> torch.Tensor | None:
+        return None if frame is None else frame[:, at]
+
     if use_cache:
         cache = model.new_cache(rows.shape[0], p + n_new)
-        logits = model.forward(
-            rows, cache, positions=pos[:p], frame_ids=None if frame is None else frame[:, :p]
-        )
+        logits = model.forward(rows, cache, positions=pos[:p], frame_ids=frame_ids(slice(p)))
     else:
-        logits = model.net(rows, pos=pos[:p], frame_ids=None if frame is None else frame[:, :p])[
-            :, -1
-        ]
+        logits = model.net(rows, pos=pos[:p], frame_ids=frame_ids(slice(p)))[:, -1]
     for t in range(n_new):
         if kept is not None:
             kept.append(logits[:b].clone())
@@ -113,15 +113,10 @@ def generate_window(
             ids = torch.cat([ids, ids])
         seq[:, p + t] = ids
         if use_cache:
-            logits = model.step(
-                ids, cache, pos[p + t], frame_ids=None if frame is None else frame[:, p + t]
-            )
+            logits = model.step(ids, cache, pos[p + t], frame_ids=frame_ids(p + t))
         else:
-            logits = model.net(
-                seq[:, : p + t + 1],
-                pos=pos[: p + t + 1],
-                frame_ids=None if frame is None else frame[:, : p + t + 1],
-            )[:, -1]
+            upto = slice(p + t + 1)
+            logits = model.net(seq[:, upto], pos=pos[upto], frame_ids=frame_ids(upto))[:, -1]
     if on_window is not None:
         full = torch.cat([prompt, out + to_input], dim=1)
         on_window(full, torch.stack(kept, dim=1), p, cond_len)

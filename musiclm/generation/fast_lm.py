@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from musiclm.models.token_lm import summed_embedding
+
 
 @dataclass
 class KVCache:
@@ -232,10 +234,7 @@ class FastTokenLM:
 
     def _embed(self, tokens: torch.Tensor, frame_ids: torch.Tensor | None) -> torch.Tensor:
         h = F.embedding(tokens, self.emb)
-        if frame_ids is None:
-            return h
-        extra = F.embedding(frame_ids.clamp_min(0), self.emb)  # (..., C, D)
-        return h + (extra * (frame_ids >= 0).unsqueeze(-1).to(h.dtype)).sum(-2)
+        return h if frame_ids is None else h + summed_embedding(self.emb, frame_ids)
 
     def _ff(self, h: torch.Tensor, layer: _Layer) -> torch.Tensor:
         y = F.layer_norm(h, (self.dim,), layer.ff_gamma, None, self.eps)

@@ -147,8 +147,7 @@ class TokenLM(nn.Module):
 
     def frame_embedding(self, frame_ids: torch.Tensor) -> torch.Tensor:
         """``(B, N, C)`` ids (``-1``: none) -> the sum of their token embeddings ``(B, N, D)``."""
-        emb = self.net.token_emb.emb(frame_ids.clamp_min(0))
-        return (emb * (frame_ids >= 0).unsqueeze(-1).to(emb.dtype)).sum(-2)
+        return summed_embedding(self.net.token_emb.emb.weight, frame_ids)
 
     def num_parameters(self, *, exclude_embedding: bool = True) -> int:
         """Parameter count (the input embedding excluded by default, as in FLOP estimates)."""
@@ -169,6 +168,12 @@ class TokenLM(nn.Module):
         weights = self.num_parameters(exclude_embedding=True) - head + head // levels
         attention = 2 * 2 * self.depth * context * self.dim
         return 3.0 * (2 * weights + attention)
+
+
+def summed_embedding(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Sum over the last axis of the embeddings of ``ids`` (``-1``: contributes nothing)."""
+    emb = torch.nn.functional.embedding(ids.clamp_min(0), weight)
+    return (emb * (ids >= 0).unsqueeze(-1).to(emb.dtype)).sum(-2)
 
 
 def cache_length(cache: Any) -> int:

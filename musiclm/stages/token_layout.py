@@ -368,10 +368,10 @@ class TokenLayout:
         just before. Positions may repeat and need not follow the sequence order: attention
         stays causal by sequence order, rotary only sees the distances.
         """
-        plain = torch.arange(length, device=device)
-        timed = {"semantic": None, "coarse": "semantic", "fine": "coarse"}[self.stage]
+        timed = self._timed()
         if not self.aligned_positions or timed is None:
-            return plain
+            return torch.arange(length, device=device)
+        cond_levels, cond_rate = timed
         untimed = self.untimed_len
         n_cond = prefix_len - untimed
         if n_cond < 0:
@@ -379,8 +379,6 @@ class TokenLayout:
                 f"{self.stage} prefix of {prefix_len} tokens is shorter than its {untimed} "
                 "untimed tokens"
             )
-        cond_levels = 1 if timed == "semantic" else self.coarse_levels
-        cond_rate = self.spec.semantic_rate if timed == "semantic" else self.spec.acoustic_rate
         levels = self.target_level_count
         ratio = self.spec.acoustic_rate / cond_rate  # target frames per conditioning frame
         i = torch.arange(n_cond, device=device)
