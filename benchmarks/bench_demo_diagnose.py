@@ -14,6 +14,11 @@ score, for every held-out clip (first ``--seconds`` of it, its caption as the pr
 * ``tokens:real`` / ``tokens:generated``: tempo read straight from semantic tokens (the
   onset feature of each token's k-means centroid), for the real clip's tokens and for tokens
   the semantic LM sampled from the caption;
+* ``tokens:from-audio-mulan``: tempo read from semantic tokens the LM sampled from the
+  clip's own MuLan *audio* tokens (what it was trained on), to tell a semantic LM that
+  ignores its conditioning from a text/audio token mismatch; ``tokens:continued``: the same,
+  after the clip's first 2 s of real tokens (tempo of the sampled part only): can the LM keep
+  a rhythm it is shown;
 * ``mulan-tokens:text``: what the conditioning can tell at all: each caption's MuLan text
   tokens matched (longest common prefix of levels) against the MuLan audio tokens of the
   training clips (what the LMs were trained on); the matches' median BPM and majority
@@ -217,13 +222,38 @@ def main() -> int:
             sem.frames(args.seconds), None, len(texts), gen,
         )[:, 0]  # fmt: skip
 
+    if want is None or "tokens:from-audio-mulan" in want:
+        # as in training: the semantic LM conditioned on the clip's own MuLan *audio* tokens
+        import torchaudio
+
+        sem, mulan = pipe.stages["semantic"], pipe.conditioner
+        audio_m = mulan.audio_tokens(torchaudio.functional.resample(wav, sr, mulan.sample_rate))
+        sem_gen["from_audio"] = pipe._run(
+            sem, lambda f0, f1, new: sem.layout.prefix({"mulan": audio_m}),
+            sem.frames(args.seconds), None, len(texts), gen,
+        )[:, 0]  # fmt: skip
+        # can the LM keep a rhythm it is shown? 2 s of the clip's real tokens, then sampled
+        # ones; tempo is read from the sampled part only
+        kept = sem.frames(2.0)
+        sem_gen["continued"] = pipe._run(
+            sem, lambda f0, f1, new: sem.layout.prefix({"mulan": audio_m}),
+            sem.frames(args.seconds), real_sem[:, None, :kept], len(texts), gen,
+        )[:, 0, kept:]  # fmt: skip
+        sem_gen["real_after_2s"] = real_sem[:, kept:]  # the same span of the real tokens
+
     if want is None or "mulan-tokens:text" in want:
         emit_table("mulan-tokens:text", mulan_neighbours(pipe, run, texts), targets, chance, est)
 
     kmeans = pipe.spec.semantic_tokenizer.args.get("kmeans")
     centroids = load_centroids(kmeans)
     rate = pipe.stages["semantic"].rate
-    for link, tokens in (("tokens:real", real_sem), ("tokens:generated", sem_gen.get("tokens"))):
+    for link, tokens in (
+        ("tokens:real", real_sem),
+        ("tokens:generated", sem_gen.get("tokens")),
+        ("tokens:from-audio-mulan", sem_gen.get("from_audio")),
+        ("tokens:continued", sem_gen.get("continued")),
+        ("tokens:real-after-2s", sem_gen.get("real_after_2s")),
+    ):
         if tokens is None:
             continue
         preds = [{"bpm": token_tempo(t.numpy(), centroids, est.tempo, rate)} for t in tokens]
