@@ -17,8 +17,8 @@ score, for every held-out clip (first ``--seconds`` of it, its caption as the pr
 * ``tokens:from-audio-mulan``: tempo read from semantic tokens the LM sampled from the
   clip's own MuLan *audio* tokens (what it was trained on), to tell a semantic LM that
   ignores its conditioning from a text/audio token mismatch; ``tokens:continued``: the same,
-  after the clip's first 2 s of real tokens (tempo of the sampled part only): can the LM keep
-  a rhythm it is shown;
+  after the clip's first 2 s of real tokens (tempo of the sampled part only; the real
+  tokens of that span: ``tokens:real-after-2s``): can the LM keep a rhythm it is shown;
 * ``mulan-tokens:text``: what the conditioning can tell at all: each caption's MuLan text
   tokens matched (longest common prefix of levels) against the MuLan audio tokens of the
   training clips (what the LMs were trained on); the matches' median BPM and majority
