@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     p.add_argument("--quick", action="store_true", help="tiny run for tests (a few minutes)")
-    p.add_argument("--clips", type=int, help="corpus size (default 400; quick 30)")
+    p.add_argument("--clips", type=int, help="corpus size (default 1000; quick 30)")
     p.add_argument("--seconds", type=float, help="clip length in seconds (default 10; quick 4)")
     p.add_argument(
         "--force",

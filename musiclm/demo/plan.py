@@ -21,9 +21,10 @@ LM_STAGES = ("semantic", "coarse", "fine")
 class DemoSettings:
     """Sizes of one demo run (the full default, or ``quick()`` for the integration test)."""
 
-    # 400 clips rather than 200: rendering, shards and tokens cost ~0.2 s a clip, and the
-    # session-2 MuLan overfitted 160 training clips (validation loss 1.81 vs 0.35 on training)
-    clips: int = 400
+    # 1000 clips rather than 200: rendering, shards and tokens cost ~0.2 s a clip, the
+    # session-2 MuLan overfitted 160 training clips, and 1000 lifted instrument adherence
+    # from 0.30 to 0.52 and MCC from 0.30 to 0.44 over 400 (docs/benchmarks.md, session 3)
+    clips: int = 1000
     seconds: float = 10.0
     # MuLan: steps, batch, crop (seconds); the conditioning RVQ over its audio embeddings.
     mulan_steps: int = 300
