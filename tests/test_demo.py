@@ -183,20 +183,36 @@ def test_loss_curves_from_tensorboard_events(tmp_path):
     assert (tmp_path / "loss.png").stat().st_size > 1000
 
 
-def test_acceptance_checks():
+def test_acceptance_checks_ask_for_significance_not_a_point_estimate():
     metrics = {
         "adherence": {
-            "generated": {"instrument": {"accuracy": 0.5}, "bpm_within_8pct": {"accuracy": 0.1}},
-            "chance": {"instrument": {"prior": 0.14}, "bpm_within_8pct": {"prior": 0.15}},
+            "generated": {
+                "instrument": {"accuracy": 0.5, "n": 40},
+                "bpm_within_8pct": {"accuracy": 0.2, "n": 40},  # 8 of 40 where 5.6 expected
+                "tempo_word": {"accuracy": 0.45, "n": 100},  # 45 of 100 where 29 expected
+            },
+            "chance": {
+                "instrument": {"prior": 0.14},
+                "bpm_within_8pct": {"prior": 0.14},
+                "tempo_word": {"prior": 0.29},
+            },
         },
-        "mcc": {"generated": {"mean": 0.3}, "generated_mismatched": {"mean": 0.1}},
+        "mcc": {
+            "generated": {"mean": 0.3, "sem": 0.05},
+            "generated_mismatched": {"mean": 0.1, "sem": 0.01},
+        },
     }
     got = {what: ok for what, ok, _ in acceptance(metrics)}
     assert got == {
         "adherence instrument above chance": True,
-        "adherence bpm_within_8pct above chance": False,
+        "adherence bpm_within_8pct above chance": False,  # above by point estimate only
+        "adherence tempo_word above chance": True,
         "MCC generated above mismatched": True,
     }
+    figures = {what: text for what, _, text in acceptance(metrics)}
+    assert "8/40" in figures["adherence bpm_within_8pct above chance"]
+    metrics["mcc"]["generated"]["mean"] = 0.15  # 1 s.e. above: not enough
+    assert not dict((w, ok) for w, ok, _ in acceptance(metrics))["MCC generated above mismatched"]
     assert all(ok is None for _, ok, _ in acceptance({}))
 
 

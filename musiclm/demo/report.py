@@ -114,31 +114,50 @@ def _save(fig, png: Path) -> None:
     tmp.replace(png)
 
 
+SIGNIFICANCE = 0.05  # one-sided; with 40 prompts one clip is 2.5 % of an accuracy
+
+
 def acceptance(metrics: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
-    """Issue 8's acceptance checks: (what, passed or None when not measured, the figures)."""
+    """Issue 8's acceptance checks: (what, passed or None when not measured, the figures).
+
+    "Above" means significantly above, one-sided at ``SIGNIFICANCE``: an exact binomial test
+    of the correct count against the chance prior for adherence, a z test on the two means'
+    standard errors for MCC. A point estimate above chance on 40 prompts is not evidence.
+    """
+    from scipy.stats import binomtest, norm
+
     checks: list[tuple[str, bool | None, str]] = []
     adh = metrics.get("adherence") or {}
     gen, chance = adh.get("generated", {}), adh.get("chance", {})
     for word, prefixes in (("instrument", ("instrument",)), ("tempo", ("bpm", "tempo"))):
         names = [n for n in gen if n.startswith(prefixes)]
         for n in names:
-            acc = gen[n].get("accuracy")
+            acc, count = gen[n].get("accuracy"), gen[n].get("n")
             prior = (chance.get(n) or {}).get("prior")
-            if acc is None or prior is None:
+            if acc is None or prior is None or not count:
                 checks.append((f"adherence {n} above chance", None, "not measured"))
                 continue
-            ok = acc > prior
-            checks.append((f"adherence {n} above chance", ok, f"{acc:.3f} vs {prior:.3f}"))
+            hits = round(acc * count)
+            pvalue = binomtest(hits, count, prior, alternative="greater").pvalue
+            checks.append(
+                (
+                    f"adherence {n} above chance",
+                    bool(pvalue < SIGNIFICANCE),
+                    f"{acc:.3f} vs {prior:.3f} ({hits}/{count}, binomial p = {pvalue:.2g})",
+                )
+            )
         if not names:
             checks.append((f"adherence {word} above chance", None, "not measured"))
     mcc = metrics.get("mcc") or {}
-    g, m = mcc.get("generated"), mcc.get("generated_mismatched")
-    if g and m and g.get("mean") is not None and m.get("mean") is not None:
+    g, m = mcc.get("generated") or {}, mcc.get("generated_mismatched") or {}
+    if all(x.get(k) is not None for x in (g, m) for k in ("mean", "sem")):
+        z = (g["mean"] - m["mean"]) / max(1e-12, (g["sem"] ** 2 + m["sem"] ** 2) ** 0.5)
+        pvalue = float(norm.sf(z))
         checks.append(
             (
                 "MCC generated above mismatched",
-                g["mean"] > m["mean"],
-                f"{g['mean']:.3f} vs {m['mean']:.3f}",
+                bool(pvalue < SIGNIFICANCE),
+                f"{g['mean']:.3f} vs {m['mean']:.3f} (z = {z:.1f}, p = {pvalue:.2g})",
             )
         )
     else:
