@@ -1,5 +1,6 @@
 """Per-level output heads and frame-aligned conditioning of the coarse and fine stages:
-the same function in training, cached decoding and sliding windows."""
+the same function in training, cached decoding and sliding windows (with aligned positions
+too)."""
 
 import pytest
 import torch
@@ -107,9 +108,19 @@ def test_cached_decoding_with_frame_conditioning_equals_full_forward(stage, alig
 
 
 @pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
-@pytest.mark.parametrize("aligned", [False, True])
-def test_generated_windows_with_frame_conditioning_see_what_training_sees(cfg_scale, aligned):
-    module = tiny_stage("coarse", frame_conditioning=True, aligned_positions=aligned)
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"aligned_positions": True},
+        {"frame_conditioning": True},
+        {"frame_conditioning": True, "aligned_positions": True},
+    ],
+)
+def test_generated_windows_see_what_training_sees(cfg_scale, options):
+    """One window, then sliding windows whose prompts keep generated frames: the decoder's
+    logits equal the training forward pass (positions and frame ids from the [BOS] +
+    conditioning length, the kept targets on the targets' clock)."""
+    module = tiny_stage("coarse", **options)
     layout = module.layout
     records = []
     hook = window_checker(module.net, layout, records)
