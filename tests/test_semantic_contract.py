@@ -145,6 +145,32 @@ def test_music_features_follow_pitch_and_rhythm_not_loudness():
     ).norm(dim=1).mean()
 
 
+def test_music_features_beat_phase_and_tempo():
+    """The beat group: tempo near the true BPM, the phase turning once per beat and near 0
+    on the note onsets (a 4-beat pattern with accents, so the beat is the strongest pulse);
+    silence and a clip shorter than two beats have no pulse (zeros)."""
+    from musiclm.tokenizers.semantic.music_features import beat_features
+
+    tok = build("semantic_tokenizers", "music-features")
+    sr, bpm = tok.sample_rate, 100
+    spb = 60.0 / bpm
+    melody = [60, 67, 64, 67] * 4 * 3
+    y = notes(melody, spb)
+    f = tok.features(torch.tensor(y)[None, None])[0]
+    beat = f[:, -3:] / torch.tensor([tok.weights["beat"]] * 2 + [tok.weights["tempo"]])
+    assert abs(120 * 2 ** float(beat[0, 2]) / bpm - 1) < 0.05
+    phase = torch.atan2(beat[:, 1], beat[:, 0]) / (2 * torch.pi) % 1.0
+    turns = float((phase.diff() < -0.5).sum())
+    beats_seen = len(y) / sr / spb
+    assert abs(turns - beats_seen) <= 1.5, (turns, beats_seen)
+    onset_frames = (torch.arange(4, len(melody) - 1) * spb * tok.frame_rate).round().long()
+    dist = torch.minimum(phase[onset_frames], 1 - phase[onset_frames])
+    assert float(dist.mean()) < 0.15, dist
+
+    assert not beat_features(np.zeros(200), tok.frame_rate).any()
+    assert not beat_features(np.ones(3), tok.frame_rate).any()
+
+
 def test_hf_ssl_w2v_bert_from_a_local_folder(tmp_path):
     """Models taking input_features (Wav2Vec2-BERT) go through their own feature extractor."""
     from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertConfig, Wav2Vec2BertModel

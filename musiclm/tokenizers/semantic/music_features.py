@@ -8,13 +8,18 @@ make pitch content dominate the k-means distance:
 - onset strength (spectral flux of log-mel) at t-2..t+2 (5): where notes start;
 - its autocorrelation over the surrounding second at lags of 1..12 frames (12): the local
   rhythm's periodicity (tempo and meter cues);
-- the coarse spectral envelope, 8 log-mel bands minus their mean, and the log energy (9).
+- the coarse spectral envelope, 8 log-mel bands minus their mean, and the log energy (9);
+- the beat: phase within the current beat as a unit vector (2) and the clip's tempo as
+  log2(BPM / 120) (1), from librosa's beat tracker on the same onset strength. With it a
+  token says where in the beat it sits, so continuing a rhythm is counting, which a small
+  LM learns, rather than inferring a period from raw onsets (docs/benchmarks.md, session 4).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -23,6 +28,33 @@ from musiclm.tokenizers.semantic.common import KMeansTokens, features_fingerprin
 
 LAGS = 12
 CONTEXT = 2
+
+
+def beat_features(onset: np.ndarray, frame_rate: float) -> np.ndarray:
+    """onset strength (F,) -> (F, 3): cos and sin of the beat phase, log2(BPM / 120).
+
+    Beats come from ``librosa.beat.beat_track``; before the first and after the last the
+    median beat period carries on. Without two beats (silence, a clip shorter than a beat or
+    two) all three are 0: no pulse."""
+    import librosa
+
+    frames = len(onset)
+    out = np.zeros((frames, 3), dtype=np.float32)
+    if frames < 4 or not np.any(onset > 0):
+        return out
+    _, beats = librosa.beat.beat_track(onset_envelope=onset, sr=frame_rate, hop_length=1)
+    beats = np.unique(np.asarray(beats, dtype=np.float64))
+    if len(beats) < 2:
+        return out
+    period = float(np.median(np.diff(beats)))
+    before = np.arange(np.ceil(beats[0] / period), 0, -1) * -period + beats[0]
+    after = beats[-1] + period * np.arange(1, np.ceil((frames - beats[-1]) / period) + 1)
+    grid = np.concatenate([before, beats, after])
+    index = np.interp(np.arange(frames), grid, np.arange(len(grid), dtype=np.float64))
+    angle = 2 * np.pi * (index % 1.0)
+    out[:, 0], out[:, 1] = np.cos(angle), np.sin(angle)
+    out[:, 2] = np.log2(60.0 * frame_rate / period / 120.0)
+    return out
 
 
 class MusicFeatureTokenizer:
@@ -39,12 +71,15 @@ class MusicFeatureTokenizer:
         vocab_size: int = 512,
     ) -> None:
         """``kmeans``: artifact from ``musiclm prepare fit-semantic`` (needed by ``tokenize``);
-        ``weights``: per-group scale (chroma, melody, onset, rhythm, timbre)."""
+        ``weights``: per-group scale (chroma, melody, onset, rhythm, timbre, beat, tempo)."""
         import librosa
 
         self.sample_rate, self.hop, self.n_fft = sample_rate, hop, n_fft
         self.frame_rate = sample_rate / hop
-        self.weights = {"chroma": 2.0, "melody": 1.0, "onset": 1.0, "rhythm": 1.0, "timbre": 0.5}
+        self.weights = {
+            "chroma": 2.0, "melody": 1.0, "onset": 1.0, "rhythm": 1.0, "timbre": 0.5,
+            "beat": 2.0, "tempo": 3.0,
+        }  # fmt: skip
         self.weights.update(weights or {})
         self.window = torch.hann_window(n_fft)
         self.chroma_fb = torch.tensor(
@@ -69,7 +104,7 @@ class MusicFeatureTokenizer:
 
     @torch.inference_mode()
     def features(self, wav: torch.Tensor) -> torch.Tensor:
-        """wav (B, 1, T) -> features (B, ceil(T / hop), 41)."""
+        """wav (B, 1, T) -> features (B, ceil(T / hop), 44)."""
         check_wav(wav, "music-features.features")
         x = pad_to_hop(wav.float().cpu(), self.hop)[:, 0]
         frames = x.shape[-1] // self.hop
@@ -106,6 +141,9 @@ class MusicFeatureTokenizer:
         bands = F.avg_pool1d(logmel.transpose(1, 2), 5).transpose(1, 2)  # (B, 8, F)
         loud = bands.mean(1, keepdim=True)
         timbre = torch.cat([bands - loud, loud / 10], 1)
+        beat = torch.from_numpy(
+            np.stack([beat_features(o, self.frame_rate) for o in onset.double().numpy()])
+        )
 
         return torch.cat(
             [
@@ -114,6 +152,8 @@ class MusicFeatureTokenizer:
                 w["onset"] * ctx,
                 w["rhythm"] * rhythm,
                 w["timbre"] * 0.2 * timbre.transpose(1, 2),
+                w["beat"] * beat[..., :2],
+                w["tempo"] * beat[..., 2:],
             ],
             -1,
         )
