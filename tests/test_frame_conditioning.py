@@ -81,12 +81,27 @@ def test_frame_ids_carry_each_targets_own_moment():
         frame = j // 2
         assert torch.equal(ids[:, p - 1 + j], seq.tokens[:, 1 + 2 * frame : 3 + 2 * frame])
     assert TokenLayout(stage="coarse", spec=spec).frame_ids(seq.tokens, 5) is None
-    with pytest.raises(ValueError, match="coarse and fine"):
-        TokenLayout(stage="semantic", spec=spec, frame_conditioning=True)
+
+    # semantic: no timed stream; every target's input carries the clip's MuLan tokens
+    semantic = TokenLayout(stage="semantic", spec=spec, frame_conditioning=True)
+    seq = semantic.sequence(_streams(spec, seconds=2.0))
+    p = seq.prefix_len
+    ids = semantic.frame_ids(seq.tokens[:, :-1], p)
+    assert ids.shape == (*seq.tokens[:, :-1].shape, spec.mulan_levels)
+    assert (ids[:, : p - 1] == -1).all()
+    mulan = seq.tokens[:, 1 : 1 + spec.mulan_levels]
+    assert torch.equal(ids[:, p - 1 :], mulan[:, None].expand(-1, ids.shape[1] - p + 1, -1))
+    dropped = semantic.drop_conditioning(seq.tokens, torch.tensor([True, False]))
+    again = semantic.frame_ids(dropped[:, :-1], p)  # CFG's unconditional rows: NULL ids
+    assert not torch.equal(again[0], ids[0]) and torch.equal(again[1], ids[1])
+    with pytest.raises(ValueError, match="no MuLan tokens"):
+        TokenLayout(stage="semantic", spec=tiny_spec(mulan_levels=0), frame_conditioning=True)
 
 
-@pytest.mark.parametrize("stage", ["coarse", "fine"])
-@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize(
+    ("stage", "aligned"),
+    [("semantic", False), ("coarse", False), ("coarse", True), ("fine", False), ("fine", True)],
+)
 def test_cached_decoding_with_frame_conditioning_equals_full_forward(stage, aligned):
     module = tiny_stage(stage, frame_conditioning=True, aligned_positions=aligned)
     layout = module.layout
@@ -142,6 +157,24 @@ def test_generated_windows_see_what_training_sees(cfg_scale, options):
     assert codes.shape == (2, 2, 14)
     assert len(records) > 2 and max(r[0] for r in records) <= TOL
     assert any(prompt_len > 1 + spec.mulan_levels + 3 for _, _, prompt_len in records[1:])
+
+
+@pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
+def test_generated_semantic_windows_see_the_mulan_tokens_as_training_does(cfg_scale):
+    module = tiny_stage("semantic", frame_conditioning=True)
+    layout, spec = module.layout, module.layout.spec
+    records = []
+    hook = window_checker(module.net, layout, records)
+    mulan = torch.randint(0, spec.mulan_codebook, (2, spec.mulan_levels))
+    tokens = sliding_generate(
+        FastTokenLM(module.net), layout=layout,
+        conditioning=lambda f0, f1, new: layout.prefix({"mulan": mulan}), total_frames=14,
+        context_frames=6, prefix_frames=2, batch=2, on_window=hook,
+        sampling=SamplingConfig(temperature=1.0, cfg_scale=cfg_scale),
+    )  # fmt: skip
+    assert tokens.shape == (2, 1, 14)
+    assert len(records) > 2 and max(r[0] for r in records) <= TOL
+    assert any(prompt_len > 1 + spec.mulan_levels for _, _, prompt_len in records[1:])
 
 
 def test_frame_conditioning_learns_a_frame_aligned_rule_faster():

@@ -30,8 +30,8 @@ API used by training and generation (kept stable):
 - ``layout.positions(prefix_len, length)``: rotary positions (one clock for the timed
   conditioning and the targets with ``aligned_positions``);
 - ``layout.frame_ids(tokens, cond_len)``: with ``frame_conditioning``, the ids of the timed
-  conditioning of each target's own frame, to be embedded and added to the input that
-  predicts it (``(B, N, C)``, ``-1`` elsewhere; None without the option);
+  conditioning of each target's own frame (semantic stage: the MuLan tokens), to be
+  embedded and added to the input that predicts it (``(B, N, C)``, ``-1`` elsewhere; None without the option);
 - ``layout.target_levels(n, offset)``: level of each target position;
 - ``layout.allowed_targets(n, offset)``: bool ``(n, num_targets)``, which ids each target
   position may take (sampling masks the rest);
@@ -132,6 +132,7 @@ class TokenLayout:
     melody: bool = False  # melody tokens beside M (semantic and coarse stages)
     aligned_positions: bool = False  # rotary positions on one clock for S/coarse and targets
     frame_conditioning: bool = False  # each target's input also embeds its frame's S/coarse
+    # (semantic stage: the MuLan tokens)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -144,10 +145,10 @@ class TokenLayout:
                 "carry no melody tokens: run `musiclm prepare tokens ... --melody CKPT "
                 "--melody-rvq RVQ`, or set melody: false"
             )
-        if self.frame_conditioning and self.stage == "semantic":
+        if self.frame_conditioning and self.stage == "semantic" and not self.uses_mulan:
             raise ValueError(
-                "frame_conditioning is for the coarse and fine stages (the semantic stage has "
-                "no timed conditioning)"
+                "frame_conditioning on the semantic stage adds the MuLan tokens to every input, "
+                "but the token shards carry no MuLan tokens"
             )
         q = self.spec.num_quantizers
         if self.stage != "semantic" and not 1 <= self.coarse_levels <= q:
@@ -320,7 +321,8 @@ class TokenLayout:
         """Ids ``(B, N, C)`` to embed and add to the inputs of ``tokens`` (B, N): at the input
         that predicts target ``j`` (position ``cond_len - 1 + j``), the ``C`` timed
         conditioning tokens (semantic token for coarse, coarse levels for fine) of target
-        ``j``'s own frame; ``-1`` at the other positions and for padding.
+        ``j``'s own frame, and for the semantic stage its MuLan tokens; ``-1`` at the other
+        positions and for padding.
 
         ``cond_len``: length of ``[BOS] + conditioning`` (without any targets kept in a
         prompt). SoundStorm conditions this way (semantic and acoustic embeddings of a
@@ -329,10 +331,19 @@ class TokenLayout:
         """
         if not self.frame_conditioning:
             return None
-        timed = self._timed()
-        assert timed is not None  # refused at construction
-        cond_levels, cond_rate = timed
         b, n = tokens.shape
+        first = cond_len - 1  # the input predicting target 0
+        timed = self._timed()
+        if timed is None:
+            # semantic: no timed stream, so every target's input embeds the clip's MuLan
+            # tokens; the text reaches each step directly rather than only through attention
+            # to the prefix, which a small LM learns to ignore (its loss gains little there)
+            c = self.spec.mulan_levels
+            out = torch.full((b, n, c), -1, dtype=torch.long, device=tokens.device)
+            if n > first:
+                out[:, first:] = tokens[:, None, 1 : 1 + c]
+            return out
+        cond_levels, cond_rate = timed
         n_frames = (cond_len - self.untimed_len) // cond_levels
         if n_frames < 1:
             raise ValueError(
@@ -340,7 +351,6 @@ class TokenLayout:
                 f"its {self.untimed_len} untimed tokens"
             )
         out = torch.full((b, n, cond_levels), -1, dtype=torch.long, device=tokens.device)
-        first = cond_len - 1  # the input predicting target 0
         if n <= first:
             return out
         j = torch.arange(n - first, device=tokens.device)

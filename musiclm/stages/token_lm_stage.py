@@ -66,7 +66,8 @@ class TokenLMStage(LightningModule):
                 the conditioning of its own moment at a fixed distance (``TokenLayout``).
             frame_conditioning: the input predicting each target also embeds the timed
                 conditioning of that target's frame (SoundStorm-style sum; coarse and fine
-                stages). Not in the paper, which conditions by prefix only.
+                stages), and for the semantic stage the MuLan tokens. Not in the paper,
+                which conditions by prefix only.
             cond_dropout: probability of replacing a sample's MuLan tokens by NULL in
                 training, for classifier-free guidance at sampling.
             lr, weight_decay: AdamW; warmup_steps: linear warm-up; decay_steps: cosine decay
