@@ -31,7 +31,8 @@ API used by training and generation (kept stable):
   conditioning and the targets with ``aligned_positions``);
 - ``layout.frame_ids(tokens, cond_len)``: with ``frame_conditioning``, the ids of the timed
   conditioning of each target's own frame (semantic stage: the MuLan tokens), to be
-  embedded and added to the input that predicts it (``(B, N, C)``, ``-1`` elsewhere; None without the option);
+  embedded and added to the input that predicts it (``(B, N, C)``, ``-1`` elsewhere; None
+  without the option);
 - ``layout.target_levels(n, offset)``: level of each target position;
 - ``layout.allowed_targets(n, offset)``: bool ``(n, num_targets)``, which ids each target
   position may take (sampling masks the rest);
