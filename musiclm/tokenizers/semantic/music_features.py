@@ -78,7 +78,7 @@ class MusicFeatureTokenizer:
         self.frame_rate = sample_rate / hop
         self.weights = {
             "chroma": 2.0, "melody": 1.0, "onset": 1.0, "rhythm": 1.0, "timbre": 0.5,
-            "beat": 2.0, "tempo": 3.0,
+            "beat": 2.0, "tempo": 1.0,
         }  # fmt: skip
         self.weights.update(weights or {})
         self.window = torch.hann_window(n_fft)
