@@ -24,15 +24,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# music-features with beat features: ..., phase cos, phase sin, tempo (the last 3 columns)
-BEAT_DIM = 44
-
-
-def phase_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Distance in turns (0..0.5) between phases in turns."""
-    d = (a - b).abs() % 1.0
-    return torch.minimum(d, 1 - d)
-
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -48,6 +39,11 @@ def main() -> int:
     from musiclm.datamodules.shards import decode_npy, shard_paths
     from musiclm.evaluation.clips import load_centroids
     from musiclm.stages.token_lm_stage import load_network, target_logits, target_loss
+    from musiclm.tokenizers.semantic.music_features import (
+        FEATURE_DIM,
+        beat_phase,
+        phase_distance,
+    )
 
     net, layout = load_network(args.checkpoint)
     if layout.stage != "semantic" or not layout.uses_mulan:
@@ -85,9 +81,9 @@ def main() -> int:
 
     if args.kmeans:
         centroids = torch.from_numpy(load_centroids(args.kmeans)).float()
-        if centroids.shape[1] != BEAT_DIM:
+        if centroids.shape[1] != FEATURE_DIM:
             raise ValueError(f"{args.kmeans}: not music-features with beat features")
-        phase = torch.atan2(centroids[:, -2], centroids[:, -3]) / (2 * torch.pi) % 1.0
+        phase = beat_phase(centroids)
         labels = seq.labels % centroids.shape[0]  # full crops: no IGNORE padding
         true = phase[labels]  # (B, T)
         near = phase_distance(phase.view(1, 1, -1), true.unsqueeze(-1)) < 1 / 16

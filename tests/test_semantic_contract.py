@@ -149,7 +149,12 @@ def test_music_features_beat_phase_and_tempo():
     """The beat group: tempo near the true BPM, the phase turning once per beat and near 0
     on the note onsets (a 4-beat pattern with accents, so the beat is the strongest pulse);
     silence and a clip shorter than two beats have no pulse (zeros)."""
-    from musiclm.tokenizers.semantic.music_features import beat_features
+    from musiclm.tokenizers.semantic.music_features import (
+        FEATURE_DIM,
+        beat_features,
+        beat_phase,
+        phase_distance,
+    )
 
     tok = build("semantic_tokenizers", "music-features")
     sr, bpm = tok.sample_rate, 100
@@ -157,15 +162,25 @@ def test_music_features_beat_phase_and_tempo():
     melody = [60, 67, 64, 67] * 4 * 3
     y = notes(melody, spb)
     f = tok.features(torch.tensor(y)[None, None])[0]
+    assert f.shape[-1] == FEATURE_DIM  # the width bench_semantic_conditioning.py checks
     beat = f[:, -3:] / torch.tensor([tok.weights["beat"]] * 2 + [tok.weights["tempo"]])
     assert abs(120 * 2 ** float(beat[0, 2]) / bpm - 1) < 0.05
-    phase = torch.atan2(beat[:, 1], beat[:, 0]) / (2 * torch.pi) % 1.0
+    phase = beat_phase(f)
     turns = float((phase.diff() < -0.5).sum())
     beats_seen = len(y) / sr / spb
     assert abs(turns - beats_seen) <= 1.5, (turns, beats_seen)
     onset_frames = (torch.arange(4, len(melody) - 1) * spb * tok.frame_rate).round().long()
-    dist = torch.minimum(phase[onset_frames], 1 - phase[onset_frames])
+    dist = phase_distance(phase[onset_frames], torch.zeros(len(onset_frames)))
     assert float(dist.mean()) < 0.15, dist
+
+    t = np.arange(16000 * 4) / 16000
+    strikes = np.sin(2 * np.pi * 440 * t) * np.exp(-((t % 0.5) / 0.05))  # 120 BPM
+    phase = beat_phase(tok.features(torch.tensor(strikes, dtype=torch.float32)[None, None])[0])
+    at = (torch.arange(2, 7) * 12.5).round().long()  # frames of the strikes, off the edges
+    assert phase_distance(phase[at], torch.zeros(5)).max() < 0.1
+
+    got = phase_distance(torch.tensor([0.95, 0.2]), torch.tensor([0.05, 0.7]))
+    assert torch.allclose(got, torch.tensor([0.1, 0.5]))
 
     assert not beat_features(np.zeros(200), tok.frame_rate).any()
     assert not beat_features(np.ones(3), tok.frame_rate).any()

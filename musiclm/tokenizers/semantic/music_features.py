@@ -29,6 +29,19 @@ from musiclm.tokenizers.semantic.common import KMeansTokens, features_fingerprin
 
 LAGS = 12
 CONTEXT = 2
+# chroma 12, melody 3, onset 5, rhythm 12, timbre 9, beat phase 2, tempo 1 (in this order)
+FEATURE_DIM = 44
+
+
+def beat_phase(features: torch.Tensor) -> torch.Tensor:
+    """Beat phase in turns (0..1) from features or k-means centroids (..., FEATURE_DIM)."""
+    return torch.atan2(features[..., -2], features[..., -3]) / (2 * torch.pi) % 1.0
+
+
+def phase_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Distance in turns (0..0.5) between phases in turns."""
+    d = (a - b).abs() % 1.0
+    return torch.minimum(d, 1 - d)
 
 
 def beat_features(onset: np.ndarray, frame_rate: float) -> np.ndarray:
@@ -105,7 +118,7 @@ class MusicFeatureTokenizer:
 
     @torch.inference_mode()
     def features(self, wav: torch.Tensor) -> torch.Tensor:
-        """wav (B, 1, T) -> features (B, ceil(T / hop), 44)."""
+        """wav (B, 1, T) -> features (B, ceil(T / hop), FEATURE_DIM)."""
         check_wav(wav, "music-features.features")
         x = pad_to_hop(wav.float().cpu(), self.hop)[:, 0]
         frames = x.shape[-1] // self.hop
