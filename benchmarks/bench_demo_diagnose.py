@@ -42,8 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# music-features layout: chroma 12, melody 3, onset context 5 (t-2..t+2), rhythm 12, timbre 9
-ONSET_COLUMN = 12 + 3 + 2
+from musiclm.tokenizers.semantic.music_features import ONSET_COLUMN  # noqa: E402
 
 
 def token_tempo(tokens: np.ndarray, centroids: np.ndarray, est, rate: float) -> float:

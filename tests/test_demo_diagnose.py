@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from musiclm.evaluation.attributes import TempoEstimator, bpm_correct
+from musiclm.tokenizers.semantic.music_features import ONSET_COLUMN
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_demo_diagnose.py"
 
@@ -23,7 +24,7 @@ def diagnose():
 def test_token_tempo_follows_the_onset_feature_of_the_centroids(diagnose, period):
     rng = np.random.default_rng(0)
     centroids = rng.normal(0.0, 0.01, size=(4, 41))
-    centroids[:, diagnose.ONSET_COLUMN] = [0.0, 0.05, 1.0, 0.1]  # token 2 = a note onset
+    centroids[:, ONSET_COLUMN] = [0.0, 0.05, 1.0, 0.1]  # token 2 = a note onset
     tokens = np.where(np.arange(250) % period == 0, 2, rng.choice([0, 1, 3], size=250))
     est = TempoEstimator(sample_rate=16000, start_bpm=100.0, std_bpm=1.0)
     bpm = diagnose.token_tempo(tokens, centroids, est, rate=25.0)
@@ -40,6 +41,6 @@ def test_onset_column_is_the_tokenizers_onset_feature(diagnose):
     # a 440 Hz note struck every 0.48 s (12 frames at 25 Hz), decaying in between
     wav = np.sin(2 * np.pi * 440 * t) * np.exp(-((t % 0.48) / 0.05))
     feats = tok.features(torch.tensor(wav, dtype=torch.float32).view(1, 1, -1))[0].numpy()
-    onset = feats[:, diagnose.ONSET_COLUMN]
+    onset = feats[:, ONSET_COLUMN]
     strikes = np.round(np.arange(0, 4, 0.48) * sr / tok.hop).astype(int)
     assert onset[strikes].mean() > 5 * np.median(onset)

@@ -31,6 +31,7 @@ LAGS = 12
 CONTEXT = 2
 # chroma 12, melody 3, onset 5, rhythm 12, timbre 9, beat phase 2, tempo 1 (in this order)
 FEATURE_DIM = 44
+ONSET_COLUMN = 12 + 3 + CONTEXT  # the frame's own onset strength (centre of its window)
 
 
 def beat_phase(features: torch.Tensor) -> torch.Tensor:
