@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import torchaudio
 import yaml
 from generation_helpers import write_pipeline, write_semantic_tokenizer
 
@@ -109,6 +110,15 @@ def test_cfg_rerank_and_continuation(conditioned, tmp_path):
     out = pipe.generate([[(0.0, "a flute melody")]] * 2, seconds=2.0, seed=0, rerank=3)
     assert out.audio.shape == (2, 1, 3200)
     assert all(isinstance(s, float) and -1 <= s <= 1 for s in out.scores)
+    # every candidate's score is kept; the output is the best of its three
+    assert [len(c) for c in out.candidate_scores] == [3, 3]
+    assert out.scores == [max(c) for c in out.candidate_scores]
+    cond = pipe.conditioner
+    wav = torchaudio.functional.resample(out.audio, pipe.codec.sample_rate, cond.sample_rate)
+    again = torch.nn.functional.cosine_similarity(
+        cond.embed_audio(wav), cond.embed_text(["a flute melody"]), dim=-1
+    )
+    torch.testing.assert_close(again, torch.tensor(out.scores), atol=1e-4, rtol=0)
 
     clip = 0.3 * torch.sin(torch.arange(1600 * 3) / 1600 * 2 * torch.pi * 220)
     cont = pipe.generate(

@@ -179,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
                 "sampling": sampling,
                 "rerank": args.rerank,
                 "mulan_score": result.scores[row],
+                "candidate_scores": result.candidate_scores[row] if args.rerank > 1 else None,
                 "wall_seconds": wall,
                 "load_seconds": load_s,
                 "stage_seconds": result.timings,

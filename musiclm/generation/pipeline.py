@@ -66,6 +66,9 @@ class Generation:
     seconds: float
     prompt_seconds: float = 0.0
     scores: list[float | None] = field(default_factory=list)
+    # with re-ranking, every candidate's MuLan score per output (the first is what sampling
+    # without re-ranking would have kept): the selection's gain, measured on the same call
+    candidate_scores: list[list[float]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     codes: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -348,9 +351,11 @@ class Pipeline:
         timings["codec"] = time.perf_counter() - clock
         codes = {"semantic": semantic.cpu(), "acoustic": acoustic.cpu()}
         scores: list[float | None] = [None] * len(schedules)
+        candidate_scores: list[list[float]] = []
         if rerank > 1:
             clock = time.perf_counter()
-            audio, codes, scores = self._rerank(audio, codes, rows, rerank)
+            audio, codes, candidate_scores = self._rerank(audio, codes, rows, rerank)
+            scores = [max(c) for c in candidate_scores]
             timings["rerank"] = time.perf_counter() - clock
         return Generation(
             audio=audio,
@@ -359,6 +364,7 @@ class Pipeline:
             seconds=total,
             prompt_seconds=prompt_seconds,
             scores=scores,
+            candidate_scores=candidate_scores,
             timings=timings,
             codes=codes,
         )
@@ -426,7 +432,8 @@ class Pipeline:
         return out, seconds
 
     def _rerank(self, audio, codes, rows: list[Schedule], n: int):
-        """Keep, of each ``n`` consecutive candidates, the one MuLan scores highest."""
+        """Keep, of each ``n`` consecutive candidates, the one MuLan scores highest; return the
+        kept audio and codes and every candidate's score, ``n`` per output."""
         import torchaudio.functional as AF
 
         cond = self.conditioner
@@ -438,4 +445,4 @@ class Pipeline:
         score = torch.nn.functional.cosine_similarity(audio_emb.cpu(), target.cpu(), dim=-1)
         best = score.view(-1, n).argmax(-1) + torch.arange(0, len(rows), n)
         picked = {k: v[best] for k, v in codes.items()}
-        return audio[best], picked, score[best].tolist()
+        return audio[best], picked, score.view(-1, n).tolist()
