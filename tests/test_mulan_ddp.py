@@ -47,6 +47,9 @@ def _worker(rank: int, port: int, out: str) -> None:
             dist.all_reduce(g)
             g /= WORLD
         torch.save({"loss": loss.detach(), "grads": grads}, f"{out}/rank{rank}.pt")
+        # both ranks done before either closes its gloo pairs: a rank tearing down while its
+        # peer still reads the connection aborted the peer at exit (SIGABRT) once in CI
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
