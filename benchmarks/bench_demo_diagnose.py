@@ -141,6 +141,7 @@ def main() -> int:
     ap.add_argument("--pipeline", help="pipeline file (default: <run>/PIPELINE.yaml)")
     ap.add_argument("--estimators", help="default: <run>/eval/attribute_estimators.json")
     ap.add_argument("--splits", default="test", help="audio splits of <run>/audio to use")
+    ap.add_argument("--max-clips", type=int, help="first N clips with attributes (default all)")
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--links", default="all", help="comma list of links to run (default all)")
@@ -166,7 +167,7 @@ def main() -> int:
     codec, tok = pipe.codec, pipe.semantic_tokenizer
     clips = [
         c for s in args.splits.split(",") for c in load_reference(run / "audio" / s) if c.attributes
-    ]
+    ][: args.max_clips]
     sr = codec.sample_rate
     if any(c.sample_rate != sr for c in clips) or tok.sample_rate != sr:
         raise ValueError(f"expected every clip and the semantic tokenizer at {sr} Hz")
