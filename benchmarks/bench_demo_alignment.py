@@ -31,9 +31,7 @@ def main() -> int:
     ap.add_argument("--clips", type=int, default=20)
     args = ap.parse_args()
 
-    import webdataset as wds
-
-    from musiclm.datamodules.shards import decode_npy, shard_paths
+    from musiclm.datamodules.shards import iter_token_samples
     from musiclm.stages.token_lm_stage import load_network, target_logits, target_loss
 
     net, layout = load_network(args.checkpoint)
@@ -43,16 +41,10 @@ def main() -> int:
     n_s, n_a = round(seconds * spec.semantic_rate), round(seconds * spec.acoustic_rate)
     shift = round(args.shift * spec.semantic_rate)
     samples = []
-    for s in wds.DataPipeline(wds.SimpleShardList(shard_paths(args.tokens)),
-                              wds.tarfile_to_samples()):  # fmt: skip
-        sem = torch.from_numpy(decode_npy(s["semantic.npy"]).astype("int64"))
-        if sem.shape[0] < n_s + shift:
+    for s in iter_token_samples(args.tokens):
+        if s["semantic"].shape[0] < n_s + shift:
             continue
-        samples.append({
-            "semantic": sem,
-            "acoustic": torch.from_numpy(decode_npy(s["acoustic.npy"]).astype("int64")),
-            "mulan": torch.from_numpy(decode_npy(s["mulan.npy"]).astype("int64")),
-        })  # fmt: skip
+        samples.append(s)
         if len(samples) >= args.clips:
             break
     if len(samples) < 2:

@@ -34,9 +34,7 @@ def main() -> int:
     ap.add_argument("--clips", type=int, default=64)
     args = ap.parse_args()
 
-    import webdataset as wds
-
-    from musiclm.datamodules.shards import decode_npy, shard_paths
+    from musiclm.datamodules.shards import iter_token_samples
     from musiclm.evaluation.clips import load_centroids
     from musiclm.stages.token_lm_stage import load_network, target_logits, target_loss
     from musiclm.tokenizers.semantic.music_features import (
@@ -52,13 +50,11 @@ def main() -> int:
     seconds = args.seconds or float(ckpt["datamodule_hyper_parameters"]["seconds"])
     n_s = round(seconds * layout.spec.semantic_rate)
     semantic, mulan = [], []
-    for s in wds.DataPipeline(wds.SimpleShardList(shard_paths(args.tokens)),
-                              wds.tarfile_to_samples()):  # fmt: skip
-        sem = torch.from_numpy(decode_npy(s["semantic.npy"]).astype("int64"))
-        if sem.shape[0] < n_s:
+    for s in iter_token_samples(args.tokens):
+        if s["semantic"].shape[0] < n_s:
             continue
-        semantic.append(sem[:n_s])
-        mulan.append(torch.from_numpy(decode_npy(s["mulan.npy"]).astype("int64")))
+        semantic.append(s["semantic"][:n_s])
+        mulan.append(s["mulan"])
         if len(semantic) >= args.clips:
             break
     if len(semantic) < 2:

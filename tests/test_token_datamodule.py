@@ -144,3 +144,17 @@ def test_bad_folders_name_the_problem(shards, tmp_path):
     (tmp_path / "other" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="expected 'tokens'"):
         TokenDataModule(str(tmp_path / "other"))
+
+
+def test_iter_token_samples_yields_whole_clips_of_every_shard(tmp_path):
+    from musiclm.datamodules.shards import iter_token_samples
+
+    spec = write_synthetic_shards(tmp_path, sizes=[3, 2], seconds=[2.0, 3.0, 4.0, 2.0, 1.0])
+    clips = list(iter_token_samples(tmp_path))
+    assert len(clips) == 5 and len({c["key"] for c in clips}) == 5
+    for clip, seconds in zip(clips, [2.0, 3.0, 4.0, 2.0, 1.0], strict=True):
+        assert clip["semantic"].dtype == torch.int64
+        assert clip["semantic"].shape == (round(seconds * spec.semantic_rate),)
+        frames = round(seconds * spec.acoustic_rate)
+        assert clip["acoustic"].shape == (spec.num_quantizers, frames)
+        assert clip["mulan"].shape == (spec.mulan_levels,)

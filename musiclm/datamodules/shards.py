@@ -328,3 +328,20 @@ def iter_audio_samples(
         wds.map(decode_audio_sample, handler=skips.handler),
     )
     yield from pipeline
+
+
+def iter_token_samples(directory: str | Path) -> Iterator[dict]:
+    """Yield every token sample of a token shard folder in manifest order, as whole clips:
+    ``{"key", <stream>: int64 tensor}`` for each ``<stream>.npy`` it holds (``semantic``
+    (F_s,), ``acoustic`` (Q, F_a), ``mulan`` (Q_m,), ``melody``). For analyses that need
+    uncropped clips; training reads crops through ``TokenDataModule``."""
+    import torch
+    import webdataset as wds
+
+    urls = shard_paths(directory)
+    for sample in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples()):
+        out: dict[str, Any] = {"key": sample["__key__"]}
+        for field, data in sample.items():
+            if field.endswith(".npy"):
+                out[field.removesuffix(".npy")] = torch.from_numpy(decode_npy(data).astype("int64"))
+        yield out
