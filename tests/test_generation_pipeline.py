@@ -169,3 +169,13 @@ def test_command_line_errors(plain, tmp_path, capsys):
     story.write_text("5 late start\n")
     with pytest.raises(ValueError, match="time 0"):
         read_story(str(story))
+
+
+def test_generate_command_writes_every_candidates_score_when_reranking(conditioned, tmp_path):
+    out = tmp_path / "out"
+    argv = ["a flute melody", "--pipeline", str(conditioned), "--seconds", "2",
+            "--rerank", "3", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    side = json.loads(next(out.glob("*.json")).read_text())
+    assert side["rerank"] == 3 and len(side["candidate_scores"]) == 3
+    assert side["mulan_score"] == max(side["candidate_scores"])
