@@ -11,7 +11,14 @@ import yaml
 
 from musiclm.demo import outputs
 from musiclm.demo.plan import DemoPaths, DemoSettings, build_steps, fit_argv
-from musiclm.demo.report import STAGES, acceptance, loss_tags, plot_losses, read_scalars
+from musiclm.demo.report import (
+    STAGES,
+    acceptance,
+    loss_tags,
+    plot_losses,
+    read_scalars,
+    rerank_summary,
+)
 from musiclm.demo.steps import Step, StepFailed, StepRunner
 
 
@@ -248,6 +255,7 @@ def test_quick_demo_end_to_end_and_resume(tmp_path):
     assert demo.main(["--out", str(out), "--quick"]) == 0
     report = (out / "report.md").read_text()
     assert "## Acceptance" in report and "## Evaluation" in report
+    assert "MuLan kept the best of 2 candidates" in report
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     assert {"adherence", "mcc", "fad"} <= set(metrics)
     wavs = sorted((out / "generated").glob("*.wav"))
@@ -277,3 +285,36 @@ def test_training_step_is_done_only_at_its_step_count(tmp_path):
     assert fit_missing(p, "fine", 10) == [f"6 more training steps in {p.last_ckpt('fine')}"]
     torch.save({"global_step": 10, "epoch": 1}, p.last_ckpt("fine"))
     assert fit_missing(p, "fine", 10) == []
+
+
+def test_rerank_flag_reaches_generate_and_the_report_reads_its_scores(tmp_path, capsys):
+    from musiclm.commands import demo
+
+    class Recorder(StepRunner):
+        def command(self, step, argv, *, env=None):
+            self.argv = [str(a) for a in argv]
+
+    args = demo.build_parser().parse_args(["--quick", "--rerank", "3"])
+    settings = demo._settings(args)
+    assert settings.rerank == 3 and DemoSettings().rerank == 1
+    p = DemoPaths(out=tmp_path, conf=tmp_path)
+    runner = Recorder(tmp_path)
+    generate = next(s for s in build_steps(runner, p, settings) if s.name == "generate")
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "manifest.jsonl").write_text(
+        json.dumps({"id": "a", "caption": "x", "split": "test", "attributes": {}}) + "\n"
+    )
+    generate.run(generate)
+    assert runner.argv[runner.argv.index("--rerank") + 1] == "3"
+    assert demo.main(["--out", str(tmp_path / "r"), "--quick", "--rerank", "0"]) == 2
+    assert "--rerank 0" in capsys.readouterr().err
+
+    gen = tmp_path / "generated"
+    gen.mkdir(exist_ok=True)
+    assert rerank_summary(gen) is None
+    for name, scores in (("a", [0.2, 0.5, 0.1]), ("b", [0.4, 0.3, 0.6])):
+        (gen / f"{name}.json").write_text(json.dumps({"candidate_scores": scores}))
+    got = rerank_summary(gen)
+    assert got == pytest.approx(
+        {"clips": 2, "candidates": 3, "kept": 0.55, "first": 0.3, "all": 2.1 / 6}
+    )

@@ -1,6 +1,6 @@
 """``musiclm demo``: corpus -> shards -> every stage -> generate -> evaluate, resumably.
 
-    musiclm demo --out runs/demo [--quick] [--clips N] [--seconds S] [--force STEP]
+    musiclm demo --out runs/demo [--quick] [--clips N] [--seconds S] [--rerank N] [--force STEP]
 
 Each step is skipped when its outputs are complete, so rerunning the same command after a
 kill continues where it stopped. ``--force STEP`` reruns that step and every step after it.
@@ -28,6 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", type=int, help="corpus size (default 1000; quick 30)")
     p.add_argument("--seconds", type=float, help="clip length in seconds (default 10; quick 4)")
     p.add_argument(
+        "--rerank",
+        type=int,
+        help="candidates per prompt, MuLan keeps the best (default 1; 3 costs ~2.7x generation)",
+    )
+    p.add_argument(
         "--force",
         action="append",
         default=[],
@@ -53,6 +58,10 @@ def _settings(args: argparse.Namespace):
             raise ValueError(f"--seconds {args.seconds}: must be positive")
         s.seconds = args.seconds
         s.gen_seconds = min(s.gen_seconds, args.seconds)
+    if args.rerank is not None:
+        if args.rerank < 1:
+            raise ValueError(f"--rerank {args.rerank}: need at least 1 candidate per prompt")
+        s.rerank = args.rerank
     return s
 
 

@@ -165,6 +165,26 @@ def acceptance(metrics: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
     return checks
 
 
+def rerank_summary(generated: Path) -> dict[str, float] | None:
+    """What MuLan re-ranking bought, from the sidecars' ``candidate_scores``: the mean MuLan
+    score of the kept candidates, of the first ones (what no re-ranking keeps) and of all;
+    None when the clips were not re-ranked."""
+    rows = []
+    for side in sorted(generated.glob("*.json")):
+        scores = json.loads(side.read_text(encoding="utf-8")).get("candidate_scores")
+        if scores:
+            rows.append(scores)
+    if not rows:
+        return None
+    return {
+        "clips": len(rows),
+        "candidates": max(len(r) for r in rows),
+        "kept": float(np.mean([max(r) for r in rows])),
+        "first": float(np.mean([r[0] for r in rows])),
+        "all": float(np.mean([v for r in rows for v in r])),
+    }
+
+
 def write_report(p: DemoPaths, *, step_seconds: dict[str, float]) -> Path:
     """Write ``report.md`` and its PNGs under ``p.out``; return the report's path."""
     plots = p.out / "plots"
@@ -191,6 +211,16 @@ def write_report(p: DemoPaths, *, step_seconds: dict[str, float]) -> Path:
     if clips:
         lines += ["![spectrograms](plots/spectrograms.png)", ""]
     lines += [f"Audio: `{p.generated.name}/` (one wav and JSON sidecar per prompt).", ""]
+    rerank = rerank_summary(p.generated) if p.generated.is_dir() else None
+    if rerank:
+        lines += [
+            f"Re-ranked: MuLan kept the best of {rerank['candidates']} candidates for each of "
+            f"{rerank['clips']} prompts. Mean MuLan score of the kept candidates "
+            f"{rerank['kept']:.3f}, of the first ones (what no re-ranking keeps) "
+            f"{rerank['first']:.3f}, of all {rerank['all']:.3f}. The evaluation's MCC below is "
+            "of the kept candidates, which the same MuLan chose.",
+            "",
+        ]
     md = p.eval / "metrics.md"
     if md.is_file():
         body = md.read_text(encoding="utf-8").replace("# Evaluation", "## Evaluation", 1)
