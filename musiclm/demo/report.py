@@ -211,7 +211,7 @@ def write_report(p: DemoPaths, *, step_seconds: dict[str, float]) -> Path:
     if clips:
         lines += ["![spectrograms](plots/spectrograms.png)", ""]
     lines += [f"Audio: `{p.generated.name}/` (one wav and JSON sidecar per prompt).", ""]
-    rerank = rerank_summary(p.generated) if p.generated.is_dir() else None
+    rerank = rerank_summary(p.generated)
     if rerank:
         lines += [
             f"Re-ranked: MuLan kept the best of {rerank['candidates']} candidates for each of "
