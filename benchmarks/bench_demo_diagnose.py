@@ -11,6 +11,8 @@ score, for every held-out clip (first ``--seconds`` of it, its caption as the pr
 * ``real-semantic->coarse->fine``: the real clip's semantic tokens, then the coarse and fine
   LMs (conditioned on the caption's MuLan tokens) and the codec;
 * ``text->all``: the whole chain from the caption (what ``musiclm generate`` does);
+* ``text->all:true-bpm``: the same with the clip's true BPM as the beat clock's tempo (a
+  semantic stage trained with ``beats`` only): what the chain does with the tempo right;
 * ``tokens:real`` / ``tokens:generated``: tempo read straight from semantic tokens (the
   onset feature of each token's k-means centroid), for the real clip's tokens and for tokens
   the semantic LM sampled from the caption;
@@ -213,6 +215,17 @@ def main() -> int:
         return out.audio
 
     timed("text->all", text_all)
+    if pipe.stages["semantic"].layout.beats:
+        bpm = [float(t["bpm"]) for t in targets]
+
+        def text_true_bpm() -> torch.Tensor:
+            out = pipe.generate(
+                [[(0.0, t)] for t in texts], seconds=args.seconds, seed=args.seed, bpm=bpm
+            )
+            sem_gen["true_bpm"] = out.codes["semantic"]
+            return out.audio
+
+        timed("text->all:true-bpm", text_true_bpm)
     if "tokens" not in sem_gen and (want is None or "tokens:generated" in want):
         sem = pipe.stages["semantic"]
         texts_m = pipe.mulan_tokens(texts)
@@ -250,6 +263,7 @@ def main() -> int:
     for link, tokens in (
         ("tokens:real", real_sem),
         ("tokens:generated", sem_gen.get("tokens")),
+        ("tokens:generated:true-bpm", sem_gen.get("true_bpm")),
         ("tokens:from-audio-mulan", sem_gen.get("from_audio")),
         ("tokens:continued", sem_gen.get("continued")),
         ("tokens:real-after-2s", sem_gen.get("real_after_2s")),

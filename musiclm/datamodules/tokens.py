@@ -98,7 +98,27 @@ def crop_sample(
         out["mulan"] = mulan.astype(np.int64)
     if spec.melody_levels:
         out["melody"] = _melody_windows(sample, where, spec, start)
+    if spec.beat_phase_bins:
+        beat, tempo = _beat_clock(sample, where, spec, semantic.shape[0])
+        out["beat"] = _window(beat[None], s0, n_s)[0]
+        out["tempo"] = tempo
     return out
+
+
+def _beat_clock(sample: dict, where: str, spec: TokenSpec, frames: int) -> tuple[np.ndarray, Any]:
+    """A clip's beat phase ids [F_s] and tempo bin (-1: no pulse), checked."""
+    for field in ("beat.npy", "tempo.npy"):
+        if field not in sample:
+            raise ValueError(f"{where} lacks {field!r} but the manifest declares a beat clock")
+    beat = decode_npy(sample["beat.npy"])
+    tempo = decode_npy(sample["tempo.npy"]).reshape(-1)
+    if beat.shape != (frames,) or tempo.shape != (1,):
+        raise ValueError(
+            f"{where}: beat {beat.shape} / tempo {tempo.shape}, expected [{frames}] and [1]"
+        )
+    _check_range(where, "beat", beat + 1, spec.beat_phase_bins + 1)  # -1: no pulse
+    _check_range(where, "tempo", tempo + 1, spec.tempo_bins + 1)
+    return beat, tempo.astype(np.int64)[0]
 
 
 def _melody_windows(sample: dict, where: str, spec: TokenSpec, start: float) -> np.ndarray:
@@ -132,7 +152,7 @@ def _window(arr: np.ndarray, start: int, length: int) -> np.ndarray:
 
 def collate(samples: list[dict]) -> dict[str, Any]:
     batch: dict[str, Any] = {"key": [s["key"] for s in samples]}
-    for name in ("semantic", "acoustic", "mulan", "melody"):
+    for name in ("semantic", "acoustic", "mulan", "melody", "beat", "tempo"):
         if name in samples[0]:
             batch[name] = torch.from_numpy(np.stack([s[name] for s in samples]))
     return batch
@@ -357,6 +377,18 @@ def write_synthetic_shards(
                 sample["melody.npy"] = rng.integers(
                     0, spec.melody_codebook, (windows, spec.melody_levels)
                 )
+            if spec.beat_spec is not None:
+                # a steady clock at a random tempo; the semantic token follows its phase, so
+                # a beat-conditioned LM has a rule to learn
+                tempo = int(rng.integers(0, spec.tempo_bins))
+                bpm = spec.beat_spec.bin_bpm(tempo)
+                beat = spec.beat_spec.clock(bpm, n_s, spec.semantic_rate, rng.uniform())
+                semantic[:] = beat % spec.semantic_vocab
+                acoustic[0] = semantic[frames] % spec.codebook_size
+                sample["semantic.npy"] = semantic.astype(np.int16)
+                sample["acoustic.npy"] = acoustic.astype(np.int16)
+                sample["beat.npy"] = beat.astype(np.int16)
+                sample["tempo.npy"] = np.array([tempo], dtype=np.int16)
             writer.write(sample, seconds=lengths[index])
             index += 1
         writer.close()
@@ -404,5 +436,7 @@ def write_synthetic_shards(
             "codebook_size": spec.melody_codebook,
             "hop_seconds": spec.melody_hop,
         }
+    if spec.beat_spec is not None:
+        manifest["beats"] = spec.beat_spec.to_manifest(spec.semantic_rate)
     atomic_write_json(directory / "manifest.json", manifest)
     return spec

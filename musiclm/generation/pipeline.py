@@ -7,6 +7,9 @@ batch. Lengths beyond a stage's context use sliding windows (``decode.sliding_ge
 story mode changes the MuLan tokens per window; ``continue_audio`` tokenizes a clip with the
 semantic tokenizer and the codec and continues it. Stages trained with melody tokens need
 ``melody_audio``: its melody tokens (looped or cut to the output length) follow each window.
+A beat-conditioned semantic stage (``beats: true``) follows a steady beat clock at a tempo
+its ``TempoPredictor`` reads from the MuLan tokens of the first prompt, or at ``bpm`` when
+given; a continued clip keeps the beat tracked in it.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class LoadedStage:
     context_seconds: float
     prefix_seconds: float
     cond_dropout: float
+    tempo: Any = None  # TempoPredictor of a beat-conditioned semantic stage
 
     @property
     def rate(self) -> float:
@@ -71,11 +75,12 @@ class Generation:
     candidate_scores: list[list[float]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     codes: dict[str, torch.Tensor] = field(default_factory=dict)
+    bpm: list[float | None] = field(default_factory=list)  # the beat clock's tempo per output
 
 
 def load_stage(name: str, entry: StageEntry, device: str, where: str) -> LoadedStage:
     """A stage checkpoint -> network, layout and its window lengths (weights_only load)."""
-    from musiclm.stages.token_lm_stage import load_network
+    from musiclm.stages.token_lm_stage import load_network, load_tempo
 
     net, layout = load_network(entry.checkpoint, map_location=device)
     if layout.stage != name:
@@ -100,8 +105,17 @@ def load_stage(name: str, entry: StageEntry, device: str, where: str) -> LoadedS
             f"{entry.checkpoint} was trained without conditioning dropout (cond_dropout=0), "
             "so it has no unconditional mode to guide against; use cfg_scale 1"
         )
+    tempo = load_tempo(entry.checkpoint, layout)
     stage = LoadedStage(
-        name, net, FastTokenLM(net), layout, entry.sampling, float(context), prefix, cond_dropout
+        name,
+        net,
+        FastTokenLM(net),
+        layout,
+        entry.sampling,
+        float(context),
+        prefix,
+        cond_dropout,
+        None if tempo is None else tempo.to(device),
     )
     if stage.frames(prefix) >= stage.frames(context):
         raise PipelineFileError(
@@ -256,6 +270,7 @@ class Pipeline:
         rerank: int = 1,
         continue_audio: tuple[torch.Tensor, int] | None = None,
         melody_audio: tuple[torch.Tensor, int] | None = None,
+        bpm: float | list[float] | None = None,
     ) -> Generation:
         """One output per schedule (a prompt is ``[(0.0, text)]``; a story has several).
 
@@ -263,7 +278,9 @@ class Pipeline:
         audio embedding is closest to its text's. ``continue_audio`` = (wav (1, T) or (T,),
         sample rate): the clip is tokenized and continued by ``seconds``. ``melody_audio`` =
         (wav, sample rate): the melody to follow (stages trained with melody need it); looped
-        when shorter than the output, cut when longer.
+        when shorter than the output, cut when longer. ``bpm``: the tempo of a beat-conditioned
+        semantic stage's clock, one for all or one per schedule (default: predicted from each
+        prompt's MuLan tokens).
         """
         if seconds <= 0 or rerank < 1 or not schedules:
             raise ValueError("need seconds > 0, rerank >= 1 and at least one prompt")
@@ -297,13 +314,29 @@ class Pipeline:
             out |= arrays
             return out or {"_batch": torch.empty(len(rows), 0, device=self.device)}
 
-        # semantic: M -> S
+        # semantic: M [+ beat clock] -> S
         sem = self.stages["semantic"]
+        if isinstance(bpm, list | tuple):
+            if len(bpm) != len(schedules):
+                raise ValueError(f"{len(bpm)} tempos for {len(schedules)} prompts")
+            bpm = [b for b in bpm for _ in range(rerank)]
+        beats, bpms = self._beat_clock(
+            sem,
+            mulan_at(0.0) if self.uses_mulan else None,
+            (len(rows), sem.frames(total)),
+            bpm,
+            continue_audio,
+        )
         clock = time.perf_counter()
         semantic = self._run(
             sem,
             lambda f0, f1, new: sem.layout.prefix(
-                streams(sem.layout, new / sem.rate, f0 / sem.rate)
+                streams(
+                    sem.layout,
+                    new / sem.rate,
+                    f0 / sem.rate,
+                    **({} if beats is None else {"beat": beats[:, f0:f1]}),
+                )
             ),
             sem.frames(total),
             existing.get("semantic"),
@@ -367,7 +400,58 @@ class Pipeline:
             candidate_scores=candidate_scores,
             timings=timings,
             codes=codes,
+            bpm=bpms[::rerank] if bpms else [None] * len(schedules),
         )
+
+    def _beat_clock(
+        self,
+        sem: LoadedStage,
+        mulan: torch.Tensor | None,
+        shape: tuple[int, int],
+        bpm: float | list[float] | None,
+        continue_audio: tuple[torch.Tensor, int] | None,
+    ) -> tuple[torch.Tensor | None, list[float]]:
+        """Phase ids (rows, frames) of a beat-conditioned semantic stage and each row's BPM;
+        (None, []) for a stage without beats."""
+        if not sem.layout.beats:
+            if bpm is not None:
+                raise ValueError(
+                    f"{self.spec.path}: a tempo was given but the semantic stage was not trained "
+                    "with a beat clock (beats: true)"
+                )
+            return None, []
+        import numpy as np
+
+        spec = sem.layout.spec.beat_spec
+        rows, frames = shape
+        if continue_audio is not None:
+            import torchaudio.functional as AF
+
+            from musiclm.tokenizers.beats import BeatTracker
+
+            wav, rate = continue_audio
+            tok = self.semantic_tokenizer
+            wav = AF.resample(wav.reshape(-1).float(), rate, tok.sample_rate).numpy()
+            tracker = BeatTracker(spec, sample_rate=tok.sample_rate, frame_rate=sem.rate)
+            found = tracker.index(wav, frames)
+            if found is not None:
+                ids = torch.from_numpy(spec.phase_ids(found[0]))
+                return ids.expand(rows, -1).to(self.device), [found[1]] * rows
+        if bpm is not None:
+            bpms = [float(b) for b in bpm] if isinstance(bpm, list) else [float(bpm)] * rows
+            if min(bpms) <= 0:
+                raise ValueError(f"tempo must be positive, got {min(bpms)} BPM")
+        elif sem.tempo is not None and mulan is not None:
+            # the most likely tempo: the clock is the rhythm's backbone, not a place for noise
+            bins = sem.tempo(mulan).argmax(-1).tolist()
+            bpms = [spec.bin_bpm(b) for b in bins]
+        else:
+            raise ValueError(
+                f"{self.spec.path}: the semantic stage follows a beat clock but has no MuLan "
+                "tokens to predict its tempo from: give a tempo (`musiclm generate --bpm`)"
+            )
+        ids = np.stack([spec.clock(b, frames, sem.rate) for b in bpms])
+        return torch.from_numpy(ids).to(self.device), bpms
 
     def _run(self, stage: LoadedStage, prompt_fn, total: int, existing, batch: int, gen):
         return sliding_generate(

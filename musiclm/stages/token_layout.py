@@ -4,14 +4,16 @@ Every stage trains the same ``TokenLM`` on ``[BOS] + conditioning prefix + targe
 
 | stage    | conditioning prefix                         | targets                          |
 |----------|---------------------------------------------|----------------------------------|
-| semantic | MuLan tokens M (``Q_m``) [+ melody]         | semantic tokens S (``F_s``)      |
+| semantic | MuLan tokens M (``Q_m``) [+ melody] [+ B]   | semantic tokens S (``F_s``)      |
 | coarse   | M [+ melody], then S (``F_s``)              | codec levels ``0..Q_c-1``        |
 | fine     | coarse levels (``F_a * Q_c``); M if asked   | codec levels ``Q_c..Q_c+Q_f-1``  |
 
 Acoustic levels are flattened frame by frame (``f0q0 f0q1 .. f1q0 ..``). M is left out when
 the shards carry none. With ``melody=True`` (semantic and coarse stages) the melody tokens
 (``W`` windows x ``L`` levels, window-major, see ``musiclm.tokenizers.melody_tokens``) follow
-M in the prefix; such a layout requires them in every batch. Ids: one unified *input*
+M in the prefix; such a layout requires them in every batch. With ``beats=True`` (semantic
+stage) the beat clock B (one phase id per semantic frame, ``musiclm.tokenizers.beats``) is
+the semantic stage's timed conditioning, as S is the coarse stage's. Ids: one unified *input*
 vocabulary where each stream level owns a disjoint range (``PAD=0, BOS=1, NULL=2`` first,
 then the streams in the order used by the stage), and a smaller *target* vocabulary
 (``level * K + code``) that the output head covers.
@@ -49,6 +51,8 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 
+from musiclm.tokenizers.beats import BeatSpec
+
 PAD, BOS, NULL = 0, 1, 2
 NUM_SPECIAL = 3
 IGNORE = -100
@@ -76,6 +80,10 @@ class TokenSpec:
     melody_codebook: int = 0
     melody_hop: float = 0.0  # seconds between melody windows
     melody_fingerprint: str = ""
+    beat_phase_bins: int = 0  # beat clock (``musiclm.tokenizers.beats``); 0: none
+    tempo_bins: int = 0
+    min_bpm: float = 0.0
+    max_bpm: float = 0.0
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any], where: str = "manifest.json") -> TokenSpec:
@@ -91,6 +99,7 @@ class TokenSpec:
             raise ValueError(f"{where}: kind is {manifest.get('kind')!r}, expected 'tokens'")
         mulan = manifest.get("mulan") or None
         melody = manifest.get("melody") or None
+        beats = manifest.get("beats") or None
         return cls(
             semantic_vocab=int(get("semantic", "vocab_size")),
             semantic_rate=float(get("semantic", "frame_rate")),
@@ -109,7 +118,18 @@ class TokenSpec:
             melody_codebook=int(get("melody", "codebook_size")) if melody else 0,
             melody_hop=float(get("melody", "hop_seconds")) if melody else 0.0,
             melody_fingerprint=str(get("melody", "fingerprint")) if melody else "",
+            beat_phase_bins=int(get("beats", "phase_bins")) if beats else 0,
+            tempo_bins=int(get("beats", "tempo_bins")) if beats else 0,
+            min_bpm=float(get("beats", "min_bpm")) if beats else 0.0,
+            max_bpm=float(get("beats", "max_bpm")) if beats else 0.0,
         )
+
+    @property
+    def beat_spec(self) -> BeatSpec | None:
+        """The beat clock of the shards (None without ``prepare tokens --beats``)."""
+        if not self.beat_phase_bins:
+            return None
+        return BeatSpec(self.beat_phase_bins, self.tempo_bins, self.min_bpm, self.max_bpm)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -133,7 +153,8 @@ class TokenLayout:
     melody: bool = False  # melody tokens beside M (semantic and coarse stages)
     aligned_positions: bool = False  # rotary positions on one clock for S/coarse and targets
     frame_conditioning: bool = False  # each target's input also embeds its frame's S/coarse
-    # (semantic stage: the MuLan tokens)
+    # (semantic stage: its beat clock id with ``beats``, else the MuLan tokens)
+    beats: bool = False  # semantic stage: conditioned on the beat clock B
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -146,7 +167,19 @@ class TokenLayout:
                 "carry no melody tokens: run `musiclm prepare tokens ... --melody CKPT "
                 "--melody-rvq RVQ`, or set melody: false"
             )
-        if self.frame_conditioning and self.stage == "semantic" and not self.uses_mulan:
+        if self.beats and self.stage != "semantic":
+            raise ValueError("beat conditioning is for the semantic stage")
+        if self.beats and not self.spec.beat_phase_bins:
+            raise ValueError(
+                "semantic stage is built with beat conditioning but the token shards carry no "
+                "beat clock: run `musiclm prepare tokens ... --beats`, or set beats: false"
+            )
+        if (
+            self.frame_conditioning
+            and self.stage == "semantic"
+            and not self.beats
+            and not self.uses_mulan
+        ):
             raise ValueError(
                 "frame_conditioning on the semantic stage adds the MuLan tokens to every input, "
                 "but the token shards carry no MuLan tokens"
@@ -182,6 +215,8 @@ class TokenLayout:
         )
         if self.melody:
             out.append(("melody", self.spec.melody_levels, self.spec.melody_codebook))
+        if self.beats:
+            out.append(("beat", 1, self.spec.beat_phase_bins))
         if self.stage in ("semantic", "coarse"):
             out.append(("semantic", 1, self.spec.semantic_vocab))
         if self.stage in ("coarse", "fine"):
@@ -236,8 +271,8 @@ class TokenLayout:
         try:
             if name == "mulan":
                 return streams["mulan"].long().unsqueeze(-1)  # (B, Q_m, 1)
-            if name == "semantic":
-                return streams["semantic"].long().unsqueeze(1)  # (B, 1, F_s)
+            if name in ("semantic", "beat"):
+                return streams[name].long().unsqueeze(1)  # (B, 1, F_s)
             acoustic = streams["acoustic"].long()
         except KeyError as err:
             raise KeyError(
@@ -310,8 +345,16 @@ class TokenLayout:
             n += self.spec.melody_windows * self.spec.melody_levels
         return n
 
+    @property
+    def target_rate(self) -> float:
+        """Frames per second of the target stream."""
+        return self.spec.semantic_rate if self.stage == "semantic" else self.spec.acoustic_rate
+
     def _timed(self) -> tuple[int, float] | None:
-        """``(levels, frame rate)`` of the timed conditioning stream (None for semantic)."""
+        """``(levels, frame rate)`` of the timed conditioning stream (None for semantic
+        without beats)."""
+        if self.beats:
+            return 1, self.spec.semantic_rate
         if self.stage == "coarse":
             return 1, self.spec.semantic_rate
         if self.stage == "fine":
@@ -321,9 +364,9 @@ class TokenLayout:
     def frame_ids(self, tokens: torch.Tensor, cond_len: int) -> torch.Tensor | None:
         """Ids ``(B, N, C)`` to embed and add to the inputs of ``tokens`` (B, N): at the input
         that predicts target ``j`` (position ``cond_len - 1 + j``), the ``C`` timed
-        conditioning tokens (semantic token for coarse, coarse levels for fine) of target
-        ``j``'s own frame, and for the semantic stage its MuLan tokens; ``-1`` at the other
-        positions and for padding.
+        conditioning tokens (semantic token for coarse, coarse levels for fine, beat clock
+        for semantic with ``beats``) of target ``j``'s own frame, and for the semantic stage
+        without beats its MuLan tokens; ``-1`` at the other positions and for padding.
 
         ``cond_len``: length of ``[BOS] + conditioning`` (without any targets kept in a
         prompt). SoundStorm conditions this way (semantic and acoustic embeddings of a
@@ -356,7 +399,7 @@ class TokenLayout:
             return out
         j = torch.arange(n - first, device=tokens.device)
         frame = j // self.target_level_count
-        cond_frame = torch.floor(frame * (cond_rate / self.spec.acoustic_rate)).long()
+        cond_frame = torch.floor(frame * (cond_rate / self.target_rate)).long()
         cond_frame = cond_frame.clamp_max(n_frames - 1)
         at = self.untimed_len + cond_frame.view(-1, 1) * cond_levels
         at = at + torch.arange(cond_levels, device=tokens.device)  # (n - first, C)
@@ -391,7 +434,7 @@ class TokenLayout:
                 "untimed tokens"
             )
         levels = self.target_level_count
-        ratio = self.spec.acoustic_rate / cond_rate  # target frames per conditioning frame
+        ratio = self.target_rate / cond_rate  # target frames per conditioning frame
         i = torch.arange(n_cond, device=device)
         frame, level = i // cond_levels, i % cond_levels
         cond = untimed + torch.round(frame * ratio).long() * levels + level * levels // cond_levels

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 
+from musiclm.models.tempo import TempoPredictor
 from musiclm.models.token_lm import TokenLM
 from musiclm.stages.token_layout import IGNORE, LMSequence, TokenLayout, TokenSpec
 
@@ -42,6 +43,7 @@ class TokenLMStage(LightningModule):
         melody: bool = False,
         aligned_positions: bool = False,
         frame_conditioning: bool = False,
+        beats: bool = False,
         cond_dropout: float = 0.0,
         lr: float = 3e-4,
         weight_decay: float = 0.01,
@@ -66,8 +68,12 @@ class TokenLMStage(LightningModule):
                 the conditioning of its own moment at a fixed distance (``TokenLayout``).
             frame_conditioning: the input predicting each target also embeds the timed
                 conditioning of that target's frame (SoundStorm-style sum; coarse and fine
-                stages), and for the semantic stage the MuLan tokens. Not in the paper,
-                which conditions by prefix only.
+                stages), and for the semantic stage its beat clock id (with ``beats``) or
+                else the MuLan tokens. Not in the paper, which conditions by prefix only.
+            beats: semantic stage only: condition on the beat clock of the shards
+                (``prepare tokens --beats``) and train a ``TempoPredictor`` (MuLan tokens ->
+                tempo bin) beside the LM, which generation uses to build the clock. Not in
+                MusicLM; see ``musiclm.tokenizers.beats``.
             cond_dropout: probability of replacing a sample's MuLan tokens by NULL in
                 training, for classifier-free guidance at sampling.
             lr, weight_decay: AdamW; warmup_steps: linear warm-up; decay_steps: cosine decay
@@ -86,6 +92,7 @@ class TokenLMStage(LightningModule):
         self.hparams["stage"] = self.stage  # so a checkpoint alone says which layout it uses
         self.layout: TokenLayout | None = None
         self.net: TokenLM | None = None
+        self.tempo: TempoPredictor | None = None
         self.skipped = 0
         self.last_batch_tokens = 0  # read by the throughput callback (no device sync)
         self.last_context = 0
@@ -105,7 +112,9 @@ class TokenLMStage(LightningModule):
             melody=hp.melody,
             aligned_positions=hp.aligned_positions,
             frame_conditioning=hp.frame_conditioning,
+            beats=hp.get("beats", False),
         )
+        self.tempo = tempo_predictor(self.layout)
         self.net = TokenLM(
             num_tokens=self.layout.num_tokens,
             num_targets=self.layout.num_targets,
@@ -169,6 +178,18 @@ class TokenLMStage(LightningModule):
             tokens = self.layout.drop_conditioning(tokens, drop)
         logits = target_logits(self._forward, self.layout, tokens, seq.prefix_len)
         loss = target_loss(logits, seq.labels, self.layout)
+        if self.tempo is not None:
+            # its own small network: adding its loss does not weigh on the LM's gradients
+            tempo_logits = self.tempo(batch["mulan"])
+            target = batch["tempo"].long()
+            known = target >= 0
+            if known.any():
+                tempo_loss = F.cross_entropy(tempo_logits, target, ignore_index=-1)
+                hit = (tempo_logits.argmax(-1) == target)[known].float().mean()
+                split = "train" if train else "val"
+                loss = loss + tempo_loss
+                self.log(f"{split}/tempo_loss", tempo_loss, sync_dist=not train)
+                self.log(f"{split}/tempo_accuracy", hit, sync_dist=not train)
         self.last_batch_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
         self.last_context = tokens.shape[1] - 1
         return loss, logits, seq
@@ -314,6 +335,7 @@ def load_network(checkpoint: str, map_location: str = "cpu") -> tuple[TokenLM, T
         melody=hp.get("melody", False),
         aligned_positions=hp.get("aligned_positions", False),
         frame_conditioning=hp.get("frame_conditioning", False),
+        beats=hp.get("beats", False),
     )
     net = TokenLM(
         num_tokens=layout.num_tokens,
@@ -328,3 +350,26 @@ def load_network(checkpoint: str, map_location: str = "cpu") -> tuple[TokenLM, T
     }
     net.load_state_dict(state)
     return net.eval(), layout
+
+
+def tempo_predictor(layout: TokenLayout) -> TempoPredictor | None:
+    """The tempo network a layout trains beside its LM (beat-conditioned semantic stage)."""
+    if not layout.beats or not layout.uses_mulan:
+        return None
+    spec = layout.spec
+    return TempoPredictor(
+        levels=spec.mulan_levels, codebook=spec.mulan_codebook, bins=spec.tempo_bins
+    )
+
+
+def load_tempo(checkpoint: str, layout: TokenLayout) -> TempoPredictor | None:
+    """The checkpoint's ``TempoPredictor`` (eval mode), None when its layout has none."""
+    model = tempo_predictor(layout)
+    if model is None:
+        return None
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = {
+        k.removeprefix("tempo."): v for k, v in ckpt["state_dict"].items() if k.startswith("tempo.")
+    }
+    model.load_state_dict(state)
+    return model.eval()

@@ -3,8 +3,9 @@
 For every split folder of ``--audio``, each input shard ``audio-X.tar`` becomes
 ``OUT/<split>/tokens-audio-X.tar``: per clip ``semantic.npy`` [F_s], ``acoustic.npy`` [Q, F_a]
 (all levels), ``mulan.npy`` [Q_m] (with ``--mulan``), ``melody.npy`` [W, L_mel] (with
-``--melody``: melody tokens of every window of the clip, one every ``hop_s``), ``caption.txt``
-and ``json``.
+``--melody``: melody tokens of every window of the clip, one every ``hop_s``), ``beat.npy``
+[F_s] and ``tempo.npy`` [1] (with ``--beats``: the beat clock, ``musiclm.tokenizers.beats``),
+``caption.txt`` and ``json``.
 
 ``Trainer.predict`` runs it: every (rank, dataloader worker) takes a disjoint slice of the
 input shards, and a ``BasePredictionWriter`` writes each finished output shard under a
@@ -34,6 +35,7 @@ from musiclm.datamodules.shards import (
     decode_audio_sample,
     read_manifest,
 )
+from musiclm.tokenizers.beats import BeatSpec, BeatTracker
 from musiclm.tokenizers.fingerprints import check_fingerprints
 from musiclm.tokenizers.token_writer import TokenShardWriter, unit_done, write_manifest
 
@@ -132,11 +134,16 @@ class Tokenize(LightningModule):
     """Runs codec, semantic tokenizer and (optional) MuLan conditioner on a batch."""
 
     def __init__(
-        self, codec: Any, semantic: Any, mulan: Any | None = None, melody: Any | None = None
+        self,
+        codec: Any,
+        semantic: Any,
+        mulan: Any | None = None,
+        melody: Any | None = None,
+        beats: BeatTracker | None = None,
     ) -> None:
         super().__init__()
         self.codec, self.semantic, self.mulan = codec, semantic, mulan
-        self.melody = melody
+        self.melody, self.beats = melody, beats
 
     def on_predict_start(self) -> None:
         # plugins are plain objects: move their networks to this rank's device ourselves
@@ -151,6 +158,7 @@ class Tokenize(LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         out: dict[str, Any] = {"acoustic": [], "semantic": [], "mulan": [], "melody": []}
+        out |= {"beat": [], "tempo": []}
         if not batch["keys"]:
             return out
         wav, lengths = batch["sources"]["codec"]
@@ -161,6 +169,11 @@ class Tokenize(LightningModule):
         tokens = self.semantic.tokenize(wav).cpu()
         sr, fr = self.semantic.sample_rate, self.semantic.frame_rate
         out["semantic"] = [tokens[i, : _frames(n, sr, fr)].numpy() for i, n in enumerate(lengths)]
+        if self.beats is not None:
+            for i, n in enumerate(lengths):
+                beat, tempo = self.beats.track(wav[i, 0, :n].cpu().numpy(), _frames(n, sr, fr))
+                out["beat"].append(beat)
+                out["tempo"].append(np.array([tempo]))
         if self.mulan is not None:
             wav, lengths = batch["sources"]["mulan"]
             # one clip at a time: zero padding would change a clip's embedding
@@ -179,8 +192,9 @@ class Tokenize(LightningModule):
 
 def _header(
     codec, codec_name, codec_args, sem, sem_name, sem_args, mulan, mulan_files,
-    melody=None, melody_files=None,
+    melody=None, melody_files=None, beats=None,
 ) -> dict:  # fmt: skip
+    beat_section = {} if beats is None else {"beats": beats.spec.to_manifest(beats.frame_rate)}
     return {
         "codec": {
             "name": codec_name,
@@ -209,6 +223,7 @@ def _header(
             "codebook_size": mulan.codebook_size,
         },
         **_melody_header(melody, melody_files),
+        **beat_section,
     }
 
 
@@ -242,6 +257,7 @@ def prepare_tokens(
     semantic_args: dict | None = None,
     mulan: tuple[str, str] | None = None,
     melody: tuple[str, str] | None = None,
+    beats: BeatSpec | None = None,
     batch_size: int = 8,
     num_workers: int = 0,
     accelerator: str = "cpu",
@@ -249,7 +265,10 @@ def prepare_tokens(
     num_nodes: int = 1,
     progress: bool = True,
 ) -> dict[str, dict]:
-    """Tokenize every split of ``audio`` into ``out``; returns rank 0's manifests by split."""
+    """Tokenize every split of ``audio`` into ``out``; returns rank 0's manifests by split.
+
+    ``beats``: also write the beat clock at the semantic frame rate (``BeatSpec()`` for the
+    defaults)."""
     from musiclm.tokenizers.base import build
 
     audio, out = Path(audio), Path(out)
@@ -266,7 +285,12 @@ def prepare_tokens(
         from musiclm.tokenizers.melody_tokens import MelodyConditioner
 
         mel = MelodyConditioner.from_files(*melody)
-    header = _header(c, codec, codec_args, s, semantic, semantic_args, m, mulan, mel, melody)
+    tracker = None
+    if beats is not None:
+        tracker = BeatTracker(beats, sample_rate=s.sample_rate, frame_rate=s.frame_rate)
+    header = _header(
+        c, codec, codec_args, s, semantic, semantic_args, m, mulan, mel, melody, tracker
+    )
 
     job = out / "job.json"
     if job.is_file():  # a rerun must resume with the same tokenizers, not mix two
@@ -283,6 +307,11 @@ def prepare_tokens(
             raise ValueError(
                 f"{out} (resuming an earlier run): melody fingerprint in the shards is "
                 f"{prev_melody!r} but this run gives {mel.fingerprint() if mel else None!r}"
+            )
+        if prev.get("beats") != header.get("beats"):
+            raise ValueError(
+                f"{out} (resuming an earlier run): beat clock in the shards is "
+                f"{prev.get('beats')!r} but this run gives {header.get('beats')!r}"
             )
     elif _rank_world()[0] == 0 and os.environ.get("LOCAL_RANK", "0") == "0":
         atomic_write_json(job, header)
@@ -321,7 +350,9 @@ def prepare_tokens(
     with warnings.catch_warnings():
         # batches are whole-shard slices we index ourselves; Lightning's indices are unused
         warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
-        trainer.predict(Tokenize(c, s, m, mel), dataloaders=loader, return_predictions=False)
+        trainer.predict(
+            Tokenize(c, s, m, mel, tracker), dataloaders=loader, return_predictions=False
+        )
     trainer.strategy.barrier()
     manifests = {}
     if trainer.global_rank == 0:
@@ -355,6 +386,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--mulan-rvq", default=None, help="conditioning RVQ artifact")
     p.add_argument("--melody", default=None, help="MelodyStage checkpoint (with --melody-rvq)")
     p.add_argument("--melody-rvq", default=None, help="melody RVQ artifact (melody tokens)")
+    p.add_argument(
+        "--beats",
+        action="store_true",
+        help="also write the beat clock (librosa beat tracker) for beat-conditioned semantic LMs",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--accelerator", default="cpu")
@@ -375,6 +411,7 @@ def main(argv: list[str]) -> int:
         semantic_args=_json_arg(p, a.semantic_args, "--semantic-args"),
         mulan=(a.mulan, a.mulan_rvq) if a.mulan else None,
         melody=(a.melody, a.melody_rvq) if a.melody else None,
+        beats=BeatSpec() if a.beats else None,
         batch_size=a.batch_size,
         num_workers=a.num_workers,
         accelerator=a.accelerator,

@@ -79,6 +79,9 @@ class TokenShardWriter(BasePredictionWriter):
                 fields["mulan.npy"] = encode_npy(
                     _small_int(prediction["mulan"][i], self.vocab["m"])
                 )
+            if prediction.get("beat"):
+                fields["beat.npy"] = encode_npy(prediction["beat"][i].astype(np.int16))
+                fields["tempo.npy"] = encode_npy(prediction["tempo"][i].astype(np.int16))
             if prediction.get("melody"):
                 melody = _small_int(prediction["melody"][i], self.vocab["l"])
                 fields["melody.npy"] = encode_npy(melody)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from musiclm.tokenizers.beats import beat_index
 from musiclm.tokenizers.codecs.common import check_wav, pad_to_hop
 from musiclm.tokenizers.semantic.common import KMeansTokens, features_fingerprint
 
@@ -48,24 +49,12 @@ def phase_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def beat_features(onset: np.ndarray, frame_rate: float) -> np.ndarray:
     """onset strength (F,) -> (F, 3): cos and sin of the beat phase, log2(BPM / 120).
 
-    Beats come from ``librosa.beat.beat_track``; before the first and after the last the
-    median beat period carries on. Without two beats (silence, a clip shorter than a beat or
-    two) all three are 0: no pulse."""
-    import librosa
-
-    frames = len(onset)
-    out = np.zeros((frames, 3), dtype=np.float32)
-    if frames < 4 or not np.any(onset > 0):
+    The beat grid is ``beats.beat_index``'s; without a pulse all three are 0."""
+    out = np.zeros((len(onset), 3), dtype=np.float32)
+    found = beat_index(onset, frame_rate)
+    if found is None:
         return out
-    _, beats = librosa.beat.beat_track(onset_envelope=onset, sr=frame_rate, hop_length=1)
-    beats = np.unique(np.asarray(beats, dtype=np.float64))
-    if len(beats) < 2:
-        return out
-    period = float(np.median(np.diff(beats)))
-    before = np.arange(np.ceil(beats[0] / period), 0, -1) * -period + beats[0]
-    after = beats[-1] + period * np.arange(1, np.ceil((frames - beats[-1]) / period) + 1)
-    grid = np.concatenate([before, beats, after])
-    index = np.interp(np.arange(frames), grid, np.arange(len(grid), dtype=np.float64))
+    index, period = found
     angle = 2 * np.pi * (index % 1.0)
     out[:, 0], out[:, 1] = np.cos(angle), np.sin(angle)
     out[:, 2] = np.log2(60.0 * frame_rate / period / 120.0)

@@ -1,0 +1,121 @@
+"""The beat clock: where each semantic frame sits in its beat, and the clip's tempo.
+
+A semantic LM that must *count* frames to keep a beat does not, at demo scale: given a tempo
+it moves its beat in the right direction but within 8 % of it for a third of clips, and the
+audio's tempo stays at chance (docs/benchmarks.md, session 5). With ``beats`` the semantic
+stage is instead conditioned on a clock, one phase id per semantic frame (``phase_bins``
+per beat), as beat-conditioned text-to-music models are (Mustango predicts beats from the
+text, Music ControlNet takes a rhythm control): placing notes on a given clock is a local
+rule, not counting. Training reads the clock of the real audio (librosa's beat tracker);
+generation builds it from a tempo, predicted from the MuLan tokens (``TempoPredictor``) or
+given by the user, or tracks it in the audio being continued.
+
+``prepare tokens --beats`` writes ``beat.npy`` [F_s] (phase ids, -1 where a clip has no
+pulse) and ``tempo.npy`` [1] (tempo bin, -1 without a pulse) per clip, and the manifest's
+``beats`` section (``BeatSpec.to_manifest``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+
+def beat_index(onset: np.ndarray, frame_rate: float) -> tuple[np.ndarray, float] | None:
+    """Onset strength (F,) -> (beats elapsed at each frame (F,), beat period in frames).
+
+    Beats come from ``librosa.beat.beat_track``; before the first and after the last the
+    median beat period carries on, so the index grows by one per beat over the whole clip and
+    its fraction is the phase. None without two beats (silence, a clip of a beat or two).
+    """
+    import librosa
+
+    frames = len(onset)
+    if frames < 4 or not np.any(onset > 0):
+        return None
+    _, beats = librosa.beat.beat_track(onset_envelope=onset, sr=frame_rate, hop_length=1)
+    beats = np.unique(np.asarray(beats, dtype=np.float64))
+    if len(beats) < 2:
+        return None
+    period = float(np.median(np.diff(beats)))
+    before = np.arange(np.ceil(beats[0] / period), 0, -1) * -period + beats[0]
+    after = beats[-1] + period * np.arange(1, np.ceil((frames - beats[-1]) / period) + 1)
+    grid = np.concatenate([before, beats, after])
+    index = np.interp(np.arange(frames), grid, np.arange(len(grid), dtype=np.float64))
+    return index - index[0] // 1, period
+
+
+@dataclass(frozen=True)
+class BeatSpec:
+    """Resolution of the clock: phase ids per beat and log-spaced tempo bins."""
+
+    phase_bins: int = 16
+    tempo_bins: int = 32
+    min_bpm: float = 40.0
+    max_bpm: float = 240.0
+
+    def __post_init__(self) -> None:
+        if self.phase_bins < 2 or self.tempo_bins < 1 or not 0 < self.min_bpm < self.max_bpm:
+            raise ValueError(f"invalid beat clock {self}")
+
+    def tempo_bin(self, bpm: float) -> int:
+        """Bin of ``bpm`` (clamped into ``min_bpm..max_bpm``)."""
+        span = math.log(self.max_bpm / self.min_bpm)
+        at = math.log(min(max(bpm, self.min_bpm), self.max_bpm) / self.min_bpm) / span
+        return min(self.tempo_bins - 1, int(at * self.tempo_bins))
+
+    def bin_bpm(self, index: int) -> float:
+        """Geometric centre of tempo bin ``index``."""
+        if not 0 <= index < self.tempo_bins:
+            raise ValueError(f"tempo bin {index} not in 0..{self.tempo_bins - 1}")
+        return self.min_bpm * (self.max_bpm / self.min_bpm) ** ((index + 0.5) / self.tempo_bins)
+
+    def phase_ids(self, index: np.ndarray) -> np.ndarray:
+        """Beats elapsed (float, any shape) -> phase ids ``0..phase_bins-1``."""
+        return (np.floor((index % 1.0) * self.phase_bins) % self.phase_bins).astype(np.int64)
+
+    def clock(self, bpm: float, frames: int, frame_rate: float, start: float = 0.0) -> np.ndarray:
+        """Phase ids (frames,) of a steady ``bpm`` whose beat ``start`` falls on frame 0."""
+        return self.phase_ids(start + np.arange(frames) * bpm / 60.0 / frame_rate)
+
+    def to_manifest(self, frame_rate: float) -> dict[str, Any]:
+        return {**asdict(self), "frame_rate": frame_rate, "tracker": "librosa.beat.beat_track"}
+
+
+class BeatTracker:
+    """Audio -> the clock of each semantic frame (phase ids) and the tempo bin."""
+
+    def __init__(self, spec: BeatSpec, *, sample_rate: int, frame_rate: float) -> None:
+        self.spec, self.sample_rate, self.frame_rate = spec, sample_rate, frame_rate
+
+    def index(self, wav: np.ndarray, frames: int) -> tuple[np.ndarray, float] | None:
+        """Mono audio (T,) -> (beats elapsed at each of ``frames`` frames, BPM), or None."""
+        import librosa
+
+        hop = max(1, round(self.sample_rate / self.frame_rate))
+        onset = librosa.onset.onset_strength(
+            y=np.asarray(wav, dtype=np.float32), sr=self.sample_rate, hop_length=hop
+        )
+        rate = self.sample_rate / hop
+        found = beat_index(onset.astype(np.float64), rate)
+        if found is None:
+            return None
+        index, period = found
+        # onset frames -> the tokenizer's frames (rates differ when sr / frame_rate is not whole)
+        times = np.arange(frames) / self.frame_rate
+        beats_per_second = rate / period
+        last = (len(index) - 1) / rate
+        inside = np.interp(np.minimum(times, last), np.arange(len(index)) / rate, index)
+        index = inside + np.maximum(0.0, times - last) * beats_per_second
+        return index, 60.0 * beats_per_second
+
+    def track(self, wav: np.ndarray, frames: int) -> tuple[np.ndarray, int]:
+        """Mono audio (T,) -> (phase ids (frames,), tempo bin); -1 for both without a pulse."""
+        found = self.index(wav, frames)
+        if found is None:
+            return np.full(frames, -1, dtype=np.int64), -1
+        index, bpm = found
+        return self.spec.phase_ids(index), self.spec.tempo_bin(bpm)
