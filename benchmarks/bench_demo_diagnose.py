@@ -26,6 +26,10 @@ score, for every held-out clip (first ``--seconds`` of it, its caption as the pr
   training clips (what the LMs were trained on); the matches' median BPM and majority
   instrument, key and mode are the prediction.
 
+With a beat-conditioned semantic stage (``beats: true``) the sampled links follow a clock: the
+tempo predicted from the caption for ``tokens:generated``, the real clip's (tracked at its
+stated tempo, as in training) for ``tokens:from-audio-mulan`` and ``tokens:continued``.
+
 One JSON line per (link, attribute); the sampling settings are the pipeline file's.
 """
 
@@ -215,7 +219,28 @@ def main() -> int:
         return out.audio
 
     timed("text->all", text_all)
-    if pipe.stages["semantic"].layout.beats:
+    sem = pipe.stages["semantic"]
+    n_sem = sem.frames(args.seconds)
+    text_clock = real_clock = None
+    if sem.layout.beats:  # the clock of the predicted tempo; the real clip's, tracked as in
+        # training (at its stated tempo)
+        from musiclm.tokenizers.beats import BeatTracker
+
+        text_clock = pipe._beat_clock(sem, texts, n_sem, None, None)[0]
+        tracker = BeatTracker(sem.layout.spec.beat_spec, sample_rate=sr, frame_rate=sem.rate)
+        real_clock = torch.stack([
+            torch.from_numpy(tracker.track(w.reshape(-1).numpy(), n_sem, t["bpm"])[0])
+            for w, t in zip(wav, targets, strict=True)
+        ])  # fmt: skip
+
+    def prefix(cond: torch.Tensor, clock: torch.Tensor | None):
+        def make(f0: int, f1: int, new: int) -> torch.Tensor:
+            beat = {} if clock is None else {"beat": clock[:, f0:f1]}
+            return sem.layout.prefix({"mulan": cond, **beat})
+
+        return make
+
+    if sem.layout.beats:
         bpm = [float(t["bpm"]) for t in targets]
 
         def text_true_bpm() -> torch.Tensor:
@@ -227,31 +252,27 @@ def main() -> int:
 
         timed("text->all:true-bpm", text_true_bpm)
     if "tokens" not in sem_gen and (want is None or "tokens:generated" in want):
-        sem = pipe.stages["semantic"]
         texts_m = pipe.mulan_tokens(texts)
         cond = torch.stack([texts_m[t] for t in texts])
-        sem_gen["tokens"] = pipe._run(
-            sem, lambda f0, f1, new: sem.layout.prefix({"mulan": cond}),
-            sem.frames(args.seconds), None, len(texts), gen,
-        )[:, 0]  # fmt: skip
+        sem_gen["tokens"] = pipe._run(sem, prefix(cond, text_clock), n_sem, None, len(texts), gen)[
+            :, 0
+        ]
 
     if want is None or "tokens:from-audio-mulan" in want:
         # as in training: the semantic LM conditioned on the clip's own MuLan *audio* tokens
         import torchaudio
 
-        sem, mulan = pipe.stages["semantic"], pipe.conditioner
+        mulan = pipe.conditioner
         audio_m = mulan.audio_tokens(torchaudio.functional.resample(wav, sr, mulan.sample_rate))
         sem_gen["from_audio"] = pipe._run(
-            sem, lambda f0, f1, new: sem.layout.prefix({"mulan": audio_m}),
-            sem.frames(args.seconds), None, len(texts), gen,
-        )[:, 0]  # fmt: skip
+            sem, prefix(audio_m, real_clock), n_sem, None, len(texts), gen
+        )[:, 0]
         # can the LM keep a rhythm it is shown? 2 s of the clip's real tokens, then sampled
         # ones; tempo is read from the sampled part only
         kept = sem.frames(2.0)
         sem_gen["continued"] = pipe._run(
-            sem, lambda f0, f1, new: sem.layout.prefix({"mulan": audio_m}),
-            sem.frames(args.seconds), real_sem[:, None, :kept], len(texts), gen,
-        )[:, 0, kept:]  # fmt: skip
+            sem, prefix(audio_m, real_clock), n_sem, real_sem[:, None, :kept], len(texts), gen
+        )[:, 0, kept:]
         sem_gen["real_after_2s"] = real_sem[:, kept:]  # the same span of the real tokens
 
     if want is None or "mulan-tokens:text" in want:

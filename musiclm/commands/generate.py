@@ -51,6 +51,13 @@ def parser() -> argparse.ArgumentParser:
         "trained with melody tokens; a clip shorter than the output is repeated (looped), a "
         "longer one is cut at the output length",
     )
+    p.add_argument(
+        "--bpm",
+        type=float,
+        default=None,
+        help="tempo of the beat clock, for a semantic stage trained with beats (default: "
+        "predicted from each prompt)",
+    )
     p.add_argument("--rerank", type=int, default=1, help="candidates per sample, best by MuLan")
     p.add_argument("--plot", action="store_true", help="also write a spectrogram PNG")
     p.add_argument("--device", default=None, help="override the pipeline's device")
@@ -157,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     clock = time.perf_counter()
     result = pipe.generate(
         schedules, seconds=args.seconds, seed=args.seed, rerank=args.rerank, continue_audio=clip,
-        melody_audio=melody,
+        melody_audio=melody, bpm=args.bpm,
     )  # fmt: skip
     wall = time.perf_counter() - clock
     out = Path(args.out)
@@ -180,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
                 "rerank": args.rerank,
                 "mulan_score": result.scores[row],
                 "candidate_scores": result.candidate_scores[row] if args.rerank > 1 else None,
+                "bpm": result.bpm[row],
                 "wall_seconds": wall,
                 "load_seconds": load_s,
                 "stage_seconds": result.timings,

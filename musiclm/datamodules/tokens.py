@@ -102,7 +102,21 @@ def crop_sample(
         beat, tempo = _beat_clock(sample, where, spec, semantic.shape[0])
         out["beat"] = _window(beat[None], s0, n_s)[0]
         out["tempo"] = tempo
+        if spec.tempo_input_dim:
+            out["mulan_embedding"] = _tempo_input(sample, where, spec)
     return out
+
+
+def _tempo_input(sample: dict, where: str, spec: TokenSpec) -> np.ndarray:
+    """The clip's MuLan embedding [D] for the tempo predictor (written with the beat clock)."""
+    if "mulan_embedding.npy" not in sample:
+        raise ValueError(f"{where} lacks 'mulan_embedding.npy' (written with --beats and --mulan)")
+    emb = decode_npy(sample["mulan_embedding.npy"]).reshape(-1).astype(np.float32)
+    if emb.shape != (spec.tempo_input_dim,) or not np.isfinite(emb).all():
+        raise ValueError(
+            f"{where}: mulan_embedding {emb.shape}, expected {spec.tempo_input_dim} finite values"
+        )
+    return emb
 
 
 def _beat_clock(sample: dict, where: str, spec: TokenSpec, frames: int) -> tuple[np.ndarray, Any]:
@@ -152,7 +166,7 @@ def _window(arr: np.ndarray, start: int, length: int) -> np.ndarray:
 
 def collate(samples: list[dict]) -> dict[str, Any]:
     batch: dict[str, Any] = {"key": [s["key"] for s in samples]}
-    for name in ("semantic", "acoustic", "mulan", "melody", "beat", "tempo"):
+    for name in ("semantic", "acoustic", "mulan", "melody", "beat", "tempo", "mulan_embedding"):
         if name in samples[0]:
             batch[name] = torch.from_numpy(np.stack([s[name] for s in samples]))
     return batch
@@ -389,6 +403,11 @@ def write_synthetic_shards(
                 sample["acoustic.npy"] = acoustic.astype(np.int16)
                 sample["beat.npy"] = beat.astype(np.int16)
                 sample["tempo.npy"] = np.array([tempo], dtype=np.int16)
+                if spec.tempo_input_dim:
+                    # the embedding states the tempo: a predictor can learn it
+                    emb = rng.normal(0, 0.1, spec.tempo_input_dim)
+                    emb[tempo % spec.tempo_input_dim] += 1.0
+                    sample["mulan_embedding.npy"] = emb.astype(np.float16)
             writer.write(sample, seconds=lengths[index])
             index += 1
         writer.close()
@@ -437,6 +456,6 @@ def write_synthetic_shards(
             "hop_seconds": spec.melody_hop,
         }
     if spec.beat_spec is not None:
-        manifest["beats"] = spec.beat_spec.to_manifest(spec.semantic_rate)
+        manifest["beats"] = spec.beat_spec.to_manifest(spec.semantic_rate, spec.tempo_input_dim)
     atomic_write_json(directory / "manifest.json", manifest)
     return spec

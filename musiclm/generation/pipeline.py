@@ -322,8 +322,8 @@ class Pipeline:
             bpm = [b for b in bpm for _ in range(rerank)]
         beats, bpms = self._beat_clock(
             sem,
-            mulan_at(0.0) if self.uses_mulan else None,
-            (len(rows), sem.frames(total)),
+            [s[0][1] for s in rows],
+            sem.frames(total),
             bpm,
             continue_audio,
         )
@@ -406,13 +406,13 @@ class Pipeline:
     def _beat_clock(
         self,
         sem: LoadedStage,
-        mulan: torch.Tensor | None,
-        shape: tuple[int, int],
+        texts: list[str],
+        frames: int,
         bpm: float | list[float] | None,
         continue_audio: tuple[torch.Tensor, int] | None,
     ) -> tuple[torch.Tensor | None, list[float]]:
-        """Phase ids (rows, frames) of a beat-conditioned semantic stage and each row's BPM;
-        (None, []) for a stage without beats."""
+        """Phase ids (rows, frames) of a beat-conditioned semantic stage and each row's BPM
+        (``texts``: each row's first prompt); (None, []) for a stage without beats."""
         if not sem.layout.beats:
             if bpm is not None:
                 raise ValueError(
@@ -423,7 +423,7 @@ class Pipeline:
         import numpy as np
 
         spec = sem.layout.spec.beat_spec
-        rows, frames = shape
+        rows = len(texts)
         if continue_audio is not None:
             import torchaudio.functional as AF
 
@@ -441,14 +441,16 @@ class Pipeline:
             bpms = [float(b) for b in bpm] if isinstance(bpm, list) else [float(bpm)] * rows
             if min(bpms) <= 0:
                 raise ValueError(f"tempo must be positive, got {min(bpms)} BPM")
-        elif sem.tempo is not None and mulan is not None:
+        elif sem.tempo is not None and self.spec.mulan is not None:
             # the most likely tempo: the clock is the rhythm's backbone, not a place for noise
-            bins = sem.tempo(mulan).argmax(-1).tolist()
+            emb = self.conditioner.embed_text(texts).to(self.device).float()
+            bins = sem.tempo(emb).argmax(-1).tolist()
             bpms = [spec.bin_bpm(b) for b in bins]
         else:
             raise ValueError(
-                f"{self.spec.path}: the semantic stage follows a beat clock but has no MuLan "
-                "tokens to predict its tempo from: give a tempo (`musiclm generate --bpm`)"
+                f"{self.spec.path}: the semantic stage follows a beat clock but there is no "
+                "MuLan to predict its tempo from the text: give a tempo (`musiclm generate "
+                "--bpm`)"
             )
         ids = np.stack([spec.clock(b, frames, sem.rate) for b in bpms])
         return torch.from_numpy(ids).to(self.device), bpms

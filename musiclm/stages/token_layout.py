@@ -84,6 +84,7 @@ class TokenSpec:
     tempo_bins: int = 0
     min_bpm: float = 0.0
     max_bpm: float = 0.0
+    tempo_input_dim: int = 0  # MuLan embedding size the tempo predictor reads (0: none)
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any], where: str = "manifest.json") -> TokenSpec:
@@ -122,6 +123,7 @@ class TokenSpec:
             tempo_bins=int(get("beats", "tempo_bins")) if beats else 0,
             min_bpm=float(get("beats", "min_bpm")) if beats else 0.0,
             max_bpm=float(get("beats", "max_bpm")) if beats else 0.0,
+            tempo_input_dim=int(beats.get("embedding_dim", 0)) if beats else 0,
         )
 
     @property

@@ -10,9 +10,16 @@ rule, not counting. Training reads the clock of the real audio (librosa's beat t
 generation builds it from a tempo, predicted from the MuLan tokens (``TempoPredictor``) or
 given by the user, or tracks it in the audio being continued.
 
+Where a clip's metadata states its tempo (``bpm`` or ``attributes.bpm`` in its ``json``), the
+tracker only places the beats at that tempo: the tracker's own tempo is off by an octave for
+about a third of the demo's clips (within 8 % of the true BPM for 0.54), and a tempo
+predictor trained on such labels learns little from the text (docs/benchmarks.md, session 6).
+
 ``prepare tokens --beats`` writes ``beat.npy`` [F_s] (phase ids, -1 where a clip has no
-pulse) and ``tempo.npy`` [1] (tempo bin, -1 without a pulse) per clip, and the manifest's
-``beats`` section (``BeatSpec.to_manifest``).
+pulse) and ``tempo.npy`` [1] (tempo bin, -1 without a pulse) per clip, with ``--mulan`` also
+``mulan_embedding.npy`` [D] (the MuLan embedding of its caption, or of its audio where it has
+none: what the tempo predictor learns from), and the manifest's ``beats`` section
+(``BeatSpec.to_manifest``).
 """
 
 from __future__ import annotations
@@ -24,19 +31,22 @@ from typing import Any
 import numpy as np
 
 
-def beat_index(onset: np.ndarray, frame_rate: float) -> tuple[np.ndarray, float] | None:
+def beat_index(
+    onset: np.ndarray, frame_rate: float, bpm: float | None = None
+) -> tuple[np.ndarray, float] | None:
     """Onset strength (F,) -> (beats elapsed at each frame (F,), beat period in frames).
 
-    Beats come from ``librosa.beat.beat_track``; before the first and after the last the
-    median beat period carries on, so the index grows by one per beat over the whole clip and
-    its fraction is the phase. None without two beats (silence, a clip of a beat or two).
+    Beats come from ``librosa.beat.beat_track`` (at ``bpm`` when the tempo is known, which
+    only places the beats); before the first and after the last the median beat period
+    carries on, so the index grows by one per beat over the whole clip and its fraction is
+    the phase. None without two beats (silence, a clip of a beat or two).
     """
     import librosa
 
     frames = len(onset)
     if frames < 4 or not np.any(onset > 0):
         return None
-    _, beats = librosa.beat.beat_track(onset_envelope=onset, sr=frame_rate, hop_length=1)
+    _, beats = librosa.beat.beat_track(onset_envelope=onset, sr=frame_rate, hop_length=1, bpm=bpm)
     beats = np.unique(np.asarray(beats, dtype=np.float64))
     if len(beats) < 2:
         return None
@@ -81,8 +91,10 @@ class BeatSpec:
         """Phase ids (frames,) of a steady ``bpm`` whose beat ``start`` falls on frame 0."""
         return self.phase_ids(start + np.arange(frames) * bpm / 60.0 / frame_rate)
 
-    def to_manifest(self, frame_rate: float) -> dict[str, Any]:
-        return {**asdict(self), "frame_rate": frame_rate, "tracker": "librosa.beat.beat_track"}
+    def to_manifest(self, frame_rate: float, embedding_dim: int = 0) -> dict[str, Any]:
+        """The manifest's ``beats`` section (``embedding_dim``: of ``mulan_embedding.npy``)."""
+        out = {**asdict(self), "frame_rate": frame_rate, "tracker": "librosa.beat.beat_track"}
+        return out | {"embedding_dim": embedding_dim}
 
 
 class BeatTracker:
@@ -91,8 +103,11 @@ class BeatTracker:
     def __init__(self, spec: BeatSpec, *, sample_rate: int, frame_rate: float) -> None:
         self.spec, self.sample_rate, self.frame_rate = spec, sample_rate, frame_rate
 
-    def index(self, wav: np.ndarray, frames: int) -> tuple[np.ndarray, float] | None:
-        """Mono audio (T,) -> (beats elapsed at each of ``frames`` frames, BPM), or None."""
+    def index(
+        self, wav: np.ndarray, frames: int, bpm: float | None = None
+    ) -> tuple[np.ndarray, float] | None:
+        """Mono audio (T,) -> (beats elapsed at each of ``frames`` frames, BPM), or None.
+        ``bpm``: the known tempo (the tracker then only places the beats)."""
         import librosa
 
         hop = max(1, round(self.sample_rate / self.frame_rate))
@@ -100,7 +115,7 @@ class BeatTracker:
             y=np.asarray(wav, dtype=np.float32), sr=self.sample_rate, hop_length=hop
         )
         rate = self.sample_rate / hop
-        found = beat_index(onset.astype(np.float64), rate)
+        found = beat_index(onset.astype(np.float64), rate, bpm)
         if found is None:
             return None
         index, period = found
@@ -112,10 +127,21 @@ class BeatTracker:
         index = inside + np.maximum(0.0, times - last) * beats_per_second
         return index, 60.0 * beats_per_second
 
-    def track(self, wav: np.ndarray, frames: int) -> tuple[np.ndarray, int]:
-        """Mono audio (T,) -> (phase ids (frames,), tempo bin); -1 for both without a pulse."""
-        found = self.index(wav, frames)
+    def track(
+        self, wav: np.ndarray, frames: int, bpm: float | None = None
+    ) -> tuple[np.ndarray, int]:
+        """Mono audio (T,) -> (phase ids (frames,), tempo bin); -1 for both without a pulse.
+        ``bpm``: the known tempo, if any."""
+        found = self.index(wav, frames, bpm)
         if found is None:
             return np.full(frames, -1, dtype=np.int64), -1
-        index, bpm = found
-        return self.spec.phase_ids(index), self.spec.tempo_bin(bpm)
+        index, tracked = found
+        return self.spec.phase_ids(index), self.spec.tempo_bin(tracked)
+
+
+def metadata_bpm(meta: dict[str, Any]) -> float | None:
+    """The tempo a clip's metadata states (``bpm`` or ``attributes.bpm``), if any."""
+    for value in (meta.get("bpm"), (meta.get("attributes") or {}).get("bpm")):
+        if isinstance(value, int | float) and value > 0:
+            return float(value)
+    return None

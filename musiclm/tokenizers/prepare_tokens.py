@@ -35,7 +35,7 @@ from musiclm.datamodules.shards import (
     decode_audio_sample,
     read_manifest,
 )
-from musiclm.tokenizers.beats import BeatSpec, BeatTracker
+from musiclm.tokenizers.beats import BeatSpec, BeatTracker, metadata_bpm
 from musiclm.tokenizers.fingerprints import check_fingerprints
 from musiclm.tokenizers.token_writer import TokenShardWriter, unit_done, write_manifest
 
@@ -158,7 +158,7 @@ class Tokenize(LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         out: dict[str, Any] = {"acoustic": [], "semantic": [], "mulan": [], "melody": []}
-        out |= {"beat": [], "tempo": []}
+        out |= {"beat": [], "tempo": [], "mulan_embedding": []}
         if not batch["keys"]:
             return out
         wav, lengths = batch["sources"]["codec"]
@@ -171,16 +171,18 @@ class Tokenize(LightningModule):
         out["semantic"] = [tokens[i, : _frames(n, sr, fr)].numpy() for i, n in enumerate(lengths)]
         if self.beats is not None:
             for i, n in enumerate(lengths):
-                beat, tempo = self.beats.track(wav[i, 0, :n].cpu().numpy(), _frames(n, sr, fr))
+                known = metadata_bpm(batch["metas"][i])
+                audio = wav[i, 0, :n].cpu().numpy()
+                beat, tempo = self.beats.track(audio, _frames(n, sr, fr), known)
                 out["beat"].append(beat)
                 out["tempo"].append(np.array([tempo]))
         if self.mulan is not None:
             wav, lengths = batch["sources"]["mulan"]
             # one clip at a time: zero padding would change a clip's embedding
-            out["mulan"] = [
-                self.mulan.audio_tokens(wav[i : i + 1, :, :n])[0].cpu().numpy()
-                for i, n in enumerate(lengths)
-            ]
+            emb = [self.mulan.embed_audio(wav[i : i + 1, :, :n]) for i, n in enumerate(lengths)]
+            out["mulan"] = [self.mulan.rvq.tokens(e)[0].cpu().numpy() for e in emb]
+            if self.beats is not None:
+                out["mulan_embedding"] = self._tempo_inputs(batch["captions"], emb)
         if self.melody is not None:
             wav, lengths = batch["sources"]["melody"]
             out["melody"] = [
@@ -189,12 +191,26 @@ class Tokenize(LightningModule):
             ]
         return out
 
+    def _tempo_inputs(self, captions: list[str], audio: list[torch.Tensor]) -> list[np.ndarray]:
+        """MuLan embedding of each caption (what the tempo predictor reads at generation),
+        of the audio (``audio``, (1, D) each) for a clip without one."""
+        out = [e[0].cpu().numpy() for e in audio]
+        given = [i for i, c in enumerate(captions) if c.strip()]
+        if given:
+            text = self.mulan.embed_text([captions[i] for i in given]).cpu().numpy()
+            for i, row in zip(given, text, strict=True):
+                out[i] = row
+        return out
+
 
 def _header(
     codec, codec_name, codec_args, sem, sem_name, sem_args, mulan, mulan_files,
     melody=None, melody_files=None, beats=None,
 ) -> dict:  # fmt: skip
-    beat_section = {} if beats is None else {"beats": beats.spec.to_manifest(beats.frame_rate)}
+    beat_section = {}
+    if beats is not None:
+        dim = 0 if mulan is None else int(mulan.mulan.embed_dim)
+        beat_section = {"beats": beats.spec.to_manifest(beats.frame_rate, dim)}
     return {
         "codec": {
             "name": codec_name,

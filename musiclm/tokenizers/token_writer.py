@@ -82,6 +82,9 @@ class TokenShardWriter(BasePredictionWriter):
             if prediction.get("beat"):
                 fields["beat.npy"] = encode_npy(prediction["beat"][i].astype(np.int16))
                 fields["tempo.npy"] = encode_npy(prediction["tempo"][i].astype(np.int16))
+            if prediction.get("mulan_embedding"):
+                emb = prediction["mulan_embedding"][i].astype(np.float16)
+                fields["mulan_embedding.npy"] = encode_npy(emb)
             if prediction.get("melody"):
                 melody = _small_int(prediction["melody"][i], self.vocab["l"])
                 fields["melody.npy"] = encode_npy(melody)
