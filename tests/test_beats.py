@@ -11,6 +11,7 @@ import torch
 from generation_helpers import save_checkpoint, tiny_spec, tiny_stage
 from test_token_stages import trainer
 
+from musiclm.callbacks.generation_preview import GenerationPreview
 from musiclm.datamodules.tokens import TokenDataModule, write_synthetic_shards
 from musiclm.models.tempo import TempoPredictor, tempo_loss
 from musiclm.stages.semantic import SemanticStage
@@ -168,8 +169,10 @@ def test_beat_conditioned_semantic_lm_follows_the_clock_and_learns_the_tempo(bea
         dm = TokenDataModule(str(beat_shards / "train"), str(beat_shards / "val"), seconds=3.0,
                              batch_size=8, num_workers=0, batches_per_epoch=20,
                              val_batches=1)  # fmt: skip
-        t = trainer(where, steps=60)
+        preview = GenerationPreview(every_n_steps=60, max_seconds=3.0, temperature=0.0)
+        t = trainer(where, steps=60, callbacks=[preview] if beats else [])
         t.fit(model, dm)
+        assert not preview.disabled
         return t
 
     with_clock = fit(True, tmp_path / "clock")
@@ -179,6 +182,8 @@ def test_beat_conditioned_semantic_lm_follows_the_clock_and_learns_the_tempo(bea
     assert acc > without.callback_metrics["val/accuracy_level0"] + 0.1
     assert with_clock.callback_metrics["val/tempo_accuracy"] > 0.5
     assert "val/tempo_accuracy" not in without.callback_metrics
+    # the in-training preview samples along the example's clock, and so follows it
+    assert with_clock.callback_metrics["preview_val/semantic_token_match"] > 0.9
 
     path = with_clock.checkpoint_callback.best_model_path
     net, layout = load_network(path)

@@ -163,6 +163,9 @@ def test_command_line_errors(plain, tmp_path, capsys):
         "semantic": 0.5,
         "fine": 0.5,
     }
+    argv = ["x", "--pipeline", str(plain), "--out", str(tmp_path), "--bpm", "120"]
+    assert main(argv) == 2
+    assert "not trained with a beat clock" in capsys.readouterr().err
     story = tmp_path / "story.txt"
     story.write_text("0 calm piano\n15 drums join in\n")
     assert read_story(str(story)) == [(0.0, "calm piano"), (15.0, "drums join in")]
@@ -179,3 +182,4 @@ def test_generate_command_writes_every_candidates_score_when_reranking(condition
     side = json.loads(next(out.glob("*.json")).read_text())
     assert side["rerank"] == 3 and len(side["candidate_scores"]) == 3
     assert side["mulan_score"] == max(side["candidate_scores"])
+    assert side["bpm"] is None  # no beat clock in this pipeline

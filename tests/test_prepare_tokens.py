@@ -257,20 +257,28 @@ def test_killed_job_resumes_and_two_ranks_agree(shards, encodec_run, tmp_path):
             assert a[key]["semantic.npy"] == b[key]["semantic.npy"]
 
 
-def test_mulan_tokens_when_a_checkpoint_is_given(shards, tmp_path, capsys):
+def _with_mulan(shards, tmp_path):
+    """The train split copied to ``tmp_path/audio``, a tiny MuLan and its 2 x 2 RVQ fitted on
+    it: (audio folder, checkpoint, RVQ path, conditioner)."""
     from test_conditioning_rvq import _checkpoint
 
     from musiclm.tokenizers.conditioning_rvq import MulanConditioner
-    from musiclm.tokenizers.fit_codec import resample
 
-    root, sem_args = shards
+    root, _ = shards
     audio = tmp_path / "audio"
     shutil.copytree(root / "audio" / "train", audio / "train")
     ckpt = _checkpoint(tmp_path)
     rvq = tmp_path / "rvq.safetensors"
     args = ["--checkpoint", ckpt, "--audio", str(audio / "train"), "--out", str(rvq)]
     assert cli(["prepare", "mulan-rvq", *args, "--levels", "2", "--codebook-size", "2"]) == 0
-    cond = MulanConditioner.from_files(ckpt, str(rvq))
+    return audio, ckpt, rvq, MulanConditioner.from_files(ckpt, str(rvq))
+
+
+def test_mulan_tokens_when_a_checkpoint_is_given(shards, tmp_path, capsys):
+    from musiclm.tokenizers.fit_codec import resample
+
+    sem_args = shards[1]
+    audio, ckpt, rvq, cond = _with_mulan(shards, tmp_path)
     man = prepare_tokens(audio, tmp_path / "tokens", codec="encodec-hf",
                          codec_args=CODECS["encodec-hf"], semantic=SEM, semantic_args=sem_args,
                          mulan=(ckpt, str(rvq)), batch_size=2, progress=False)["train"]  # fmt: skip
@@ -281,3 +289,41 @@ def test_mulan_tokens_when_a_checkpoint_is_given(shards, tmp_path, capsys):
         got = decode_npy(fields["mulan.npy"])
         wav = resample(clips[key]["audio"], 16000, cond.sample_rate)[None, None]
         assert got.shape == (2,) and got.tolist() == cond.audio_tokens(wav)[0].tolist()
+
+
+def test_beat_clock_with_the_stated_tempo_and_caption_embeddings(shards, tmp_path):
+    from musiclm.datamodules.tokens import TokenDataModule
+    from musiclm.tokenizers.beats import BeatSpec
+
+    sem_args = shards[1]
+    audio, ckpt, rvq, cond = _with_mulan(shards, tmp_path)
+    spec = BeatSpec()
+    run = dict(codec="encodec-hf", codec_args=CODECS["encodec-hf"], semantic=SEM,
+               semantic_args=sem_args, mulan=(ckpt, str(rvq)), batch_size=2,
+               progress=False)  # fmt: skip
+    man = prepare_tokens(audio, tmp_path / "tokens", beats=spec, **run)["train"]
+    assert man["beats"]["phase_bins"] == 16 and man["beats"]["tempo_bins"] == 32
+    assert man["beats"]["embedding_dim"] == cond.mulan.embed_dim
+    clips = {a["key"]: a for a in iter_audio_samples(audio / "train")}
+    tracked = 0
+    for key, fields in read_tokens(tmp_path / "tokens" / "train").items():
+        beat, tempo = decode_npy(fields["beat.npy"]), int(decode_npy(fields["tempo.npy"])[0])
+        assert beat.shape == decode_npy(fields["semantic.npy"]).shape
+        stated = clips[key]["meta"]["attributes"]["bpm"]
+        if tempo >= 0:  # 1.5 s clips: a slow one may hold fewer than two beats
+            tracked += 1
+            assert tempo == spec.tempo_bin(stated)  # the metadata's tempo, not a guess
+            assert beat.min() >= 0 and beat.max() < spec.phase_bins
+        emb = decode_npy(fields["mulan_embedding.npy"]).astype(np.float32)
+        caption = fields["caption.txt"].decode()
+        expected = cond.embed_text([caption])[0].numpy()
+        assert np.allclose(emb, expected, atol=2e-3)  # stored as float16
+    assert tracked >= len(clips) // 2
+    dm = TokenDataModule(str(tmp_path / "tokens" / "train"), str(tmp_path / "tokens" / "train"),
+                         seconds=1.0, batch_size=2, num_workers=0)  # fmt: skip
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert {"beat", "tempo", "mulan_embedding"} <= set(batch)
+    # the same folder with another clock (or none) is refused, not mixed
+    with pytest.raises(ValueError, match="beat clock"):
+        prepare_tokens(audio, tmp_path / "tokens", beats=BeatSpec(phase_bins=8), **run)

@@ -27,7 +27,7 @@ from musiclm.generation.decode import generate_window, targets_to_codes
 from musiclm.generation.fast_lm import FastTokenLM
 from musiclm.generation.sampling import PAPER_TEMPERATURE, SamplingConfig
 
-STREAMS = ("mulan", "semantic", "acoustic")
+STREAMS = ("mulan", "beat", "semantic", "acoustic")
 
 
 class GenerationPreview(Callback):
@@ -175,8 +175,9 @@ def _crop(example: dict[str, torch.Tensor], spec: Any, seconds: float) -> dict[s
         if key in out:
             valid = (out[key] >= 0).reshape(-1, out[key].shape[-1]).all(0)
             span = min(span, int(valid.sum()) / rate)
-    if "semantic" in out:
-        out["semantic"] = out["semantic"][..., : max(1, round(span * spec.semantic_rate))]
+    for key in ("semantic", "beat"):  # the beat clock runs at the semantic rate
+        if key in out:
+            out[key] = out[key][..., : max(1, round(span * spec.semantic_rate))]
     if "acoustic" in out:
         out["acoustic"] = out["acoustic"][..., : max(1, round(span * spec.acoustic_rate))]
     return out
