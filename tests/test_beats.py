@@ -194,7 +194,7 @@ def test_beat_conditioned_semantic_lm_follows_the_clock_and_learns_the_tempo(bea
 
 def test_generation_follows_a_given_or_predicted_tempo(tmp_path):
     import yaml
-    from generation_helpers import TINY_DAC, write_mulan
+    from generation_helpers import TINY_DAC, write_mulan, write_semantic_tokenizer
 
     from musiclm.generation.pipeline import Pipeline
 
@@ -210,7 +210,7 @@ def test_generation_follows_a_given_or_predicted_tempo(tmp_path):
         save_checkpoint(module, tmp_path / f"{name}.ckpt", seconds=2.0)
         entries[name] = {"checkpoint": f"{name}.ckpt"}
     data = {"codec": {"name": "dac", "args": {"config": TINY_DAC}}, "stages": entries,
-            "mulan": mulan}  # fmt: skip
+            "mulan": mulan, "semantic_tokenizer": write_semantic_tokenizer(tmp_path)}  # fmt: skip
     (tmp_path / "PIPELINE.yaml").write_text(yaml.safe_dump(data))
     pipe = Pipeline.from_file(str(tmp_path / "PIPELINE.yaml"))
     assert pipe.stages["semantic"].tempo is not None
@@ -230,6 +230,10 @@ def test_generation_follows_a_given_or_predicted_tempo(tmp_path):
     emb = pipe.conditioner.embed_text([p[0][1] for p in prompts]).float()
     bins = pipe.stages["semantic"].tempo(emb).argmax(-1).tolist()
     assert predicted.bpm == [spec.beat_spec.bin_bpm(b) for b in bins]
+    # a continued clip keeps its own beat: a 60 BPM click track at the codec's 1.6 kHz
+    clip = torch.from_numpy(click_track(60.0, 6.0, sr=1600, offset=0.3))
+    continued = pipe.generate(prompts, seconds=2.0, seed=0, continue_audio=(clip, 1600))
+    assert continued.bpm == [pytest.approx(60.0, rel=0.05)] * 2
     with pytest.raises(ValueError, match="2 prompts"):
         pipe.generate(prompts, seconds=2.0, bpm=[60.0])
     with pytest.raises(ValueError, match="positive"):

@@ -8,8 +8,8 @@ story mode changes the MuLan tokens per window; ``continue_audio`` tokenizes a c
 semantic tokenizer and the codec and continues it. Stages trained with melody tokens need
 ``melody_audio``: its melody tokens (looped or cut to the output length) follow each window.
 A beat-conditioned semantic stage (``beats: true``) follows a steady beat clock at a tempo
-its ``TempoPredictor`` reads from the MuLan tokens of the first prompt, or at ``bpm`` when
-given; a continued clip keeps the beat tracked in it.
+its ``TempoPredictor`` reads from the MuLan text embedding of each row's first prompt, or at
+``bpm`` when given; a continued clip keeps the beat tracked in it.
 """
 
 from __future__ import annotations
@@ -280,7 +280,7 @@ class Pipeline:
         (wav, sample rate): the melody to follow (stages trained with melody need it); looped
         when shorter than the output, cut when longer. ``bpm``: the tempo of a beat-conditioned
         semantic stage's clock, one for all or one per schedule (default: predicted from each
-        prompt's MuLan tokens).
+        prompt's MuLan text embedding; a continued clip's own beat takes precedence).
         """
         if seconds <= 0 or rerank < 1 or not schedules:
             raise ValueError("need seconds > 0, rerank >= 1 and at least one prompt")
