@@ -131,12 +131,13 @@ class BeatTracker:
         self, wav: np.ndarray, frames: int, bpm: float | None = None
     ) -> tuple[np.ndarray, int]:
         """Mono audio (T,) -> (phase ids (frames,), tempo bin); -1 for both without a pulse.
-        ``bpm``: the known tempo, if any."""
+        ``bpm``: the known tempo, if any: it is then the tempo bin as well (the tracked beats
+        sit on whole frames, so their period is a few percent off, a bin's width)."""
         found = self.index(wav, frames, bpm)
         if found is None:
             return np.full(frames, -1, dtype=np.int64), -1
         index, tracked = found
-        return self.spec.phase_ids(index), self.spec.tempo_bin(tracked)
+        return self.spec.phase_ids(index), self.spec.tempo_bin(bpm or tracked)
 
 
 def metadata_bpm(meta: dict[str, Any]) -> float | None:
