@@ -221,6 +221,13 @@ def test_acceptance_checks_ask_for_significance_not_a_point_estimate():
     metrics["mcc"]["generated"]["mean"] = 0.15  # 1 s.e. above: not enough
     assert not dict((w, ok) for w, ok, _ in acceptance(metrics))["MCC generated above mismatched"]
     assert all(ok is None for _, ok, _ in acceptance({}))
+    # the same tempo-word hits, but the clips score as well against other prompts: no pass
+    metrics["adherence"]["shuffled"] = {"tempo_word": {"accuracy": 0.44, "p": 0.4}}
+    checks = {what: (ok, text) for what, ok, text in acceptance(metrics)}
+    ok, text = checks["adherence tempo_word above chance"]
+    assert not ok and "permutation p = 0.4" in text
+    metrics["adherence"]["shuffled"]["tempo_word"]["p"] = 0.01
+    assert dict((w, ok) for w, ok, _ in acceptance(metrics))["adherence tempo_word above chance"]
 
 
 def test_quick_steps_are_the_documented_order(tmp_path):

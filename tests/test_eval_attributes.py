@@ -118,6 +118,24 @@ def test_chance_levels_closed_form():
     assert c["majority"] == pytest.approx(0.5)
 
 
+def test_shuffled_prompts_tell_following_from_a_constant_output():
+    rng = np.random.default_rng(0)
+    targets = [{"instrument": str(i % 5), "bpm": float(rng.choice([60, 90, 120, 150, 180]))}
+               for i in range(60)]  # fmt: skip
+    # output that follows its prompt: right on its own, mostly wrong re-paired
+    follow = A.shuffled_prompts(targets, targets, permutations=500)
+    assert follow["instrument"]["accuracy"] == pytest.approx(0.2, abs=0.05)
+    assert follow["instrument"]["p"] < 0.01 and follow["bpm_within_8pct"]["p"] < 0.01
+    # output that always takes one value: as good re-paired as paired
+    constant = [{"instrument": "0", "bpm": 120.0}] * 60
+    same = A.shuffled_prompts(constant, targets, permutations=500)
+    real = A.adherence(constant, targets)
+    assert same["instrument"]["accuracy"] == pytest.approx(real["instrument"]["accuracy"])
+    assert same["instrument"]["p"] == 1.0 and same["bpm_within_8pct"]["p"] == 1.0
+    with pytest.raises(ValueError, match="targets"):
+        A.shuffled_prompts(constant, targets[:3])
+
+
 def test_fit_without_labels_is_an_error():
     analysis = A.ClipAnalysis(np.zeros(3), np.ones(500), np.full(12, 1 / 12))
     with pytest.raises(ValueError, match="nothing to fit"):

@@ -131,6 +131,13 @@ def run_adherence(
         # label-only baselines for the generated clips' targets, and for the real clips'
         "chance": chance(generated) if gen_preds else chance(reference),
         "chance_real": chance(reference),
+        # the generated clips scored against other prompts: do they follow their own?
+        "shuffled": A.shuffled_prompts(
+            [p["predicted"] for p in gen_preds],
+            [c.attributes for c in generated if c.attributes],
+            tempo_words=est.tempo_words,
+            seed=args.seed,
+        ),
         "predictions": gen_preds,
     }
 

@@ -120,15 +120,18 @@ SIGNIFICANCE = 0.05  # one-sided; with 40 prompts one clip is 2.5 % of an accura
 def acceptance(metrics: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
     """Issue 8's acceptance checks: (what, passed or None when not measured, the figures).
 
-    "Above" means significantly above, one-sided at ``SIGNIFICANCE``: an exact binomial test
-    of the correct count against the chance prior for adherence, a z test on the two means'
-    standard errors for MCC. A point estimate above chance on 40 prompts is not evidence.
+    "Above" means significantly above, one-sided at ``SIGNIFICANCE``: for adherence, an exact
+    binomial test of the correct count against the chance prior *and*, where measured, the
+    permutation test against the same clips scored on other prompts (so output that always
+    takes the commonest value does not pass); a z test on the two means' standard errors for
+    MCC. A point estimate above chance on 40 prompts is not evidence.
     """
     from scipy.stats import binomtest, norm
 
     checks: list[tuple[str, bool | None, str]] = []
     adh = metrics.get("adherence") or {}
     gen, chance = adh.get("generated", {}), adh.get("chance", {})
+    shuffled = adh.get("shuffled") or {}
     for word, prefixes in (("instrument", ("instrument",)), ("tempo", ("bpm", "tempo"))):
         names = [n for n in gen if n.startswith(prefixes)]
         for n in names:
@@ -139,13 +142,15 @@ def acceptance(metrics: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
                 continue
             hits = round(acc * count)
             pvalue = binomtest(hits, count, prior, alternative="greater").pvalue
-            checks.append(
-                (
-                    f"adherence {n} above chance",
-                    bool(pvalue < SIGNIFICANCE),
-                    f"{acc:.3f} vs {prior:.3f} ({hits}/{count}, binomial p = {pvalue:.2g})",
+            passed = bool(pvalue < SIGNIFICANCE)
+            figures = f"{acc:.3f} vs {prior:.3f} ({hits}/{count}, binomial p = {pvalue:.2g})"
+            if n in shuffled:
+                other = shuffled[n]
+                passed = passed and other["p"] < SIGNIFICANCE
+                figures += (
+                    f"; other prompts {other['accuracy']:.3f} (permutation p = {other['p']:.2g})"
                 )
-            )
+            checks.append((f"adherence {n} above chance", passed, figures))
         if not names:
             checks.append((f"adherence {word} above chance", None, "not measured"))
     mcc = metrics.get("mcc") or {}

@@ -477,6 +477,41 @@ def chance_levels(
     return out
 
 
+def shuffled_prompts(
+    predicted: Sequence[dict],
+    targets: Sequence[dict],
+    *,
+    tempo_words: Sequence[tuple[float, str]] = DEFAULT_TEMPO_WORDS,
+    permutations: int = 2000,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """The same predictions scored against the targets of *other* prompts, per attribute.
+
+    ``accuracy``: mean over random re-pairings; ``p``: share of re-pairings at least as
+    accurate as the true pairing (one-sided permutation test, ``(k + 1) / (permutations +
+    1)``). Unlike the label-only chances, this baseline keeps the generated clips' own
+    attribute distribution: output that always lands on the commonest tempo scores as well
+    re-paired as paired, so it cannot pass for following its prompts.
+    """
+    if len(predicted) != len(targets):
+        raise ValueError(f"{len(predicted)} predictions but {len(targets)} targets")
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, (keys, correct) in scorers(tempo_words).items():
+        pairs = [(p, t) for p, t in zip(predicted, targets, strict=True) if _applicable(keys, p, t)]
+        if len(pairs) < 2:
+            continue
+        hits = np.array([[correct(p, t) for t in (t for _, t in pairs)] for p, _ in pairs])
+        actual = float(np.mean(np.diag(hits)))
+        rows = np.arange(len(pairs))
+        shuffled = np.array(
+            [hits[rows, rng.permutation(len(pairs))].mean() for _ in range(permutations)]
+        )
+        p = (int(np.sum(shuffled >= actual - 1e-12)) + 1) / (permutations + 1)
+        out[name] = {"accuracy": float(shuffled.mean()), "p": p, "n": len(pairs)}
+    return out
+
+
 def analyse_many(
     clips: Iterable[tuple[np.ndarray, int]], *, target_rate: int = 16000
 ) -> list[ClipAnalysis]:

@@ -45,10 +45,12 @@ def markdown(metrics: dict[str, Any]) -> str:
             "Estimators fitted on real training clips only "
             f"({adh.get('num_train_clips', '?')} clips); tempo correct within 8 % "
             "(octave-aware: also at 2x, 1/2x, 3x, 1/3x). Chance: a guess drawn from the "
-            "training labels (prior) and the best constant training label (majority).",
+            "training labels (prior), the best constant training label (majority), and the "
+            "generated clips scored against other prompts (shuffled; p: permutation test).",
             "",
         ]
         gen, real, chance = adh.get("generated", {}), adh.get("real", {}), adh.get("chance", {})
+        shuffled = adh.get("shuffled", {})
         names = list(dict.fromkeys([*gen, *real, *chance]))
         rows = [
             [
@@ -57,6 +59,8 @@ def markdown(metrics: dict[str, Any]) -> str:
                 _fmt(real.get(n, {}).get("accuracy")),
                 _fmt(chance.get(n, {}).get("prior")),
                 _fmt(chance.get(n, {}).get("majority")),
+                _fmt(shuffled.get(n, {}).get("accuracy")),
+                _fmt(shuffled.get(n, {}).get("p"), 4),
                 f"{gen.get(n, {}).get('n', 0)} / {real.get(n, {}).get('n', 0)}",
             ]
             for n in names
@@ -68,6 +72,8 @@ def markdown(metrics: dict[str, Any]) -> str:
                 "real held-out",
                 "chance (prior)",
                 "majority",
+                "shuffled",
+                "p",
                 "n gen / real",
             ],
             rows,
