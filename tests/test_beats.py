@@ -238,3 +238,12 @@ def test_generation_follows_a_given_or_predicted_tempo(tmp_path):
         pipe.generate(prompts, seconds=2.0, bpm=[60.0])
     with pytest.raises(ValueError, match="positive"):
         pipe.generate(prompts, seconds=2.0, bpm=-5.0)
+
+
+def test_a_batch_without_tempo_labels_still_touches_the_predictor():
+    stage = tiny_stage("semantic", beat_spec_tokens(), beats=True, frame_conditioning=True)
+    batch = {"mulan_embedding": torch.randn(2, 6), "tempo": torch.tensor([-1, -1])}
+    loss = stage._tempo_loss(batch, "train")
+    loss.backward()
+    assert float(loss) == 0.0
+    assert all(p.grad is not None for p in stage.tempo.parameters())

@@ -133,3 +133,18 @@ def test_evaluate_memorization_from_token_shards(semantic_ckpt, tmp_path):
     assert all(r["exact_match_rate"] == 0.0 for r in rows.values())
     assert mem["mismatched_pairs"] == 3 * 6 * 5
     assert "Memorization" in (out / "metrics.md").read_text()
+
+
+def test_a_beat_conditioned_lm_is_refused_not_mis_scored(tmp_path):
+    import dataclasses
+
+    from generation_helpers import save_checkpoint, tiny_spec, tiny_stage
+
+    from musiclm.evaluation.memorization import semantic_lm_continue_fn
+
+    spec = dataclasses.replace(tiny_spec(), beat_phase_bins=4, tempo_bins=3, min_bpm=60.0,
+                               max_bpm=240.0)  # fmt: skip
+    stage = tiny_stage("semantic", spec, beats=True, frame_conditioning=True)
+    path = save_checkpoint(stage, tmp_path / "semantic.ckpt", seconds=2.0)
+    with pytest.raises(ValueError, match="prefix-conditioned"):
+        semantic_lm_continue_fn(str(path))

@@ -183,6 +183,14 @@ def semantic_lm_continue_fn(checkpoint: str, *, device: str = "cpu") -> Continue
     net, layout = load_network(checkpoint, map_location=device)
     if layout.stage != "semantic":
         raise ValueError(f"{checkpoint} is a {layout.stage} stage checkpoint, not semantic")
+    if layout.beats or layout.frame_conditioning or layout.aligned_positions:
+        # its prompts would need each clip's beat clock and the frame inputs this plain
+        # cached decode does not build: refuse rather than score another function
+        raise ValueError(
+            f"{checkpoint}: the memorization study continues prefix-conditioned semantic LMs "
+            "(the paper's); this one was trained with beats / frame_conditioning / "
+            "aligned_positions"
+        )
 
     @torch.no_grad()
     def continue_fn(prefix: np.ndarray, conditioning: Any, n: int) -> np.ndarray:
