@@ -1,5 +1,6 @@
 """Two CPU processes (DDP on gloo) over uneven token shards: no hang, different samples."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -19,7 +20,7 @@ SCRIPT = textwrap.dedent(
     from musiclm.datamodules.tokens import TokenDataModule
     from musiclm.stages.semantic import SemanticStage
 
-    root = sys.argv[1]
+    root, beats = sys.argv[1], sys.argv[2] == "beats"
 
     class Record(L.Callback):
         def __init__(self):
@@ -35,7 +36,8 @@ SCRIPT = textwrap.dedent(
     L.seed_everything(0)
     data = TokenDataModule(f"{root}/train", f"{root}/val", seconds=2.0, batch_size=2,
                            num_workers=0, batches_per_epoch=3, val_batches=2)
-    model = SemanticStage(dim=16, depth=1, heads=2, warmup_steps=1)
+    model = SemanticStage(dim=16, depth=1, heads=2, warmup_steps=1, beats=beats,
+                          frame_conditioning=beats, aligned_positions=beats)
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=5,
                         default_root_dir=root, callbacks=[Record()], log_every_n_steps=1,
                         enable_progress_bar=False, enable_model_summary=False)
@@ -45,13 +47,24 @@ SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_two_process_ddp_on_uneven_shards(tmp_path):
-    write_synthetic_shards(tmp_path / "train", sizes=[7, 2, 1], seconds=3.0)
-    write_synthetic_shards(tmp_path / "val", sizes=[3], seconds=3.0, seed=1)
+@pytest.mark.parametrize("beats", [False, True])
+def test_two_process_ddp_on_uneven_shards(tmp_path, beats):
+    """Also for the beat-conditioned semantic stage, whose tempo predictor must take part in
+    every step's gradient reduction."""
+    spec = None
+    if beats:
+        from generation_helpers import tiny_spec
+
+        spec = dataclasses.replace(
+            tiny_spec(), beat_phase_bins=4, tempo_bins=3, min_bpm=60.0, max_bpm=240.0,
+            tempo_input_dim=4,
+        )  # fmt: skip
+    write_synthetic_shards(tmp_path / "train", sizes=[7, 2, 1], seconds=3.0, spec=spec)
+    write_synthetic_shards(tmp_path / "val", sizes=[3], seconds=3.0, seed=1, spec=spec)
     script = tmp_path / "ddp_fit.py"
     script.write_text(SCRIPT)
     proc = subprocess.run(
-        [sys.executable, str(script), str(tmp_path)],
+        [sys.executable, str(script), str(tmp_path), "beats" if beats else "plain"],
         cwd=ROOT,
         capture_output=True,
         text=True,
