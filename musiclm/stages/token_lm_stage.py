@@ -73,8 +73,8 @@ class TokenLMStage(LightningModule):
                 stages), and for the semantic stage its beat clock id (with ``beats``) or
                 else the MuLan tokens. Not in the paper, which conditions by prefix only.
             beats: semantic stage only: condition on the beat clock of the shards
-                (``prepare tokens --beats``) and train a ``TempoPredictor`` (MuLan tokens ->
-                tempo bin) beside the LM, which generation uses to build the clock. Not in
+                (``prepare tokens --beats``) and train a ``TempoPredictor`` (MuLan embedding
+                -> tempo bin) beside the LM, which generation uses to build the clock. Not in
                 MusicLM; see ``musiclm.tokenizers.beats``.
             cond_dropout: probability of replacing a sample's MuLan tokens by NULL in
                 training, for classifier-free guidance at sampling.
@@ -185,8 +185,8 @@ class TokenLMStage(LightningModule):
         return loss, logits, seq
 
     def _tempo_loss(self, batch: dict[str, Any], split: str) -> torch.Tensor | None:
-        """The tempo predictor's loss (beat-conditioned semantic stage; None otherwise or
-        without labels), logged with its bin accuracy."""
+        """The tempo predictor's loss, logged with its bin accuracy (beat-conditioned
+        semantic stage; None for any other, 0 for a batch without tempo labels)."""
         if self.tempo is None:
             return None
         logits = self.tempo(batch["mulan_embedding"].float())

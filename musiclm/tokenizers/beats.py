@@ -7,8 +7,8 @@ stage is instead conditioned on a clock, one phase id per semantic frame (``phas
 per beat), as beat-conditioned text-to-music models are (Mustango predicts beats from the
 text, Music ControlNet takes a rhythm control): placing notes on a given clock is a local
 rule, not counting. Training reads the clock of the real audio (librosa's beat tracker);
-generation builds it from a tempo, predicted from the MuLan tokens (``TempoPredictor``) or
-given by the user, or tracks it in the audio being continued.
+generation builds it from a tempo, predicted from the MuLan text embedding
+(``TempoPredictor``) or given by the user, or tracks it in the audio being continued.
 
 Where a clip's metadata states its tempo (``bpm`` or ``attributes.bpm`` in its ``json``), the
 tracker only places the beats at that tempo: the tracker's own tempo is off by an octave for
