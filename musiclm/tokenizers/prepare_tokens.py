@@ -4,8 +4,9 @@ For every split folder of ``--audio``, each input shard ``audio-X.tar`` becomes
 ``OUT/<split>/tokens-audio-X.tar``: per clip ``semantic.npy`` [F_s], ``acoustic.npy`` [Q, F_a]
 (all levels), ``mulan.npy`` [Q_m] (with ``--mulan``), ``melody.npy`` [W, L_mel] (with
 ``--melody``: melody tokens of every window of the clip, one every ``hop_s``), ``beat.npy``
-[F_s] and ``tempo.npy`` [1] (with ``--beats``: the beat clock, ``musiclm.tokenizers.beats``),
-``caption.txt`` and ``json``.
+[F_s] and ``tempo.npy`` [1] (with ``--beats``: the beat clock, ``musiclm.tokenizers.beats``;
+with ``--mulan`` too, ``mulan_embedding.npy`` [D] for the tempo predictor), ``caption.txt``
+and ``json``.
 
 ``Trainer.predict`` runs it: every (rank, dataloader worker) takes a disjoint slice of the
 input shards, and a ``BasePredictionWriter`` writes each finished output shard under a
