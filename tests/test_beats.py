@@ -234,6 +234,16 @@ def test_generation_follows_a_given_or_predicted_tempo(tmp_path):
     clip = torch.from_numpy(click_track(60.0, 6.0, sr=1600, offset=0.3))
     continued = pipe.generate(prompts, seconds=2.0, seed=0, continue_audio=(clip, 1600))
     assert continued.bpm == [pytest.approx(60.0, rel=0.05)] * 2
+    # the command line: --bpm reaches the clock and the sidecar says which tempo was used
+    import json
+
+    from musiclm.commands.generate import main
+
+    out = tmp_path / "out"
+    argv = ["a fast piano", "--pipeline", str(tmp_path / "PIPELINE.yaml"), "--seconds", "1",
+            "--bpm", "90", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert json.loads(next(out.glob("*.json")).read_text())["bpm"] == 90.0
     with pytest.raises(ValueError, match="2 prompts"):
         pipe.generate(prompts, seconds=2.0, bpm=[60.0])
     with pytest.raises(ValueError, match="positive"):
