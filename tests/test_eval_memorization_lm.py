@@ -39,14 +39,15 @@ def test_cached_greedy_continuation_equals_full_forward_argmax(semantic_ckpt):
     from musiclm.stages.token_lm_stage import load_network
 
     cont = semantic_lm_continue_fn(str(semantic_ckpt))
-    prefix, cond = np.array([3, 1, 4, 1, 5]), np.array([2, 7, 1])
+    prefix, mulan = np.array([3, 1, 4, 1, 5]), np.array([2, 7, 1])
+    cond = {"mulan": mulan}
     out = cont(prefix, cond, 6)
     assert out.shape == (6,) and out.min() >= 0 and out.max() < SEM_VOCAB
     np.testing.assert_array_equal(out, cont(prefix, cond, 6))  # deterministic
     # reference: no cache, the whole sequence through the network at every step
     net, layout = load_network(str(semantic_ckpt))
     seq = torch.tensor(prefix)[None]
-    streams = {"semantic": seq, "mulan": torch.tensor(cond)[None]}
+    streams = {"semantic": seq, "mulan": torch.tensor(mulan)[None]}
     tokens = torch.cat([layout.prefix(streams), layout.target_to_input(seq)], 1)
     ref = []
     with torch.no_grad():
@@ -135,16 +136,32 @@ def test_evaluate_memorization_from_token_shards(semantic_ckpt, tmp_path):
     assert "Memorization" in (out / "metrics.md").read_text()
 
 
-def test_a_beat_conditioned_lm_is_refused_not_mis_scored(tmp_path):
+def test_a_beat_conditioned_lm_continues_along_the_clips_clock(tmp_path):
+    """The continuation equals the argmax of the network's full forward pass (positions and
+    frame inputs as in training) over the clip's clock, which it needs."""
     import dataclasses
 
     from generation_helpers import save_checkpoint, tiny_spec, tiny_stage
 
     from musiclm.evaluation.memorization import semantic_lm_continue_fn
+    from musiclm.stages.token_lm_stage import target_logits
 
     spec = dataclasses.replace(tiny_spec(), beat_phase_bins=4, tempo_bins=3, min_bpm=60.0,
                                max_bpm=240.0)  # fmt: skip
-    stage = tiny_stage("semantic", spec, beats=True, frame_conditioning=True)
+    stage = tiny_stage("semantic", spec, beats=True, frame_conditioning=True,
+                       aligned_positions=True)  # fmt: skip
     path = save_checkpoint(stage, tmp_path / "semantic.ckpt", seconds=2.0)
-    with pytest.raises(ValueError, match="prefix-conditioned"):
-        semantic_lm_continue_fn(str(path))
+    cont = semantic_lm_continue_fn(str(path))
+    prefix, mulan = np.array([3, 1, 4]), np.array([2, 7, 1])
+    beat = np.arange(9) % 4
+    out = cont(prefix, {"mulan": mulan, "beat": beat}, 5)
+    assert out.shape == (5,)
+    seq = torch.tensor(np.concatenate([prefix, out]))[None]
+    streams = {"semantic": seq, "mulan": torch.tensor(mulan)[None],
+               "beat": torch.tensor(beat[:8])[None]}  # fmt: skip
+    built = stage.layout.sequence(streams)
+    with torch.no_grad():
+        logits = target_logits(stage.net, stage.layout, built.tokens, built.prefix_len)
+    assert logits[0, 3:8].argmax(-1).tolist() == out.tolist()  # targets 3..7
+    with pytest.raises(ValueError, match="beat clock"):
+        cont(prefix, {"mulan": mulan}, 2)

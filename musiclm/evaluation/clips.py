@@ -100,7 +100,8 @@ def load_reference(path: str | Path, *, limit: int | None = None) -> list[Clip]:
 def load_token_examples(
     directory: str | Path, *, limit: int | None = None
 ) -> list[MemorizationExample]:
-    """Semantic tokens and MuLan tokens of a token shard folder (``musiclm prepare tokens``)."""
+    """Semantic tokens and conditioning (MuLan tokens, beat clock) of a token shard folder
+    (``musiclm prepare tokens``)."""
     import webdataset as wds
 
     from musiclm.datamodules.shards import SkipCounter, decode_npy, shard_paths
@@ -116,12 +117,12 @@ def load_token_examples(
             raise ValueError(
                 f"sample {sample.get('__key__')!r} in {sample.get('__url__')} has no semantic.npy"
             )
-        mulan = decode_npy(sample["mulan.npy"]) if "mulan.npy" in sample else None
-        out.append(
-            MemorizationExample(
-                sample["__key__"], decode_npy(sample["semantic.npy"]).astype(np.int64), mulan
-            )
-        )
+        cond = {
+            name: decode_npy(sample[f"{name}.npy"]) if f"{name}.npy" in sample else None
+            for name in ("mulan", "beat")
+        }
+        semantic = decode_npy(sample["semantic.npy"]).astype(np.int64)
+        out.append(MemorizationExample(sample["__key__"], semantic, cond))
         if limit is not None and len(out) >= limit:
             break
     if not out:

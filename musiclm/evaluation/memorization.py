@@ -30,7 +30,8 @@ ContinueFn = Callable[[np.ndarray, Any, int], Any]
 
 @dataclass
 class MemorizationExample:
-    """One training clip: its semantic tokens (F,) and its conditioning (MuLan tokens)."""
+    """One training clip: its semantic tokens (F,) and its conditioning streams (``{"mulan":
+    (Q_m,), "beat": (F,)}``, each None when the shards lack it)."""
 
     key: str
     semantic: np.ndarray
@@ -173,41 +174,48 @@ def memorization_study(
 def semantic_lm_continue_fn(checkpoint: str, *, device: str = "cpu") -> ContinueFn:
     """Greedy continuation with a trained semantic stage (``musiclm fit`` checkpoint).
 
-    The prompt is ``[BOS] + MuLan tokens + prefix semantic tokens``; decoding uses the
-    network's key/value cache, one token per step, argmax over the semantic vocabulary.
+    ``conditioning``: the clip's streams, ``{"mulan": (Q_m,), "beat": (F,)}`` as
+    ``load_token_examples`` reads them (the beat clock for a stage trained with ``beats``,
+    which it follows over the continuation too). The prompt is ``[BOS] + conditioning +
+    prefix semantic tokens``; decoding is generation's own (``decode.generate_window``: cached,
+    with the stage's positions and frame inputs), argmax at every step.
     """
     import torch
 
+    from musiclm.generation.decode import generate_window
+    from musiclm.generation.fast_lm import FastTokenLM
+    from musiclm.generation.sampling import SamplingConfig
     from musiclm.stages.token_lm_stage import load_network
 
     net, layout = load_network(checkpoint, map_location=device)
     if layout.stage != "semantic":
         raise ValueError(f"{checkpoint} is a {layout.stage} stage checkpoint, not semantic")
-    if layout.beats or layout.frame_conditioning or layout.aligned_positions:
-        # its prompts would need each clip's beat clock and the frame inputs this plain
-        # cached decode does not build: refuse rather than score another function
-        raise ValueError(
-            f"{checkpoint}: the memorization study continues prefix-conditioned semantic LMs "
-            "(the paper's); this one was trained with beats / frame_conditioning / "
-            "aligned_positions"
-        )
+    fast, greedy = FastTokenLM(net), SamplingConfig(temperature=0.0)
 
     @torch.no_grad()
     def continue_fn(prefix: np.ndarray, conditioning: Any, n: int) -> np.ndarray:
+        cond = dict(conditioning or {})
         sem = torch.as_tensor(np.asarray(prefix, dtype=np.int64), device=device)[None]
         streams: dict[str, torch.Tensor] = {"semantic": sem}
         if layout.uses_mulan:
-            if conditioning is None:
+            if cond.get("mulan") is None:
                 raise ValueError(f"{checkpoint} is conditioned on MuLan tokens; the clip has none")
-            cond = np.asarray(conditioning, dtype=np.int64).reshape(1, -1)
-            streams["mulan"] = torch.as_tensor(cond, device=device)
-        tokens = torch.cat([layout.prefix(streams), layout.target_to_input(sem)], dim=1)
-        logits, cache = net(tokens, return_cache=True)
-        out = []
-        for _ in range(n):
-            nxt = logits[:, -1].argmax(-1, keepdim=True)  # (1, 1) target id
-            out.append(nxt)
-            logits, cache = net(layout.target_to_input(nxt), cache=cache, return_cache=True)
-        return layout.targets_to_codes(torch.cat(out, dim=1))[0].cpu().numpy()
+            mulan = np.asarray(cond["mulan"], dtype=np.int64).reshape(1, -1)
+            streams["mulan"] = torch.as_tensor(mulan, device=device)
+        if layout.beats:
+            if cond.get("beat") is None:
+                raise ValueError(
+                    f"{checkpoint} follows a beat clock; the clip has none (token shards "
+                    "from `musiclm prepare tokens --beats`)"
+                )
+            beat = np.full(sem.shape[1] + n, -1, dtype=np.int64)  # -1: no pulse past its end
+            clip = np.asarray(cond["beat"], dtype=np.int64)[: beat.size]
+            beat[: clip.size] = clip
+            streams["beat"] = torch.as_tensor(beat, device=device)[None]
+        prompt = torch.cat([layout.prefix(streams), layout.target_to_input(sem)], dim=1)
+        out = generate_window(
+            fast, prompt, n, layout=layout, sampling=greedy, level_offset=sem.shape[1]
+        )
+        return layout.targets_to_codes(out)[0].cpu().numpy()
 
     return continue_fn
