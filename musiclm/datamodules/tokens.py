@@ -374,13 +374,8 @@ def write_synthetic_shards(
             n_a = round(lengths[index] * spec.acoustic_rate)
             semantic = rng.integers(0, spec.semantic_vocab, n_s)
             acoustic = rng.integers(0, spec.codebook_size, (spec.num_quantizers, n_a))
-            # level 0 at acoustic frame t mirrors the semantic frame covering t
-            frames = (np.arange(n_a) * spec.semantic_rate / spec.acoustic_rate).astype(int)
-            acoustic[0] = semantic[frames] % spec.codebook_size
             sample = {
                 "__key__": f"clip{index:05d}",
-                "semantic.npy": semantic.astype(np.int16),
-                "acoustic.npy": acoustic.astype(np.int16),
                 "caption.txt": f"synthetic clip {index}",
                 "json": {"seconds": lengths[index]},
             }
@@ -398,9 +393,6 @@ def write_synthetic_shards(
                 bpm = spec.beat_spec.bin_bpm(tempo)
                 beat = spec.beat_spec.clock(bpm, n_s, spec.semantic_rate, rng.uniform())
                 semantic[:] = beat % spec.semantic_vocab
-                acoustic[0] = semantic[frames] % spec.codebook_size
-                sample["semantic.npy"] = semantic.astype(np.int16)
-                sample["acoustic.npy"] = acoustic.astype(np.int16)
                 sample["beat.npy"] = beat.astype(np.int16)
                 sample["tempo.npy"] = np.array([tempo], dtype=np.int16)
                 if spec.tempo_input_dim:
@@ -408,6 +400,11 @@ def write_synthetic_shards(
                     emb = rng.normal(0, 0.1, spec.tempo_input_dim)
                     emb[tempo % spec.tempo_input_dim] += 1.0
                     sample["mulan_embedding.npy"] = emb.astype(np.float16)
+            # level 0 at acoustic frame t mirrors the semantic frame covering t
+            frames = (np.arange(n_a) * spec.semantic_rate / spec.acoustic_rate).astype(int)
+            acoustic[0] = semantic[frames] % spec.codebook_size
+            sample["semantic.npy"] = semantic.astype(np.int16)
+            sample["acoustic.npy"] = acoustic.astype(np.int16)
             writer.write(sample, seconds=lengths[index])
             index += 1
         writer.close()

@@ -501,7 +501,7 @@ def shuffled_prompts(
         pairs = [(p, t) for p, t in zip(predicted, targets, strict=True) if _applicable(keys, p, t)]
         if len(pairs) < 2:
             continue
-        hits = np.array([[correct(p, t) for t in (t for _, t in pairs)] for p, _ in pairs])
+        hits = np.array([[correct(p, t) for _, t in pairs] for p, _ in pairs])  # (pred, target)
         actual = float(np.mean(np.diag(hits)))
         rows = np.arange(len(pairs))
         shuffled = np.array(
