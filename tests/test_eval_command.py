@@ -142,9 +142,21 @@ def test_evaluate_end_to_end_with_tiny_mulan(data, tmp_path, capsys):
     assert fad["embedding"] == "mulan" and fad["dim"] == 16
     assert fad["generated_vs_reference"] >= 0 and fad["reference_halves"] >= 0
     md = (out / "metrics.md").read_text()
-    for title in ("Attribute adherence", "MuLan cycle consistency", "Fréchet audio distance"):
+    for title in (
+        "Musical structure",
+        "Attribute adherence",
+        "MuLan cycle consistency",
+        "Fréchet audio distance",
+    ):
         assert title in md
     assert (out / "attribute_estimators.json").is_file()
+    # the "generated" clips are real renders: their structure matches the real clips'
+    structure = metrics["structure"]
+    assert len(structure["generated"]) == 6 and len(structure["real"]) == 6
+    assert structure["summary"]["note_motion"]["ratio"] > 0.7
+    assert structure["summary"]["static_share"]["generated"] == 0.0
+    assert (out / "structure.png").read_bytes()[:4] == b"\x89PNG"
+    assert "![structure distributions](structure.png)" in md
 
 
 def test_evaluate_without_mulan_uses_logmel_and_reuses_estimators(data, tmp_path):

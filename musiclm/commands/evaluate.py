@@ -18,7 +18,7 @@ import numpy as np
 
 from musiclm.evaluation.clips import Clip
 
-METRICS = ("adherence", "mcc", "fad", "memorization")
+METRICS = ("structure", "adherence", "mcc", "fad", "memorization")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--metrics",
-        default="adherence,mcc,fad",
-        help=f"comma-separated subset of {','.join(METRICS)} (default adherence,mcc,fad)",
+        default="structure,adherence,mcc,fad",
+        help=f"comma-separated subset of {','.join(METRICS)} (default structure,adherence,mcc,fad)",
     )
     p.add_argument("--memorization", action="store_true", help="add the memorization study")
     p.add_argument("--tokens", help="token shards of the training split (memorization)")
@@ -140,6 +140,21 @@ def run_adherence(
         ),
         "predictions": gen_preds,
     }
+
+
+def run_structure(generated: list[Clip], reference: list[Clip], out: Path) -> dict[str, Any]:
+    """Note motion, pulse, onsets, pitch and key of every clip, generated against real, with
+    a plot of the distributions (``out/structure.png``)."""
+    from musiclm.evaluation import structure as S
+
+    t0 = time.perf_counter()
+    gen = [{"name": c.name, **S.analyse_structure(c.audio, c.sample_rate)} for c in generated]
+    real = [{"name": c.name, **S.analyse_structure(c.audio, c.sample_rate)} for c in reference]
+    _log(f"structure: {len(gen)} generated and {len(real)} real clips in "
+         f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
+    png = out / "structure.png"
+    S.plot_distributions(gen, real, png)
+    return {"summary": S.compare(gen, real), "plot": png.name, "generated": gen, "real": real}
 
 
 def run_mcc(mulan: Any, generated: list[Clip], reference: list[Clip]) -> dict[str, Any]:
@@ -256,6 +271,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         },
         "notes": [],
     }
+    if "structure" in chosen:
+        metrics["structure"] = run_structure(generated, reference, Path(args.out))
     if "adherence" in chosen:
         metrics["adherence"] = run_adherence(args, generated, reference)
     if "mcc" in chosen:

@@ -167,6 +167,11 @@ def acceptance(metrics: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
         )
     else:
         checks.append(("MCC generated above mismatched", None, "not measured"))
+    # Music like the corpus: note motion, pulse and onsets near the real clips', few static clips.
+    from musiclm.evaluation.structure import acceptance_checks
+
+    structure = (metrics.get("structure") or {}).get("summary") or {}
+    checks += acceptance_checks(structure)
     return checks
 
 
@@ -229,6 +234,8 @@ def write_report(p: DemoPaths, *, step_seconds: dict[str, float]) -> Path:
     md = p.eval / "metrics.md"
     if md.is_file():
         body = md.read_text(encoding="utf-8").replace("# Evaluation", "## Evaluation", 1)
+        # the evaluation's pictures live beside metrics.md, under eval/
+        body = body.replace("](structure.png)", f"]({p.eval.name}/structure.png)")
         lines += [body.replace("\n## ", "\n### ").replace("### Evaluation", "## Evaluation")]
     out = p.out / "report.md"
     atomic_write_text(out, "\n".join(lines).rstrip() + "\n")

@@ -38,6 +38,9 @@ def markdown(metrics: dict[str, Any]) -> str:
     inputs = metrics.get("inputs", {})
     if inputs:
         lines += [f"- {k}: {_fmt(v)}" for k, v in inputs.items()] + [""]
+    structure = metrics.get("structure")
+    if structure:
+        lines += _structure_section(structure)
     adh = metrics.get("adherence")
     if adh:
         lines += ["## Attribute adherence", ""]
@@ -140,6 +143,48 @@ def markdown(metrics: dict[str, Any]) -> str:
     for note in metrics.get("notes", []):
         lines.append(f"- {note}")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _structure_section(structure: dict[str, Any]) -> list[str]:
+    from musiclm.evaluation.structure import METRICS
+
+    summary = structure.get("summary", {})
+    lines = [
+        "## Musical structure",
+        "",
+        "Per-clip estimators on the audio alone (librosa at 22.05 kHz): note motion (pitch-class "
+        "change between 0.25 s windows 1 s apart), pulse clarity (onset autocorrelation at "
+        "40-240 BPM), onsets per second, pitch range (semitones) and pitch-class entropy (bits) "
+        "of the pitched frames, key clarity. Medians; ratio = generated / real; Wasserstein and "
+        "Kolmogorov-Smirnov distances between the two distributions.",
+        "",
+    ]
+    rows = []
+    for name in METRICS:
+        r = summary.get(name) or {}
+        rows.append(
+            [
+                name.replace("_", " "),
+                _fmt(r.get("generated_median")),
+                _fmt(r.get("real_median")),
+                _fmt(r.get("ratio"), 2),
+                _fmt(r.get("wasserstein")),
+                _fmt(r.get("ks"), 2),
+                f"{r.get('n_generated', 0)} / {r.get('n_real', 0)}",
+            ]
+        )
+    static = summary.get("static_share") or {}
+    rows.append(
+        ["static clips (share)", _fmt(static.get("generated")), _fmt(static.get("real")),
+         "", "", "", ""]
+    )  # fmt: skip
+    lines += _table(
+        ["metric", "generated", "real held-out", "ratio", "Wasserstein", "KS", "n gen / real"],
+        rows,
+    )
+    if structure.get("plot"):
+        lines += [f"![structure distributions]({structure['plot']})", ""]
+    return lines
 
 
 def _atomic_text(path: Path, text: str) -> None:
