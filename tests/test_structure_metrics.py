@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from eval_synth import synth_clip
 
 from musiclm.evaluation import structure as S
-from eval_synth import synth_clip
 
 SR = 22050
 SECONDS = 8.0
@@ -49,9 +49,7 @@ def tunes() -> list[dict[str, float]]:
     return [S.analyse_structure(_tune(seed), SR) for seed in range(4)]
 
 
-@pytest.mark.parametrize(
-    "make", [_drone, _noise, _silence], ids=["drone", "noise", "silence"]
-)
+@pytest.mark.parametrize("make", [_drone, _noise, _silence], ids=["drone", "noise", "silence"])
 def test_motion_pulse_onsets_fail_without_music(make, tunes):
     m = S.analyse_structure(make(), SR)
     for name in ("note_motion", "pulse_clarity", "onset_rate", "pitch_range", "pitch_entropy"):

@@ -282,9 +282,7 @@ def acceptance_checks(summary: dict) -> list[tuple[str, bool | None, str]]:
         checks.append((what, None, "not measured"))
     else:
         real = summary["static_share"].get("real")
-        checks.append(
-            (what, bool(static <= MAX_STATIC_SHARE), f"{static:.0%} (real {real:.0%})")
-        )
+        checks.append((what, bool(static <= MAX_STATIC_SHARE), f"{static:.0%} (real {real:.0%})"))
     return checks
 
 
