@@ -340,3 +340,21 @@ def test_rerank_flag_reaches_generate_and_the_report_reads_its_scores(tmp_path, 
     assert got == pytest.approx(
         {"clips": 2, "candidates": 3, "kept": 0.55, "first": 0.3, "all": 2.1 / 6}
     )
+
+
+def test_seed_reaches_every_command_that_draws(tmp_path):
+    class Recorder(StepRunner):
+        def command(self, step, argv, *, env=None):
+            calls[step.name] = [str(a) for a in argv]
+
+    calls: dict[str, list[str]] = {}
+    p = DemoPaths(out=tmp_path, conf=tmp_path)
+    s = DemoSettings.quick()
+    s.seed = 7
+    for step in build_steps(Recorder(tmp_path), p, s):
+        if step.name in ("corpus", "mulan", "semantic", "coarse", "fine", "evaluate"):
+            step.run(step)
+    assert calls["corpus"][calls["corpus"].index("--seed") + 1] == "7"
+    for stage in ("mulan", "semantic", "coarse", "fine"):
+        assert "--seed_everything=7" in calls[stage], stage
+    assert calls["evaluate"][calls["evaluate"].index("--seed") + 1] == "7"

@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="STEP",
         help="rerun STEP and the steps after it ('all' for everything); repeatable",
     )
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="seed of the corpus, every training job, generation and evaluation (default 0)",
+    )
     p.add_argument("--until", metavar="STEP", help="stop after STEP")
     p.add_argument("--conf", help="folder of the stage configs (default: conf/demo of the source)")
     p.add_argument("--list", action="store_true", help="list the steps and their state, run none")
@@ -58,6 +63,10 @@ def _settings(args: argparse.Namespace):
             raise ValueError(f"--seconds {args.seconds}: must be positive")
         s.seconds = args.seconds
         s.gen_seconds = min(s.gen_seconds, args.seconds)
+    if args.seed is not None:
+        if args.seed < 0:
+            raise ValueError(f"--seed {args.seed}: must be >= 0")
+        s.seed = args.seed
     if args.rerank is not None:
         if args.rerank < 1:
             raise ValueError(f"--rerank {args.rerank}: need at least 1 candidate per prompt")

@@ -26,6 +26,9 @@ class DemoSettings:
     # from 0.30 to 0.52 and MCC from 0.30 to 0.44 over 400 (docs/benchmarks.md, session 3)
     clips: int = 1000
     seconds: float = 10.0
+    # One seed for everything the run draws: the corpus, every training job, generation and
+    # evaluation. Figures are quoted as mean and spread over seeds 0, 1, 2.
+    seed: int = 0
     # MuLan: steps, batch, crop (seconds); the conditioning RVQ over its audio embeddings.
     mulan_steps: int = 300
     mulan_batch: int = 32
@@ -198,7 +201,9 @@ def fit_missing(p: DemoPaths, stage: str, steps: int) -> list[str]:
     return [] if got >= steps else [f"{steps - got} more training steps in {last}"]
 
 
-def fit_argv(p: DemoPaths, stage: str, data: dict[str, Path], extra: list[str]) -> list[str]:
+def fit_argv(
+    p: DemoPaths, stage: str, data: dict[str, Path], extra: list[str], seed: int = 0
+) -> list[str]:
     """``musiclm fit`` for one stage, resuming from ``last.ckpt`` when a run was cut short."""
     argv = musiclm_argv(
         "fit",
@@ -207,7 +212,7 @@ def fit_argv(p: DemoPaths, stage: str, data: dict[str, Path], extra: list[str]) 
         f"--trainer.default_root_dir={p.run_dir(stage)}",
     )
     argv += [f"--data.init_args.{k}={v}" for k, v in data.items()]
-    argv += extra
+    argv += [f"--seed_everything={seed}", *extra]
     if p.last_ckpt(stage).is_file():
         argv += ["--ckpt_path", "last"]
     return argv
@@ -222,7 +227,7 @@ def build_steps(runner: StepRunner, p: DemoPaths, s: DemoSettings) -> list[Step]
             step,
             musiclm_argv(
                 "data", "demo", "--out", str(p.corpus), "--clips", str(s.clips),
-                "--seconds", str(s.seconds), "--quiet",
+                "--seconds", str(s.seconds), "--seed", str(s.seed), "--quiet",
             ),
         )  # fmt: skip
 
@@ -243,7 +248,7 @@ def build_steps(runner: StepRunner, p: DemoPaths, s: DemoSettings) -> list[Step]
             *s.mulan_overrides,
         ]
         data = {"train_dir": p.audio / "train", "val_dir": p.audio / "valid"}
-        runner.command(step, fit_argv(p, "mulan", data, extra))
+        runner.command(step, fit_argv(p, "mulan", data, extra, s.seed))
 
     def mulan_rvq(step: Step) -> None:
         runner.command(
@@ -298,7 +303,7 @@ def build_steps(runner: StepRunner, p: DemoPaths, s: DemoSettings) -> list[Step]
                 *s.lm_overrides,
             ]
             data = {"train_dir": p.tokens / "train", "val_dir": p.tokens / "valid"}
-            runner.command(step, fit_argv(p, stage, data, extra))
+            runner.command(step, fit_argv(p, stage, data, extra, s.seed))
 
         return run
 
@@ -311,7 +316,7 @@ def build_steps(runner: StepRunner, p: DemoPaths, s: DemoSettings) -> list[Step]
             step,
             musiclm_argv(
                 "generate", "--prompts", str(p.prompts), "--pipeline", str(p.pipeline),
-                "--seconds", str(s.gen_seconds), "--num-samples", "1", "--seed", "0",
+                "--seconds", str(s.gen_seconds), "--num-samples", "1", "--seed", str(s.seed),
                 "--out", str(p.generated), "--rerank", str(s.rerank), *s.gen_args,
             ),
         )  # fmt: skip
@@ -324,7 +329,7 @@ def build_steps(runner: StepRunner, p: DemoPaths, s: DemoSettings) -> list[Step]
                 "evaluate", "--generated", str(p.generated), "--reference", str(p.audio / "test"),
                 "--train-reference", str(p.audio / "train"), "--pipeline", str(p.pipeline),
                 "--estimators", str(p.eval / "attribute_estimators.json"),
-                "--out", str(p.eval), *s.eval_args,
+                "--out", str(p.eval), "--seed", str(s.seed), *s.eval_args,
             ),
         )  # fmt: skip
 
