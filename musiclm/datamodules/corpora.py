@@ -94,7 +94,7 @@ def _folder_entries(root: Path) -> list[Entry]:
                 side = json.loads(js.read_text(encoding="utf-8"))
                 if not isinstance(side, dict) or not isinstance(side.get("caption"), str):
                     raise ValueError("sidecar JSON needs a string 'caption'")
-                e.caption = side.pop("caption")
+                e.caption = side.pop("caption").strip()
                 e.split = side.pop("split", None)
                 e.meta.update(side)
             elif txt.is_file():
@@ -113,7 +113,10 @@ def _jsonl_entries(manifest: Path) -> list[Entry]:
     if not manifest.is_file():
         raise FileNotFoundError(f"--input {manifest}: no such JSONL manifest")
     entries = []
-    lines = manifest.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = manifest.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"--input {manifest}: not UTF-8 text ({exc})") from None
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -123,8 +126,12 @@ def _jsonl_entries(manifest: Path) -> list[Entry]:
             if not isinstance(row, dict):
                 raise ValueError("not a JSON object")
             audio, caption = row.pop("audio"), row.pop("caption")
-            if not isinstance(audio, str) or not isinstance(caption, str) or not caption:
-                raise ValueError("'audio' and 'caption' must be non-empty strings")
+            if not isinstance(audio, str) or not isinstance(caption, str):
+                raise ValueError("'audio' and 'caption' must be strings")
+            # a caption of blanks would become a training pair with no text
+            caption = caption.strip()
+            if not audio.strip() or not caption:
+                raise ValueError("'audio' and 'caption' must not be empty")
         except (ValueError, KeyError) as exc:
             entries.append(Entry(id=clean_id(f"line{n}"), name=where, error=f"bad line: {exc}"))
             continue
@@ -152,42 +159,64 @@ def _musiccaps_entries(csv_path: Path, audio_dir: Path | None) -> list[Entry]:
     entries = []
     with csv_path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in MUSICCAPS_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{csv_path}: MusicCaps CSV lacks columns {missing}")
-        for n, row in enumerate(reader, start=2):
-            ytid = row["ytid"]
-            e = Entry(
-                id=clean_id(ytid), name=f"{csv_path.name}:{n} ({ytid})", caption=row["caption"]
-            )
-            try:
-                e.start_s, e.end_s = float(row["start_s"]), float(row["end_s"])
-                aspects = ast.literal_eval(row["aspect_list"]) if row["aspect_list"] else []
-                if not isinstance(aspects, list):
-                    raise ValueError("aspect_list is not a list")
-            except (ValueError, SyntaxError) as exc:
-                e.error = f"bad row: {exc}"
-                entries.append(e)
-                continue
-            e.meta = {
-                "ytid": ytid,
-                "start_s": e.start_s,
-                "end_s": e.end_s,
-                "aspect_list": [str(a) for a in aspects],
-            }
-            for extra in ("audioset_positive_labels", "author_id", "is_balanced_subset"):
-                if extra in row:
-                    e.meta[extra] = row[extra]
-            if "is_audioset_eval" in row:
-                e.meta["is_audioset_eval"] = row["is_audioset_eval"].strip().lower() == "true"
-            if ytid in available:
-                e.path = str(available[ytid])
-            else:
-                e.error = f"audio missing: no {ytid}.<ext> in {audio_dir}"
-            if not e.caption and e.error is None:
-                e.error = "empty caption"
-            entries.append(e)
+        try:
+            fieldnames = reader.fieldnames or []
+            missing = [c for c in MUSICCAPS_COLUMNS if c not in fieldnames]
+            if missing:
+                raise ValueError(f"{csv_path}: MusicCaps CSV lacks columns {missing}")
+            for n, row in enumerate(reader, start=2):
+                entries.append(_musiccaps_entry(row, f"{csv_path.name}:{n}", audio_dir, available))
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise ValueError(f"{csv_path}:{reader.line_num}: unreadable CSV ({exc})") from None
     return entries
+
+
+def _musiccaps_time(row: dict, column: str) -> float:
+    value = float(row[column])
+    if value != value or value in (float("inf"), float("-inf")) or value < 0:
+        raise ValueError(f"{column}={row[column]!r} is not a finite time >= 0")
+    return value
+
+
+def _musiccaps_entry(row: dict, where: str, audio_dir: Path, available: dict) -> Entry:
+    """One MusicCaps row; a malformed row is an entry with an ``error`` (a counted skip)."""
+    ytid = row.get("ytid") or ""
+    e = Entry(id=clean_id(ytid), name=f"{where} ({ytid})", caption=(row["caption"] or "").strip())
+    # csv.DictReader fills the columns a short row lacks with None
+    absent = [c for c in MUSICCAPS_COLUMNS if row.get(c) is None]
+    if absent:
+        e.error = f"bad row: no value for {', '.join(absent)}"
+        return e
+    try:
+        e.start_s, e.end_s = _musiccaps_time(row, "start_s"), _musiccaps_time(row, "end_s")
+        if e.end_s <= e.start_s:
+            raise ValueError(f"end_s={e.end_s:g} is not after start_s={e.start_s:g}")
+        aspects = ast.literal_eval(row["aspect_list"]) if row["aspect_list"] else []
+        if not isinstance(aspects, list):
+            raise ValueError("aspect_list is not a list")
+    except (ValueError, SyntaxError, MemoryError, RecursionError) as exc:
+        e.error = f"bad row: {exc}"
+        return e
+    e.meta = {
+        "ytid": ytid,
+        "start_s": e.start_s,
+        "end_s": e.end_s,
+        "aspect_list": [str(a) for a in aspects],
+    }
+    for extra in ("audioset_positive_labels", "author_id", "is_balanced_subset"):
+        if row.get(extra) is not None:
+            e.meta[extra] = row[extra]
+    if row.get("is_audioset_eval") is not None:
+        e.meta["is_audioset_eval"] = row["is_audioset_eval"].strip().lower() == "true"
+    if not ytid:
+        e.error = "bad row: empty ytid"
+    elif ytid in available:
+        e.path = str(available[ytid])
+    else:
+        e.error = f"audio missing: no {ytid}.<ext> in {audio_dir}"
+    if not e.caption and e.error is None:
+        e.error = "empty caption"
+    return e
 
 
 def list_entries(
@@ -238,6 +267,10 @@ def load_entry(entry: Entry, *, sample_rate: int, min_seconds: float = 1.0) -> I
         raise SkipItem(entry.error)
     if entry.path is None or not Path(entry.path).is_file():
         raise SkipItem(f"audio missing: {entry.path}")
+    for name in ("start_s", "end_s"):
+        value = getattr(entry, name)
+        if value is not None and not (np.isfinite(value) and value >= 0):
+            raise SkipItem(f"bad {name}: {value!r}")
     try:
         with sf.SoundFile(entry.path) as f:
             sr = f.samplerate
