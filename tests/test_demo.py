@@ -250,7 +250,8 @@ def test_quick_steps_are_the_documented_order(tmp_path):
     names = [s.name for s in build_steps(StepRunner(tmp_path), p, DemoSettings.quick())]
     assert names == [
         "corpus", "audio", "mulan", "mulan-rvq", "semantic-kmeans", "codec", "tokens",
-        "semantic", "coarse", "fine", "pipeline", "generate", "evaluate", "report",
+        "semantic", "coarse", "fine", "pipeline", "generate", "generate-other", "evaluate",
+        "evaluate-other", "report",
     ]  # fmt: skip
 
 
@@ -358,3 +359,17 @@ def test_seed_reaches_every_command_that_draws(tmp_path):
     for stage in ("mulan", "semantic", "coarse", "fine"):
         assert "--seed_everything=7" in calls[stage], stage
     assert calls["evaluate"][calls["evaluate"].index("--seed") + 1] == "7"
+
+
+def test_other_wording_check_and_table():
+    from musiclm.demo.report import wording_check, wording_table
+
+    def m(acc: float) -> dict:
+        return {"adherence": {"generated": {"instrument": {"accuracy": acc, "n": 40}}},
+                "inputs": {"generated_clips": 40}}  # fmt: skip
+
+    assert wording_check(m(0.6), m(0.5))[1] is True  # 0.5 >= 0.8 * 0.6
+    assert wording_check(m(0.6), m(0.4))[1] is False
+    assert wording_check(m(0.6), {})[1] is None
+    rows = {r[0]: r[1:] for r in wording_table(m(0.6), m(0.4))}
+    assert rows["adherence instrument"] == ["0.600", "0.400"]

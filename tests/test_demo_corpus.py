@@ -188,3 +188,27 @@ def test_wavetable_phase_rounding_stays_in_bounds():
     t = np.array([0.0, 0.5, np.nextafter(1.0, 0.0)])
     y = _wavetable(np.array([1.0]), np.array([1.0]), 1.0, t, ZeroPhases())
     assert y.shape == (3,) and abs(y[2]) < 1e-3 and abs(y[1]) < 1e-3
+
+
+def test_other_wording_prompts_avoid_the_caption_templates():
+    from musiclm.demo_corpus.captions import _INSTRUMENT_PHRASES, make_caption
+    from musiclm.demo_corpus.paraphrases import INSTRUMENT_WORDS, other_wording_rows, paraphrase
+
+    assert set(INSTRUMENT_WORDS) == set(_INSTRUMENT_PHRASES)
+    rng = np.random.default_rng(0)
+    for inst, words in INSTRUMENT_WORDS.items():
+        assert len(set(words)) >= 4, inst
+        assert not set(words) & set(_INSTRUMENT_PHRASES[inst]), inst
+        for bpm in (60, 90, 120, 160):
+            attrs = {"instrument": inst, "bpm": bpm, "key": "D", "mode": "minor",
+                     "source": "jig", "meter": "6/8"}  # fmt: skip
+            prompt = paraphrase(attrs, rng)
+            assert not any(ch.isdigit() for ch in prompt.replace("8-bit", "")), prompt
+            assert "BPM" not in prompt and "beats per minute" not in prompt
+            assert prompt not in {make_caption({**attrs, "register": "middle"}, rng)}
+    rows = [{"id": f"c{i}", "attributes": {"instrument": inst, "bpm": 100, "key": "C",
+             "mode": "major", "source": "reel"}}
+            for i, inst in enumerate(list(INSTRUMENT_WORDS) * 5)]  # fmt: skip
+    got = other_wording_rows(rows, per_instrument=4, seed=1)
+    assert len(got) == 4 * len(INSTRUMENT_WORDS)
+    assert got == other_wording_rows(rows, per_instrument=4, seed=1)  # deterministic

@@ -99,16 +99,28 @@ def write_prompts(p: DemoPaths, n: int) -> list[dict[str, Any]]:
     return rows
 
 
-def attach_attributes(p: DemoPaths) -> int:
+def write_other_prompts(p: DemoPaths, per_instrument: int, seed: int = 0) -> list[dict]:
+    """``prompts_other.jsonl``: held-out clips' attributes in words the captions never use
+    (``demo_corpus.paraphrases``), ``per_instrument`` of each instrument."""
+    from musiclm.demo_corpus.paraphrases import other_wording_rows
+
+    rows = other_wording_rows(held_out_rows(p, 10**9), per_instrument=per_instrument, seed=seed)
+    atomic_write_text(p.prompts_other, "".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def attach_attributes(p: DemoPaths, *, other: bool = False) -> int:
     """Give each generated sidecar its prompt's attributes (for adherence) and the id of the
-    real clip whose caption it was (for the report's spectrograms); return the count."""
-    meta_path = p.prompts
+    real clip whose caption it was (for the report's spectrograms); return the count.
+    ``other``: the clips of the other-wording prompts."""
+    meta_path = p.prompts_other if other else p.prompts
+    generated = p.generated_other if other else p.generated
     by_prompt = {}
     for line in meta_path.read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
         by_prompt.setdefault(row["prompt"], row)
     done = 0
-    for side in sorted(p.generated.glob("*.json")):
+    for side in sorted(generated.glob("*.json")):
         data = json.loads(side.read_text(encoding="utf-8"))
         if not isinstance(data, dict) or "prompt" not in data:
             continue
@@ -122,13 +134,14 @@ def attach_attributes(p: DemoPaths) -> int:
     return done
 
 
-def missing_generated(p: DemoPaths) -> list[str]:
+def missing_generated(p: DemoPaths, *, other: bool = False) -> list[str]:
     """What generation still owes: every prompt needs a wav with a sidecar."""
-    meta_path = p.prompts
+    meta_path = p.prompts_other if other else p.prompts
+    generated = p.generated_other if other else p.generated
     if not meta_path.is_file():
         return [str(meta_path)]
     wanted = len(meta_path.read_text(encoding="utf-8").splitlines())
-    wavs = [w for w in p.generated.glob("*.wav") if w.with_suffix(".json").is_file()]
+    wavs = [w for w in generated.glob("*.wav") if w.with_suffix(".json").is_file()]
     if len(wavs) < wanted:
-        return [f"{wanted - len(wavs)} generated wav(s) with sidecars in {p.generated}"]
+        return [f"{wanted - len(wavs)} generated wav(s) with sidecars in {generated}"]
     return []

@@ -175,6 +175,49 @@ def acceptance(metrics: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
     return checks
 
 
+OTHER_WORDING_FLOOR = 0.8  # other-wording instrument adherence, as a share of the templated
+
+
+def wording_table(templated: dict[str, Any], other: dict[str, Any]) -> list[list[str]]:
+    """Rows (figure, templated prompts, other wording) of the figures both evaluations have."""
+
+    def adherence(m: dict, name: str) -> float | None:
+        return ((m.get("adherence") or {}).get("generated", {}).get(name) or {}).get("accuracy")
+
+    def mcc(m: dict) -> float | None:
+        return ((m.get("mcc") or {}).get("generated") or {}).get("mean")
+
+    def ratio(m: dict, name: str) -> float | None:
+        return (((m.get("structure") or {}).get("summary") or {}).get(name) or {}).get("ratio")
+
+    def fmt(x: float | None) -> str:
+        return "–" if x is None else f"{x:.3f}"
+
+    rows = []
+    for name in ("instrument", "tempo_word", "bpm_within_8pct", "key", "mode"):
+        rows.append([f"adherence {name}", fmt(adherence(templated, name)),
+                     fmt(adherence(other, name))])  # fmt: skip
+    rows.append(["MCC (generated, its prompt)", fmt(mcc(templated)), fmt(mcc(other))])
+    for name in ("note_motion", "pulse_clarity", "onset_rate"):
+        rows.append([f"{name.replace('_', ' ')} / real", fmt(ratio(templated, name)),
+                     fmt(ratio(other, name))])  # fmt: skip
+    n = [str((m.get("inputs") or {}).get("generated_clips")) for m in (templated, other)]
+    rows.append(["prompts", *n])
+    return rows
+
+
+def wording_check(templated: dict[str, Any], other: dict[str, Any]) -> tuple[str, bool | None, str]:
+    """Does instrument adherence hold on prompts in other words (>= OTHER_WORDING_FLOOR of the
+    templated figure)?"""
+    what = f"other wording: instrument adherence >= {OTHER_WORDING_FLOOR:g}x templated"
+    get = lambda m: (m.get("adherence") or {}).get("generated", {}).get("instrument") or {}  # noqa: E731
+    t, o = get(templated).get("accuracy"), get(other).get("accuracy")
+    if t is None or o is None:
+        return what, None, "not measured"
+    ok = o >= OTHER_WORDING_FLOOR * t
+    return what, bool(ok), f"{o:.3f} vs {t:.3f} ({get(other).get('n')} / {get(templated).get('n')})"
+
+
 def rerank_summary(generated: Path) -> dict[str, float] | None:
     """What MuLan re-ranking bought, from the sidecars' ``candidate_scores``: the mean MuLan
     score of the kept candidates, of the first ones (what no re-ranking keeps) and of all;
@@ -202,6 +245,8 @@ def write_report(p: DemoPaths, *, step_seconds: dict[str, float]) -> Path:
     clips = plot_spectrograms(p, plots / "spectrograms.png")
     metrics_path = p.eval / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    other_path = p.eval_other / "metrics.json"
+    other = json.loads(other_path.read_text()) if other_path.is_file() else {}
     lines = ["# musiclm demo", ""]
     settings = p.out / "settings.json"
     if settings.is_file():
@@ -210,8 +255,21 @@ def write_report(p: DemoPaths, *, step_seconds: dict[str, float]) -> Path:
     lines += [f"| {k} | {v:.1f} |" for k, v in step_seconds.items()]
     lines += [f"| **total** | {sum(step_seconds.values()):.1f} |", ""]
     lines += ["## Acceptance", "", "| check | passed | figures |", "|---|---|---|"]
-    for what, ok, figures in acceptance(metrics):
+    for what, ok, figures in [*acceptance(metrics), wording_check(metrics, other)]:
         lines.append(f"| {what} | {'–' if ok is None else ('yes' if ok else 'no')} | {figures} |")
+    if other:
+        lines += [
+            "",
+            "## Prompts in other words",
+            "",
+            "The same held-out attributes asked for in words the caption templates never use "
+            f"(`{p.prompts_other.name}`: synonyms, no BPM number, other order); full "
+            f"evaluation in `{p.eval_other.name}/metrics.md`.",
+            "",
+            "| figure | templated captions | other wording |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {a} | {b} | {c} |" for a, b, c in wording_table(metrics, other)]
     lines += ["", "## Training", "", "![loss curves](plots/loss_curves.png)", ""]
     lines += ["| stage | curve | last value |", "|---|---|---|"]
     for stage, tags in losses.items():
