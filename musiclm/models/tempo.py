@@ -6,7 +6,7 @@ LM on the same batches: the MuLan embedding of each clip's caption (of its audio
 none) against the clip's tempo bin, and reads the prompt's MuLan text embedding at generation.
 The continuous embedding, not the conditioning tokens: on the demo corpus it gives 0.49-0.55
 within 8 % of the true BPM from test captions against 0.31 for the 4 x 32 tokens
-(docs/benchmarks.md, session 6). Neighbouring bins are near misses, so the targets are spread
+(docs/decisions/beat-clock.md). Neighbouring bins are near misses, so the targets are spread
 over them (``SPREAD`` bins, Gaussian).
 """
 

@@ -383,7 +383,8 @@ class TokenLayout:
         if timed is None:
             # semantic: no timed stream, so every target's input embeds the clip's MuLan
             # tokens: the text reaches each step directly, not only through attention to the
-            # prefix (at demo scale the LM then overfits the tokens; docs/benchmarks.md)
+            # prefix (at demo scale the LM then overfits the tokens;
+            # docs/decisions/frame-conditioning.md)
             c = self.spec.mulan_levels
             out = torch.full((b, n, c), -1, dtype=torch.long, device=tokens.device)
             if n > first:

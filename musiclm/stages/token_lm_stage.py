@@ -256,7 +256,7 @@ class TokenLMStage(LightningModule):
         ]
         if tempo:
             # the tempo predictor sees each clip a few times in a semantic LM's run; a higher
-            # rate fits it within that budget (docs/benchmarks.md, session 6)
+            # rate fits it within that budget (docs/decisions/beat-clock.md)
             groups.append({"params": tempo, "weight_decay": 0.1, "lr": hp.lr * TEMPO_LR_SCALE})
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=(0.9, 0.95))
         warmup, decay_steps = max(1, hp.warmup_steps), hp.decay_steps

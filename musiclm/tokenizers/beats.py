@@ -2,7 +2,7 @@
 
 A semantic LM that must *count* frames to keep a beat does not, at demo scale: given a tempo
 it moves its beat in the right direction but within 8 % of it for a third of clips, and the
-audio's tempo stays at chance (docs/benchmarks.md, session 5). With ``beats`` the semantic
+audio's tempo stays at chance (docs/decisions/beat-clock.md). With ``beats`` the semantic
 stage is instead conditioned on a clock, one phase id per semantic frame (``phase_bins``
 per beat), as beat-conditioned text-to-music models are (Mustango predicts beats from the
 text, Music ControlNet takes a rhythm control): placing notes on a given clock is a local
@@ -13,7 +13,7 @@ generation builds it from a tempo, predicted from the MuLan text embedding
 Where a clip's metadata states its tempo (``bpm`` or ``attributes.bpm`` in its ``json``), the
 tracker only places the beats at that tempo: the tracker's own tempo is off by an octave for
 about a third of the demo's clips (within 8 % of the true BPM for 0.54), and a tempo
-predictor trained on such labels learns little from the text (docs/benchmarks.md, session 6).
+predictor trained on such labels learns little from the text (docs/decisions/beat-clock.md).
 
 ``prepare tokens --beats`` writes ``beat.npy`` [F_s] (phase ids, -1 where a clip has no
 pulse) and ``tempo.npy`` [1] (tempo bin, -1 without a pulse) per clip, with ``--mulan`` also

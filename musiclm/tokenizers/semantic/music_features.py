@@ -13,7 +13,7 @@ make pitch content dominate the k-means distance:
   log2(BPM / 120) (1), from librosa's beat tracker on the same onset strength. With it a
   token says where in the beat it sits, so continuing a rhythm is counting rather than
   inferring a period from raw onsets; the coarse LM keeps tempo from real semantic tokens
-  better with it (0.31 vs 0.22 within 8 %; docs/benchmarks.md, session 4).
+  better with it (0.31 vs 0.22 within 8 %; docs/decisions/demo-tokenizers.md).
 """
 
 from __future__ import annotations
