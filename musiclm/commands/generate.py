@@ -12,20 +12,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from musiclm.datamodules.shards import atomic_file, atomic_write_text
+from musiclm.usage import check_number, number, run_command
 
 SAMPLING_FLAGS = {
     "temperature": float,
     "top_k": int,
     "top_p": float,
     "cfg_scale": float,
+}
+# the values ``SamplingConfig`` accepts, checked before the pipeline loads; NaN and
+# infinities are refused too (a NaN temperature fails inside torch.multinomial)
+SAMPLING_RANGES: dict[str, dict[str, Any]] = {
+    "temperature": {"low": 0},
+    "top_k": {"low": 0},
+    "top_p": {"low": 0, "low_open": True, "high": 1},
+    "cfg_scale": {"low": 0},
 }
 
 
@@ -36,8 +44,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("prompt", nargs="?", help="text prompt (or --prompts / --story)")
     p.add_argument("--pipeline", required=True, help="PIPELINE.yaml (see docs/generation.md)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seconds", type=float, default=10.0, help="seconds of new audio")
-    p.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
+    p.add_argument(
+        "--seconds",
+        type=number(float, low=0, low_open=True),
+        default=10.0,
+        help="seconds of new audio",
+    )
+    p.add_argument("--num-samples", type=number(int, low=1), default=1, help="samples per prompt")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--prompts",
@@ -53,13 +66,21 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--bpm",
-        type=float,
+        type=number(float, low=0, low_open=True),
         default=None,
         help="tempo of the beat clock, for a semantic stage trained with beats (default: "
         "predicted from each prompt)",
     )
-    p.add_argument("--rerank", type=int, default=1, help="candidates per sample, best by MuLan")
+    p.add_argument(
+        "--rerank", type=number(int, low=1), default=1, help="candidates per sample, best by MuLan"
+    )
     p.add_argument("--plot", action="store_true", help="also write a spectrogram PNG")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace clips and sidecars already in --out (by default an existing file is "
+        "an error, so a second run never silently replaces the first)",
+    )
     p.add_argument("--device", default=None, help="override the pipeline's device")
     for flag in SAMPLING_FLAGS:
         p.add_argument(
@@ -70,26 +91,41 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_stage_values(text: str, kind: type, flag: str, stages: list[str]) -> dict[str, Any]:
-    """``"0.9"`` -> every stage; ``"semantic=1.0,coarse=0.95"`` -> those stages."""
+def parse_stage_values(
+    text: str, kind: type, flag: str, stages: list[str] | None
+) -> dict[str, Any]:
+    """``"0.9"`` -> every stage; ``"semantic=1.0,coarse=0.95"`` -> those stages.
+
+    Values are range-checked; ``stages=None`` checks the values only (before the pipeline,
+    which knows the stage names, is loaded) and keys them by the name given (``""``: all).
+    """
     out: dict[str, Any] = {}
     for part in filter(None, (x.strip() for x in text.split(","))):
         name, _, value = part.rpartition("=")
-        targets = [name] if name else stages
-        for target in targets:
+        try:
+            parsed = None if value.lower() in ("none", "null") else kind(value)
+        except ValueError:
+            raise ValueError(f"--{_dashed(flag)}: {value!r} is not a {kind.__name__}") from None
+        if parsed is not None:
+            check_number(f"--{_dashed(flag)}", parsed, **SAMPLING_RANGES.get(flag, {}))
+        if stages is None:
+            out[name] = parsed
+            continue
+        for target in [name] if name else stages:
             if target not in stages:
-                raise ValueError(f"--{flag}: unknown stage {target!r}; stages: {stages}")
-            try:
-                out[target] = None if value.lower() in ("none", "null") else kind(value)
-            except ValueError:
-                raise ValueError(f"--{flag}: {value!r} is not a {kind.__name__}") from None
+                raise ValueError(f"--{_dashed(flag)}: unknown stage {target!r}; stages: {stages}")
+            out[target] = parsed
     return out
+
+
+def _dashed(flag: str) -> str:
+    return flag.replace("_", "-")
 
 
 def read_prompts(path: str) -> list[dict[str, Any]]:
     """Plain lines, or JSON objects with at least a "prompt" (blank lines and # skipped)."""
     items = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for line_no, line in enumerate(Path(path).read_text().splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -97,9 +133,9 @@ def read_prompts(path: str) -> list[dict[str, Any]]:
             try:
                 item = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not valid JSON ({err})") from None
+                raise ValueError(f"{path}:{line_no}: not valid JSON ({err})") from None
             if not isinstance(item.get("prompt"), str):
-                raise ValueError(f"{path}:{number}: a JSON line needs a string 'prompt'")
+                raise ValueError(f"{path}:{line_no}: a JSON line needs a string 'prompt'")
             items.append(item)
         else:
             items.append({"prompt": line})
@@ -111,7 +147,7 @@ def read_prompts(path: str) -> list[dict[str, Any]]:
 def read_story(path: str) -> list[tuple[float, str]]:
     """``SECONDS text`` per line (``0 calm piano`` / ``15 drums join in``), times rising."""
     story = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for line_no, line in enumerate(Path(path).read_text().splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -119,9 +155,9 @@ def read_story(path: str) -> list[tuple[float, str]]:
         try:
             start = float(head)
         except ValueError:
-            raise ValueError(f"{path}:{number}: expected 'SECONDS text', got {line!r}") from None
+            raise ValueError(f"{path}:{line_no}: expected 'SECONDS text', got {line!r}") from None
         if not text.strip():
-            raise ValueError(f"{path}:{number}: no text after the time")
+            raise ValueError(f"{path}:{line_no}: no text after the time")
         story.append((start, text.strip()))
     if not story or story[0][0] != 0:
         raise ValueError(f"{path}: a story needs a first line at time 0")
@@ -136,18 +172,66 @@ def slug(text: str, limit: int = 40) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"musiclm generate: {err}", file=sys.stderr)
-        return 2
+    return run_command("musiclm generate", lambda: run(args))
+
+
+def output_names(items: list[dict[str, Any]], num_samples: int) -> list[str]:
+    """The file stem of every clip, in the order the clips are generated."""
+    return [
+        f"{index:03d}-{slug(item['prompt'])}-{sample}"
+        for index, item in enumerate(items)
+        for sample in range(num_samples)
+    ]
+
+
+def request_of(args: argparse.Namespace, item: dict[str, Any], sample: int) -> dict[str, Any]:
+    """What one clip was asked for (kept in its sidecar): the same request gives the same
+    seeded clip, so only a clip made for another request counts as overwritten."""
+    return {
+        "prompt": item["prompt"],
+        "schedule": [list(x) for x in item["schedule"]],
+        "seed": args.seed,
+        "sample": sample,
+        "seconds": args.seconds,
+        "pipeline": str(Path(args.pipeline).resolve()),
+        "rerank": args.rerank,
+        "bpm": args.bpm,
+        "melody": args.melody and str(Path(args.melody).resolve()),
+        "continue": args.continue_wav and str(Path(args.continue_wav).resolve()),
+        "sampling_flags": {flag: getattr(args, flag) for flag in SAMPLING_FLAGS},
+    }
+
+
+def _refuse_overwrite(out: Path, names: list[str], requests: list[dict], plot: bool) -> None:
+    """Refuse to replace a clip another request made (a rerun of the same command, e.g.
+    after a kill, replaces its own clips with the same ones)."""
+    for name, request in zip(names, requests, strict=True):
+        present = [s for s in (".wav", ".json", ".png") if (out / f"{name}{s}").exists()]
+        if not present or (not plot and present == [".png"]):
+            continue
+        try:
+            earlier = json.loads((out / f"{name}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            earlier = {}
+        if not isinstance(earlier, dict) or earlier.get("request") != request:
+            raise ValueError(
+                f"--out {out}: {name}{present[0]} already exists from another run; pass "
+                "--overwrite to replace it, or choose another --out"
+            )
 
 
 def run(args: argparse.Namespace) -> int:
     items = _items(args)
-    if args.num_samples < 1:
-        raise ValueError("--num-samples must be >= 1")
+    for flag, kind in SAMPLING_FLAGS.items():
+        if getattr(args, flag) is not None:  # values checked before the pipeline loads
+            parse_stage_values(getattr(args, flag), kind, flag, None)
+    names = output_names(items, args.num_samples)
+    requests = [request_of(args, it, n) for it in items for n in range(args.num_samples)]
+    out = Path(args.out)
+    if not args.overwrite:
+        _refuse_overwrite(out, names, requests, args.plot)
     melody = _read_clip(args.melody, "--melody") if args.melody else None
+    clip = _read_clip(args.continue_wav) if args.continue_wav else None
     from musiclm.generation.pipeline import Pipeline
 
     clock = time.perf_counter()
@@ -159,7 +243,6 @@ def run(args: argparse.Namespace) -> int:
         if value is not None:
             for stage, v in parse_stage_values(value, kind, flag, stages).items():
                 pipe.set_sampling(stage, **{flag: v})
-    clip = _read_clip(args.continue_wav) if args.continue_wav else None
     schedules = [item["schedule"] for item in items for _ in range(args.num_samples)]
     clock = time.perf_counter()
     result = pipe.generate(
@@ -167,14 +250,12 @@ def run(args: argparse.Namespace) -> int:
         melody_audio=melody, bpm=args.bpm,
     )  # fmt: skip
     wall = time.perf_counter() - clock
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sampling = {name: asdict(s.sampling) for name, s in pipe.stages.items()}
     row = 0
-    for index, item in enumerate(items):
+    for item in items:
         for sample in range(args.num_samples):
-            name = f"{index:03d}-{slug(item['prompt'])}-{sample}"
-            _write_wav(out / f"{name}.wav", result.audio[row, 0], result.sample_rate)
+            name = names[row]
             sidecar = {
                 "prompt": item["prompt"],
                 "attributes": item.get("attributes") or {},
@@ -191,6 +272,7 @@ def run(args: argparse.Namespace) -> int:
                 "wall_seconds": wall,
                 "load_seconds": load_s,
                 "stage_seconds": result.timings,
+                "request": requests[row],
             }
             if len(item["schedule"]) > 1:
                 sidecar["story"] = [list(x) for x in item["schedule"]]
@@ -199,7 +281,9 @@ def run(args: argparse.Namespace) -> int:
             if clip is not None:
                 sidecar["continued_from"] = str(Path(args.continue_wav).resolve())
                 sidecar["prompt_seconds"] = result.prompt_seconds
-            _atomic_text(out / f"{name}.json", json.dumps(sidecar, indent=2) + "\n")
+            # the sidecar first: a reader then sees a clip with its sidecar or no clip
+            atomic_write_text(out / f"{name}.json", json.dumps(sidecar, indent=2) + "\n")
+            _write_wav(out / f"{name}.wav", result.audio[row, 0], result.sample_rate)
             if args.plot:
                 _plot(out / f"{name}.png", result.audio[row, 0], result.sample_rate, item)
             row += 1
@@ -242,21 +326,8 @@ def _read_clip(path: str, flag: str = "--continue"):
 def _write_wav(path: Path, wav, rate: int) -> None:
     import soundfile as sf
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".wav")
-    os.close(fd)
-    try:
+    with atomic_file(path, suffix=".wav") as tmp:
         sf.write(tmp, wav.clamp(-1, 1).numpy(), rate, subtype="PCM_16")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _plot(path: Path, wav, rate: int, item: dict[str, Any]) -> None:
@@ -280,8 +351,6 @@ def _plot(path: Path, wav, rate: int, item: dict[str, Any]) -> None:
     )
     ax.set(xlabel="seconds", ylabel="mel bin", title=item["prompt"][:80])
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp)
+    with atomic_file(path, suffix=".png") as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)

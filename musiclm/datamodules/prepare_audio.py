@@ -14,7 +14,6 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -27,6 +26,7 @@ from musiclm.datamodules.shards import (
     encode_flac,
     shard_name,
 )
+from musiclm.usage import check_number, run_command
 
 PREFIX = "audio"
 
@@ -165,8 +165,18 @@ def prepare_audio(
 
     if not 0 <= rank < world_size:
         raise ValueError(f"--rank {rank} must be in [0, --world-size {world_size})")
-    if shard_size < 1:
-        raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
+    check_number("--shard-size", shard_size, low=1)
+    check_number("--sample-rate", sample_rate, low=1)
+    check_number("--min-seconds", min_seconds, low=0)
+    check_number("--workers", workers, low=1)
+    check_number("--valid-fraction", valid_fraction, low=0, high=1)
+    check_number("--test-fraction", test_fraction, low=0, high=1)
+    if valid_fraction + test_fraction >= 1:
+        # every item without a split would land in valid or test: no training data
+        raise ValueError(
+            f"--valid-fraction {valid_fraction:g} + --test-fraction {test_fraction:g} must be "
+            "below 1, or nothing is left for the train split"
+        )
     out = Path(out)
     entries = list_entries(
         source,
@@ -236,29 +246,29 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    return run_command("musiclm prepare audio", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     env_rank, env_world = rank_from_env()
     rank = env_rank if args.rank is None else args.rank
     world = env_world if args.world_size is None else args.world_size
     start = time.perf_counter()
-    try:
-        manifests = prepare_audio(
-            args.source,
-            args.input,
-            args.out,
-            sample_rate=args.sample_rate,
-            audio_dir=args.audio_dir,
-            min_seconds=args.min_seconds,
-            shard_size=args.shard_size,
-            workers=max(1, args.workers),
-            rank=rank,
-            world_size=world,
-            valid_fraction=args.valid_fraction,
-            test_fraction=args.test_fraction,
-            progress=not args.quiet,
-        )
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"musiclm prepare audio: {exc}", file=sys.stderr)
-        return 2
+    manifests = prepare_audio(
+        args.source,
+        args.input,
+        args.out,
+        sample_rate=args.sample_rate,
+        audio_dir=args.audio_dir,
+        min_seconds=args.min_seconds,
+        shard_size=args.shard_size,
+        workers=args.workers,
+        rank=rank,
+        world_size=world,
+        valid_fraction=args.valid_fraction,
+        test_fraction=args.test_fraction,
+        progress=not args.quiet,
+    )
     took = time.perf_counter() - start
     for split, m in manifests.items():
         state = "" if m["complete"] else " (other ranks still running)"
