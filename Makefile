@@ -18,5 +18,11 @@ test-slow:
 lint:
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
+# Every speed benchmark in its --quick form (inputs built from nothing; the peer comparison is
+# skipped with a note unless ../shared/peer and its environment exist). Full runs and their
+# options: each script's --help; figures: docs/results.md.
 bench:
-	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done
+	for f in benchmarks/bench_*.py; do \
+	  echo "== $$f --quick"; \
+	  HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) $$f --quick || exit 1; \
+	done

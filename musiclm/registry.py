@@ -7,6 +7,7 @@ Discovery reads names only; a plugin module is imported when it is chosen.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
@@ -88,8 +89,30 @@ def load(kind: str, name: str) -> Any:
 
 
 def create(kind: str, name: str, /, **kwargs: Any) -> Any:
-    """Load plugin ``name`` and call it with ``kwargs`` (plugins are classes or factories)."""
-    return load(kind, name)(**kwargs)
+    """Load plugin ``name`` and call it with ``kwargs`` (plugins are classes or factories).
+
+    Arguments the plugin does not take (a misspelled key) are a :class:`PluginError` naming
+    them and the accepted ones; a ``TypeError`` raised inside the plugin stays a bug.
+    """
+    factory = load(kind, name)
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to check against
+        signature = None
+    if signature is not None:
+        params = signature.parameters.values()
+        named = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        takes_any = any(p.kind == p.VAR_KEYWORD for p in params)
+        unknown = [] if takes_any else sorted(set(kwargs) - set(named))
+        try:
+            if unknown:  # named first: a misspelled key also leaves a required one missing
+                raise TypeError(f"unknown argument(s) {', '.join(map(repr, unknown))}")
+            signature.bind(**kwargs)
+        except TypeError as exc:
+            raise PluginError(
+                f"{kind} plugin {name!r}: {exc}; it takes {', '.join(named) or 'no arguments'}"
+            ) from None
+    return factory(**kwargs)
 
 
 def describe() -> str:

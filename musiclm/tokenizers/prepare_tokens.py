@@ -39,6 +39,7 @@ from musiclm.datamodules.shards import (
 from musiclm.tokenizers.beats import BeatSpec, BeatTracker, metadata_bpm
 from musiclm.tokenizers.fingerprints import check_fingerprints
 from musiclm.tokenizers.token_writer import TokenShardWriter, unit_done, write_manifest
+from musiclm.usage import number, run_command
 
 __all__ = ["check_fingerprints", "main", "prepare_tokens"]
 
@@ -286,10 +287,14 @@ def prepare_tokens(
 
     ``beats``: also write the beat clock at the semantic frame rate (``BeatSpec()`` for the
     defaults)."""
+    from musiclm import registry
     from musiclm.tokenizers.base import build
 
     audio, out = Path(audio), Path(out)
     codec_args, semantic_args = dict(codec_args or {}), dict(semantic_args or {})
+    # both names checked before either plugin is built (building one can take a while)
+    for kind, name in (("codecs", codec), ("semantic_tokenizers", semantic)):
+        registry.load(kind, name)
     c = build("codecs", codec, **codec_args)
     s = build("semantic_tokenizers", semantic, **semantic_args)
     m = None
@@ -408,24 +413,30 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="also write the beat clock (librosa beat tracker) for beat-conditioned semantic LMs",
     )
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--batch-size", type=number(int, low=1), default=8)
+    p.add_argument("--num-workers", type=number(int, low=0), default=0)
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--devices", default="1", help="count, or 'auto'")
-    p.add_argument("--num-nodes", type=int, default=1)
+    p.add_argument("--num-nodes", type=number(int, low=1), default=1)
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     if (a.mulan is None) != (a.mulan_rvq is None):
         p.error("--mulan and --mulan-rvq go together")
     if (a.melody is None) != (a.melody_rvq is None):
         p.error("--melody and --melody-rvq go together")
+    codec_args = _json_arg(p, a.codec_args, "--codec-args")
+    semantic_args = _json_arg(p, a.semantic_args, "--semantic-args")
+    return run_command("musiclm prepare tokens", lambda: _run(a, codec_args, semantic_args))
+
+
+def _run(a: argparse.Namespace, codec_args: dict, semantic_args: dict) -> int:
     manifests = prepare_tokens(
         a.audio,
         a.out,
         codec=a.codec,
         semantic=a.semantic,
-        codec_args=_json_arg(p, a.codec_args, "--codec-args"),
-        semantic_args=_json_arg(p, a.semantic_args, "--semantic-args"),
+        codec_args=codec_args,
+        semantic_args=semantic_args,
         mulan=(a.mulan, a.mulan_rvq) if a.mulan else None,
         melody=(a.melody, a.melody_rvq) if a.melody else None,
         beats=BeatSpec() if a.beats else None,

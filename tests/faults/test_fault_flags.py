@@ -101,3 +101,25 @@ def test_generate_refuses_bad_sampling_values_before_loading(
     argv = ["a tune", "--pipeline", str(tmp_path / "P.yaml"), "--out", str(tmp_path / "o")]
     assert generate.main([*argv, flag, value]) == 2
     _one_error_line(capsys.readouterr().err, "musiclm generate", flag)
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--codec", "nope"], ["'nope'", "available: dac"]),
+        (["--codec", "stft-rvq", "--codec-args", '{"levls": 2}'], ["'levls'", "stft-rvq"]),
+        (["--codec", "stft-rvq", "--semantic", "no-such-tokenizer"], ["'no-such-tokenizer'"]),
+        (["--codec", "stft-rvq", "--batch-size", "0"], ["--batch-size"]),
+    ],
+)
+def test_prepare_tokens_unknown_plugin_or_argument_is_one_line(tmp_path, capsys, extra, words):
+    from musiclm.cli import main
+
+    argv = ["prepare", "tokens", "--audio", str(tmp_path), "--out", str(tmp_path / "o")]
+    argv += ["--semantic", "music-features", *extra]
+    try:
+        status = main(argv)
+    except SystemExit as exc:  # argparse's own range errors
+        status = exc.code
+    assert status == 2
+    _one_error_line(capsys.readouterr().err, "musiclm prepare tokens", *words)
