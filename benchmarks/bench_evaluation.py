@@ -1,18 +1,22 @@
 """Attribute estimators on the real demo corpus: held-out accuracy vs chance, and speed.
 
-    python benchmarks/bench_evaluation.py --corpus DIR/manifest.jsonl [--max-train 240]
+    python benchmarks/bench_evaluation.py [--quick] [--corpus DIR/manifest.jsonl] [--max-train 240]
 
 Fits the estimators on the corpus' train split only, scores the valid+test splits, and prints
 one JSON line per figure (accuracy per attribute with chance levels; analysis seconds per
-clip-second).
+clip-second). Without ``--corpus`` it renders one first, into a temporary folder: 300 clips of
+10 s (seed 3), or with ``--quick`` 40 clips of 4 s (a smoke run). Figures: docs/results.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
+
+from common import emit, machine, musiclm
 
 from musiclm.evaluation import attributes as A
 from musiclm.evaluation.clips import read_audio
@@ -20,7 +24,8 @@ from musiclm.evaluation.clips import read_audio
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--corpus", required=True, help="demo corpus manifest.jsonl")
+    p.add_argument("--corpus", help="demo corpus manifest.jsonl (default: render one)")
+    p.add_argument("--quick", action="store_true", help="a small corpus (a smoke run)")
     p.add_argument("--max-train", type=int, default=240)
     p.add_argument("--save", help="write the fitted estimators JSON here")
     p.add_argument(
@@ -29,7 +34,19 @@ def main() -> None:
         help="also time CQT vs STFT chroma and score key finding with fitted vs K-K profiles",
     )
     args = p.parse_args()
-    manifest = Path(args.corpus)
+    emit(figure="meta", machine=machine(), quick=args.quick)
+    if args.corpus:
+        run(args, Path(args.corpus))
+        return
+    clips, seconds = (40, 4.0) if args.quick else (300, 10.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "corpus"
+        musiclm("data", "demo", "--out", str(out), "--clips", str(clips),
+                "--seconds", str(seconds), "--seed", "3", "--quiet")  # fmt: skip
+        run(args, out / "manifest.jsonl")
+
+
+def run(args, manifest: Path) -> None:
     rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
     train = [r for r in rows if r["split"] == "train"][: args.max_train]
     held = [r for r in rows if r["split"] != "train"]

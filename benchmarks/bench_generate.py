@@ -1,7 +1,11 @@
 """Generation speed: cached decoding, length scaling, weight-streaming bound, peer, end to end.
 
-    .venv/bin/python benchmarks/bench_generate.py [--quick] [--peer /root/.cache/musiclm-peer] \
+    .venv/bin/python benchmarks/bench_generate.py [--quick] [--peer VENV] \
         [--pipeline runs/demo/PIPELINE.yaml]
+
+``VENV`` is the peer's environment (``bash ../shared/peer/install.sh VENV``, the harness beside
+the repository); without it, or without ``../shared/peer``, the peer comparison is skipped with
+a note. Figures: docs/results.md.
 
 One JSON line per figure, fp32 on the CPU with 2 threads:
 - ``decode_tokens_per_s``: d=256, 4 layers, 4 heads, 1024-token vocabulary, 500 tokens from
@@ -9,7 +13,8 @@ One JSON line per figure, fp32 on the CPU with 2 threads:
   ``TokenLM`` and no cache (full forward per step); with ``--peer``, audiolm-pytorch 2.4.0's
   cached ``generate`` at the same sizes in the same run (``peer_generate.py``);
 - ``position_scaling`` (``--only position``): per-token time at position 2,000 versus 200
-  (batch 1) at the peer size, the demo width and the paper size (d=1024, 24 layers);
+  (batch 1) at the peer size, the demo width and the paper size (d=1024, 24 layers; not
+  with ``--quick``);
 - ``weight_streaming``: bytes of weights per token over the copy bandwidth measured here, as
   a fraction of the measured per-token time at batch 1;
 - ``stage_tokens_per_s``: each stage at the demo configs' sizes, batch 1 and 8, cached and not;
@@ -30,6 +35,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import PEER_DIR, REPO, emit, machine, peer_python
 
 from musiclm.generation.decode import generate_window
 from musiclm.generation.fast_lm import FastTokenLM
@@ -37,8 +43,6 @@ from musiclm.generation.sampling import SamplingConfig
 from musiclm.models.token_lm import TokenLM
 from musiclm.stages.token_layout import BOS, TokenLayout, TokenSpec
 
-ROOT = Path(__file__).resolve().parents[1]
-PEER_STUBS = "/work/shared/peer/stubs"
 # the demo token shards' sizes (offline codec 16 kHz / 50 Hz, 8 x 1024; semantic 25 Hz)
 DEMO_SPEC = TokenSpec(
     semantic_vocab=512,
@@ -50,10 +54,6 @@ DEMO_SPEC = TokenSpec(
     mulan_codebook=256,
 )
 DEMO_STAGES = {"semantic": 8.0, "coarse": 4.0, "fine": 2.0}  # crop seconds in conf/demo
-
-
-def emit(**record) -> None:
-    print(json.dumps(record), flush=True)
 
 
 def semantic_layout(vocab: int = 1024) -> TokenLayout:
@@ -186,6 +186,8 @@ def bench_position(args) -> None:
     """
     layout = semantic_layout()
     for name, (dim, depth, heads) in POSITION_SIZES.items():
+        if args.quick and dim >= 1024:
+            continue
         torch.manual_seed(0)
         net = TokenLM(num_tokens=layout.num_tokens, num_targets=layout.num_targets, dim=dim,
                       depth=depth, heads=heads).eval()  # fmt: skip
@@ -201,13 +203,9 @@ def bench_position(args) -> None:
         del net, fast
 
 
-def bench_peer(args) -> dict[int, float]:
-    python = Path(args.peer) / "bin" / "python"
-    if not python.is_file():
-        emit(figure="decode_tokens_per_s", who="audiolm-pytorch 2.4.0", error=f"no {python}")
-        return {}
-    env = {**os.environ, "PYTHONPATH": PEER_STUBS}
-    script = str(ROOT / "benchmarks" / "peer_generate.py")
+def bench_peer(args, python: Path) -> dict[int, float]:
+    env = {**os.environ, "PYTHONPATH": str(PEER_DIR / "stubs")}
+    script = str(REPO / "benchmarks" / "peer_generate.py")
     cmd = [str(python), script, "--tokens", str(args.tokens), "--threads", str(args.threads)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
@@ -302,8 +300,12 @@ def random_pipeline(tmp: Path) -> Path:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer tokens (a smoke run)")
-    p.add_argument("--peer", default=None, help="audiolm-pytorch venv (install.sh)")
-    p.add_argument("--pipeline", default=str(ROOT / "runs/demo/PIPELINE.yaml"))
+    p.add_argument(
+        "--peer",
+        default=os.environ.get("MUSICLM_PEER"),
+        help="audiolm-pytorch venv (../shared/peer/install.sh); default $MUSICLM_PEER",
+    )
+    p.add_argument("--pipeline", default=str(REPO / "runs/demo/PIPELINE.yaml"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only", default="peer,model,position,stages,pipeline")
     args = p.parse_args()
@@ -311,13 +313,14 @@ def main() -> None:
     args.position_steps = 10 if args.quick else 40
     args.seconds = 2.0 if args.quick else 10.0
     torch.set_num_threads(args.threads)
-    emit(figure="meta", threads=args.threads, torch=torch.__version__,
-         loadavg=os.getloadavg(), python=sys.version.split()[0])  # fmt: skip
+    emit(figure="meta", machine=machine(), threads=args.threads, torch=torch.__version__,
+         loadavg=os.getloadavg(), python=sys.version.split()[0], quick=args.quick)  # fmt: skip
     only = set(args.only.split(","))
-    if "peer" in only and args.peer:
+    peer = peer_python(args.peer) if "peer" in only else None
+    if peer is not None:
         # ours before and after theirs: the machine is shared, load drifts during the run
         before = ours_cached(args)
-        theirs = bench_peer(args)
+        theirs = bench_peer(args, peer)
         after = ours_cached(args)
         for batch, peer in theirs.items():
             mean = (before[batch] + after[batch]) / 2

@@ -1,8 +1,14 @@
 """Tokenization throughput per codec / semantic tokenizer (batch 1 vs batched) and the offline
 codec's reconstruction figures on held-out demo clips. One JSON line per figure.
 
-    .venv/bin/python benchmarks/bench_tokenize.py --audio SHARDS/test \
-        --codebooks stft_rvq.safetensors [--kmeans music_km.safetensors] [--clips 8]
+    .venv/bin/python benchmarks/bench_tokenize.py [--quick] [--audio SHARDS/test \
+        --codebooks stft_rvq.safetensors [--kmeans music_km.safetensors]] [--clips 8]
+
+Without ``--audio`` it makes its inputs first, in a temporary folder: a demo corpus (120 clips
+of 10 s, seed 0), its audio shards, the ``stft-rvq`` codec (8 x 1024) and the
+``music-features`` k-means (512) fitted on the train split, the clips taken from the test
+split. ``--quick`` makes them small (40 clips of 4 s, 4 x 64 levels, 32 clusters) and times
+2 clips cropped to 2 s (a smoke run). Figures: docs/results.md.
 
 DAC and EnCodec run their released architectures (DAC 16 kHz: 12 x 1024 at 50 Hz; EnCodec
 24 kHz) with untrained weights: the same compute as the pretrained models, which cannot be
@@ -12,11 +18,13 @@ downloaded here.
 from __future__ import annotations
 
 import argparse
-import json
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+from common import demo_shards, emit, machine, musiclm
 
 DAC_16K = {
     "encoder_dim": 64,
@@ -32,16 +40,13 @@ ENCODEC_24K = {"sampling_rate": 24000}  # transformers' defaults = facebook/enco
 HUBERT_BASE = {"model_type": "hubert"}  # transformers' defaults = HuBERT base (12 layers)
 
 
-def emit(**fig) -> None:
-    print(json.dumps(fig), flush=True)
-
-
-def load_clips(audio: str, n: int) -> list[tuple[np.ndarray, int]]:
+def load_clips(audio: str, n: int, seconds: float | None = None) -> list[tuple[np.ndarray, int]]:
     from musiclm.datamodules.shards import iter_audio_samples
 
     out = []
     for s in iter_audio_samples(audio):
-        out.append((s["audio"], s["sample_rate"]))
+        keep = len(s["audio"]) if seconds is None else int(seconds * s["sample_rate"])
+        out.append((s["audio"][:keep], s["sample_rate"]))
         if len(out) == n:
             break
     return out
@@ -68,18 +73,50 @@ def throughput(name: str, fn, wav: torch.Tensor, rate: int, batch: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--audio", required=True, help="held-out audio shard split (e.g. test)")
-    p.add_argument("--codebooks", required=True, help="stft-rvq artifact (fit-codec)")
+    p.add_argument("--audio", help="held-out audio shard split (default: made here)")
+    p.add_argument("--codebooks", help="stft-rvq artifact (fit-codec), with --audio")
     p.add_argument("--kmeans", default=None, help="music-features k-means (fit-semantic)")
     p.add_argument("--clips", type=int, default=8)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--skip", default="", help="comma-separated plugins to leave out")
+    p.add_argument("--quick", action="store_true", help="small inputs (a smoke run)")
     a = p.parse_args()
+    if bool(a.audio) != bool(a.codebooks):
+        p.error("give --audio and --codebooks together, or neither (both are then made here)")
     torch.set_num_threads(2)
+    a.seconds = None
+    if a.quick:
+        a.clips, a.batch, a.seconds = 2, 2, 2.0
+    emit(figure="meta", machine=machine(), threads=2, quick=a.quick)
+    if a.audio:
+        run(a)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        a.audio, a.codebooks, a.kmeans = make_inputs(Path(tmp), quick=a.quick)
+        run(a)
+
+
+def make_inputs(root: Path, *, quick: bool) -> tuple[str, str, str]:
+    """A demo corpus' test shards, and the codec and k-means fitted on its train shards."""
+    clips, seconds = (40, 4.0) if quick else (120, 10.0)
+    levels, size, k = ("4", "64", "32") if quick else ("8", "1024", "512")
+    shards = demo_shards(root, clips=clips, seconds=seconds, seed=0)
+    codec, kmeans = root / "stft_rvq.safetensors", root / "music_km.safetensors"
+    t0 = time.perf_counter()
+    musiclm("prepare", "fit-codec", "--audio", str(shards / "train"), "--out", str(codec),
+            "--levels", levels, "--codebook-size", size)  # fmt: skip
+    emit(figure="fit_codec_seconds", value=round(time.perf_counter() - t0, 1), levels=int(levels),
+         codebook_size=int(size), clips=clips, clip_seconds=seconds)  # fmt: skip
+    musiclm("prepare", "fit-semantic", "--audio", str(shards / "train"), "--k", k,
+            "--out", str(kmeans))  # fmt: skip
+    return str(shards / "test"), str(codec), str(kmeans)
+
+
+def run(a) -> None:
     from musiclm.tokenizers.base import build
     from musiclm.tokenizers.codecs.quality import chroma_cosine, multires_mel_distance
 
-    clips = load_clips(a.audio, a.clips)
+    clips = load_clips(a.audio, a.clips, a.seconds)
     skip = set(a.skip.split(","))
 
     rvq = build("codecs", "stft-rvq", codebooks=a.codebooks)

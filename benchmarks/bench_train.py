@@ -9,15 +9,17 @@ Prints one JSON line per figure:
 - ``bare`` (with ``--bare``): bare x-transformers decoders at the semantic sizes, same run;
 - ``mfu``: every configuration's model FLOP/s over the higher of the two matmul probes;
 - ``peer`` (with ``--peer VENV``): audiolm-pytorch 2.4.0's training step set up as
-  ``/work/shared/peer/bench_peer.py`` does, in its own environment, alternated with runs of
-  ours ``--rounds`` times, compared by median step. Theirs runs with its default
-  ``flash_attn=False``: ``flash_attn=True`` also switches off its relative position bias, its
-  only position signal, so that model is not the same function (timed once for the record,
+  ``../shared/peer/bench_peer.py`` (beside the repository) does, in its own environment,
+  alternated with runs of ours ``--rounds`` times, compared by median step. Theirs runs with
+  its default ``flash_attn=False``: ``flash_attn=True`` also switches off its relative position
+  bias, its only position signal, so that model is not the same function (timed once for the record,
   ``peer_flash_no_positions``). Ours counts the whole loop (Lightning, shard reading,
   cropping, logging hooks); theirs is the bare forward/backward/AdamW step. ``--compile``
   trains ours with the stages' ``compile: true`` (its warm-up falls in the untimed steps).
 
-Run: ``python benchmarks/bench_train.py [--quick] [--peer /root/.cache/musiclm-peer]``
+Run: ``python benchmarks/bench_train.py [--quick] [--peer VENV]``, where ``VENV`` is the peer's
+environment (``bash ../shared/peer/install.sh VENV``); without it, or without the harness in
+``../shared/peer``, the peer comparison is skipped with a note. Figures: docs/results.md.
 """
 
 from __future__ import annotations
@@ -32,22 +34,19 @@ import time
 from pathlib import Path
 
 import torch
-
-PEER_DIR = Path("/work/shared/peer")
+from common import PEER_DIR, emit, machine, peer_python
 
 PEER_STEP = Path(__file__).with_name("peer_train_step.py")
 
 
-def peer_train(venv: str, which: str, warmup: int, steps: int, threads: int, flash: bool) -> dict:
+def peer_train(
+    python: Path, which: str, warmup: int, steps: int, threads: int, flash: bool
+) -> dict:
     env = {**os.environ, "PYTHONPATH": str(PEER_DIR / "stubs")}
-    cmd = [f"{venv}/bin/python", str(PEER_STEP), which, str(warmup), str(steps), str(threads)]
+    cmd = [str(python), str(PEER_STEP), which, str(warmup), str(steps), str(threads)]
     cmd.append("1" if flash else "0")
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
-
-
-def emit(**fields) -> None:
-    print(json.dumps(fields), flush=True)
 
 
 class StepTimer:
@@ -155,7 +154,11 @@ def run_config(name, stage_cls, spec, seconds, model_kw, *, batch, steps, warmup
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="few steps (smoke test)")
-    parser.add_argument("--peer", default=None, help="audiolm-pytorch venv: run its benchmark too")
+    parser.add_argument(
+        "--peer",
+        default=os.environ.get("MUSICLM_PEER"),
+        help="audiolm-pytorch venv (../shared/peer/install.sh VENV); default $MUSICLM_PEER",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=0, help="dataloader workers")
     parser.add_argument("--steps", type=int, default=12, help="timed steps per run")
@@ -199,6 +202,9 @@ def main() -> None:
         ),
     }
     chosen = args.only.split(",") if args.only else list(configs)
+    emit(figure="meta", machine=machine(), threads=args.threads, torch=torch.__version__,
+         quick=args.quick, loadavg=os.getloadavg()[0])  # fmt: skip
+    peer = peer_python(args.peer)
     peak = matmul_flops("cpu", torch.float32, 2048, seconds=2.0, warmup=3.0)
     emit(figure="matmul", dtype="float32", size=2048, flops_per_s=peak, threads=args.threads)
     ours = {}
@@ -239,7 +245,7 @@ def main() -> None:
              peak_flops_per_s=best, probes=[peak, peak_after],
              mfu=result["model_flops_per_s"] / best)  # fmt: skip
 
-    if args.peer:
+    if peer is not None:
         # ours and theirs alternate, ``--rounds`` times each, in this one job: load on a shared
         # machine drifts, and alternating spreads it over both sides; the ratio uses the
         # median step of every run (a burst of load moves a median less than a total)
@@ -250,7 +256,7 @@ def main() -> None:
             mine, theirs = [ours[ours_key]], []
             for r in range(args.rounds):
                 # their default, flash_attn=False: the model with positions (T5 relative bias)
-                theirs.append(peer_train(args.peer, which, warmup, steps, args.threads, False))
+                theirs.append(peer_train(peer, which, warmup, steps, args.threads, False))
                 if r + 1 < args.rounds:
                     with tempfile.TemporaryDirectory() as tmp:
                         mine.append(run_config(
@@ -275,7 +281,7 @@ def main() -> None:
             )
             # flash_attn=True turns their relative position bias off (their transformer then
             # has no position information at all): timed for the record, not compared
-            flash = peer_train(args.peer, which, warmup, steps, args.threads, True)
+            flash = peer_train(peer, which, warmup, steps, args.threads, True)
             emit(figure="peer_flash_no_positions", ours=ours_key, **flash,
                  ratio=ours_med / flash["tokens_per_s_median_step"])  # fmt: skip
 

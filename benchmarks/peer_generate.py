@@ -1,9 +1,9 @@
-"""audiolm-pytorch 2.4.0 cached generation, timed the way /work/shared/peer/bench_peer.py does.
+"""audiolm-pytorch 2.4.0 cached generation, timed the way ../shared/peer/bench_peer.py does.
 
-Runs in the peer's own environment (``bash /work/shared/peer/install.sh VENV``), started by
-``bench_generate.py``; prints one JSON line per figure. Same sizes as ours: SemanticTransformer
-d=256, 4 layers, 4 heads, 1024 tokens, fp32, CPU, 2 threads; EOS suppressed so every run
-generates exactly ``--tokens`` tokens.
+Runs in the peer's own environment (``bash ../shared/peer/install.sh VENV``, the harness beside
+the repository), started by ``bench_generate.py``; prints one JSON line per figure. Same
+sizes as ours: SemanticTransformer d=256, 4 layers, 4 heads, 1024 tokens, fp32, CPU, 2
+threads; EOS suppressed so every run generates exactly ``--tokens`` tokens.
 """
 
 import argparse

@@ -1,6 +1,6 @@
 """audiolm-pytorch 2.4.0's training step, timed; run in the peer's own venv by bench_train.py.
 
-Set up as /work/shared/peer/bench_peer.py does (same classes, sizes, wrapper defaults, AdamW,
+Set up as ../shared/peer/bench_peer.py does (same classes, sizes, wrapper defaults, AdamW,
 T5 config stub so nothing is downloaded), training only, so that bench_train.py can run it
 between two runs of ours. Usage: peer_train_step.py semantic|coarse WARMUP STEPS THREADS [FLASH 0|1]
 """

@@ -1,6 +1,6 @@
 """What do the MuLan conditioning tokens know about a clip? Linear probes, one JSON line each.
 
-    python benchmarks/bench_conditioning_probe.py --run runs/demo [--rvq 4x32 --rvq 1x128]
+    python research/conditioning_probe.py --run runs/demo [--rvq 4x32 --rvq 1x128]
 
 The semantic LM can only take tempo and instrument from the text if its MuLan tokens carry
 them. Each probe is fitted on the training clips' MuLan *audio* tokens (what the LMs are

@@ -1,6 +1,6 @@
 """Does the coarse LM use the *timing* of its semantic tokens, or only their content?
 
-    python benchmarks/bench_demo_alignment.py --checkpoint runs/demo/coarse/checkpoints/last.ckpt \
+    python research/demo_alignment.py --checkpoint runs/demo/coarse/checkpoints/last.ckpt \
         --tokens runs/demo/tokens/valid
 
 Teacher-forced loss of the coarse LM on crops of held-out token shards with (a) the clip's own

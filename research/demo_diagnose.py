@@ -1,6 +1,6 @@
 """Where does the demo lose tempo (and key)? Attribute adherence at each link of the chain.
 
-    python benchmarks/bench_demo_diagnose.py --run runs/demo [--splits test,valid]
+    python research/demo_diagnose.py --run runs/demo [--splits test,valid]
 
 The same attribute estimators as ``musiclm evaluate`` (``<run>/eval/attribute_estimators.json``)
 score, for every held-out clip (first ``--seconds`` of it, its caption as the prompt):

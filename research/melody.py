@@ -2,14 +2,14 @@
 gain of melody conditioning. One JSON line per figure.
 
     # recall@1 of a melody checkpoint on the test pairs of `musiclm data melody-pairs`
-    python benchmarks/bench_melody.py recall --checkpoint CKPT --pairs PAIRS/melodies.jsonl
+    python research/melody.py recall --checkpoint CKPT --pairs PAIRS/melodies.jsonl
     # chroma cosine between held-out melody clips and semantic tokens generated with the
     # melody (a stage trained with melody: true) against a stage trained without it
-    python benchmarks/bench_melody.py chroma --melody-stage A.ckpt --plain-stage B.ckpt \
+    python research/melody.py chroma --melody-stage A.ckpt --plain-stage B.ckpt \
         --melody CKPT --melody-rvq RVQ --semantic-args '{"kmeans": KM}' --pairs PAIRS/melodies.jsonl
     # chroma cosine between held-out melody clips and the DECODED audio of text prompts that
     # name another instrument, with --melody (pipeline A) and without (pipeline B), same seeds
-    python benchmarks/bench_melody.py audio --melody-pipeline A.yaml --plain-pipeline B.yaml \
+    python research/melody.py audio --melody-pipeline A.yaml --plain-pipeline B.yaml \
         --corpus CORPUS/manifest.jsonl --split test --samples 2
 
 Chroma cosine (as MusicGen reports it): the per-frame cosine between the chroma of the melody
@@ -365,7 +365,7 @@ def main() -> None:
     t.add_argument("--clips", type=int, default=32)
     t.add_argument("--seconds", type=float, default=8.0)
     o = sub.add_parser("pool", help="pool the per-prompt lines of several audio runs")
-    o.add_argument("runs", nargs="+", help="JSONL outputs of `bench_melody.py audio`")
+    o.add_argument("runs", nargs="+", help="JSONL outputs of `research/melody.py audio`")
     args = p.parse_args()
     torch.set_num_threads(1)
     {"recall": recall, "chroma": chroma, "audio": audio, "teacher": teacher, "pool": pool}[

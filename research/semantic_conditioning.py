@@ -1,6 +1,6 @@
 """How much does the semantic LM use its MuLan tokens, and does it count the beat?
 
-    python benchmarks/bench_semantic_conditioning.py \
+    python research/semantic_conditioning.py \
         --checkpoint runs/demo/semantic/checkpoints/last.ckpt --tokens runs/demo/tokens/valid \
         [--kmeans runs/demo/tokenizers/semantic_kmeans.safetensors]
 

@@ -1,16 +1,16 @@
 """The conditioning probe reads attributes linearly from one-hot tokens
-(benchmarks/bench_conditioning_probe.py)."""
+(research/conditioning_probe.py)."""
 
 import importlib.util
 from pathlib import Path
 
 import numpy as np
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_conditioning_probe.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "research" / "conditioning_probe.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("bench_conditioning_probe", SCRIPT)
+    spec = importlib.util.spec_from_file_location("conditioning_probe", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

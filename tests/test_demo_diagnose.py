@@ -1,4 +1,4 @@
-"""The demo diagnosis reads tempo from semantic tokens (benchmarks/bench_demo_diagnose.py)."""
+"""The demo diagnosis reads tempo from semantic tokens (research/demo_diagnose.py)."""
 
 import importlib.util
 from pathlib import Path
@@ -9,12 +9,12 @@ import pytest
 from musiclm.evaluation.attributes import TempoEstimator, bpm_correct
 from musiclm.tokenizers.semantic.music_features import ONSET_COLUMN
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_demo_diagnose.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "research" / "demo_diagnose.py"
 
 
 @pytest.fixture(scope="module")
 def diagnose():
-    spec = importlib.util.spec_from_file_location("bench_demo_diagnose", SCRIPT)
+    spec = importlib.util.spec_from_file_location("demo_diagnose", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -162,7 +162,7 @@ def test_music_features_beat_phase_and_tempo():
     melody = [60, 67, 64, 67] * 4 * 3
     y = notes(melody, spb)
     f = tok.features(torch.tensor(y)[None, None])[0]
-    assert f.shape[-1] == FEATURE_DIM  # the width bench_semantic_conditioning.py checks
+    assert f.shape[-1] == FEATURE_DIM  # the width research/semantic_conditioning.py checks
     beat = f[:, -3:] / torch.tensor([tok.weights["beat"]] * 2 + [tok.weights["tempo"]])
     assert abs(120 * 2 ** float(beat[0, 2]) / bpm - 1) < 0.05
     phase = beat_phase(f)
