@@ -18,11 +18,13 @@ test-slow:
 lint:
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
-# Every speed benchmark in its --quick form (inputs built from nothing; the peer comparison is
-# skipped with a note unless ../shared/peer and its environment exist). Full runs and their
-# options: each script's --help; figures: docs/results.md.
+# Every speed benchmark in its --quick form, inputs built from nothing. `make bench
+# PEER=VENV` (VENV from ../shared/peer/install.sh) adds the audiolm-pytorch comparison;
+# without it, or without ../shared/peer, that part is skipped with a note. Full runs and
+# their options: each script's --help; figures: docs/results.md.
+PEER ?=
 bench:
 	for f in benchmarks/bench_*.py; do \
 	  echo "== $$f --quick"; \
-	  HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) $$f --quick || exit 1; \
+	  MUSICLM_PEER=$(PEER) HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) $$f --quick || exit 1; \
 	done
