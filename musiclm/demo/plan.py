@@ -23,7 +23,7 @@ class DemoSettings:
 
     # 1000 clips rather than 200: rendering, shards and tokens cost ~0.2 s a clip, the
     # session-2 MuLan overfitted 160 training clips, and 1000 lifted instrument adherence
-    # from 0.30 to 0.52 and MCC from 0.30 to 0.44 over 400 (docs/benchmarks.md, session 3)
+    # from 0.30 to 0.52 and MCC from 0.30 to 0.44 over 400 (docs/decisions/demo-clips.md)
     clips: int = 1000
     seconds: float = 10.0
     # One seed for everything the run draws: the corpus, every training job, generation and
@@ -41,7 +41,7 @@ class DemoSettings:
     semantic_k: int = 256
     # Token LMs: steps per stage and extra `musiclm fit` overrides shared by all three.
     # The frame-conditioned coarse LM (conf/demo/coarse.yaml) keeps tempo better with 600
-    # steps than with 200 (docs/benchmarks.md, "End-to-end demo", session 3).
+    # steps than with 200 (docs/decisions/frame-conditioning.md).
     lm_steps: dict[str, int] = field(
         default_factory=lambda: {"semantic": 400, "coarse": 600, "fine": 120}
     )
@@ -49,7 +49,7 @@ class DemoSettings:
     mulan_overrides: list[str] = field(default_factory=list)
     # Generation: held-out prompts (test, then validation captions), clip length, sampling.
     # Every test clip's caption (100 of the 1,000 clips): with 40, one prompt is 2.5 % and a
-    # tempo figure 0.06 above chance was p = 0.19 (docs/benchmarks.md, session 4)
+    # tempo figure 0.06 above chance was p = 0.19 (docs/decisions/demo-clips.md)
     prompts: int = 100
     # Prompts in other words than the caption templates (no BPM number, synonyms, other
     # order), this many per instrument, scored beside the templated ones.
@@ -65,8 +65,8 @@ class DemoSettings:
     )
     # Candidates per prompt, MuLan keeps the closest to the text (`generate --rerank`). Three
     # lifted instrument adherence from 0.47 to 0.64 but not tempo, for 2.7x the generation
-    # time, and the MCC of kept candidates is chosen by the same MuLan (docs/benchmarks.md,
-    # session 5): one by default, `musiclm demo --rerank N` to ask for more.
+    # time, and the MCC of kept candidates is chosen by the same MuLan (docs/results.md,
+    # re-ranking): one by default, `musiclm demo --rerank N` to ask for more.
     rerank: int = 1
     gen_args: list[str] = field(default_factory=list)
     eval_args: list[str] = field(default_factory=list)

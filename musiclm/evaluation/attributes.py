@@ -119,7 +119,7 @@ def analyse_clip(audio: np.ndarray, sample_rate: int, *, target_rate: int = 1600
         onset_envelope=onset, sr=sr, hop_length=HOP, win_length=win
     ).mean(1)
     # STFT chroma with a long window: on the demo corpus as accurate as CQT chroma for key
-    # finding (slightly better) at a third of the cost (docs/benchmarks.md, "Evaluation")
+    # finding (slightly better) at a third of the cost (docs/results.md, evaluation)
     chroma = librosa.feature.chroma_stft(y=y, sr=sr, n_fft=4096, hop_length=1024).mean(1)
     chroma = chroma / max(float(chroma.sum()), 1e-8)
     return ClipAnalysis(timbre=timbre, tempogram=tempogram.astype(np.float64), chroma=chroma)
