@@ -53,9 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command in LIGHTNING_SUBCOMMANDS:
+        from musiclm.datamodules.shards import StreamStarved
         from musiclm.lightning_cli import run_lightning
+        from musiclm.usage import SetupError, fail
 
-        run_lightning([command, *rest])
+        try:
+            run_lightning([command, *rest])
+        except (SetupError, StreamStarved) as exc:  # other errors keep their traceback
+            return fail(f"musiclm {command}", exc)
         return 0
     if command == "plugins":
         return plugins_main(rest)

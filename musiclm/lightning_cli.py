@@ -16,6 +16,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from musiclm.usage import USER_ERRORS, SetupError, one_line
+
 DEFAULT_ROOT = "runs/default"
 
 
@@ -47,6 +49,14 @@ class MusicLMCLI(LightningCLI):
         # it, tests pass their own): parse it as is. LightningCLI's own version warns whenever
         # sys.argv holds anything else, e.g. pytest's flags.
         self.config = parser.parse_args(args)
+
+    def instantiate_classes(self) -> None:
+        # a datamodule refusing its folders (missing shards, shards that disagree with their
+        # manifest) is the user's to fix: one line from ``musiclm``, not a traceback
+        try:
+            super().instantiate_classes()
+        except USER_ERRORS as exc:
+            raise SetupError(one_line(exc)) from exc
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Trainer:
         root = config.get("default_root_dir") or DEFAULT_ROOT

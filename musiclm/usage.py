@@ -22,9 +22,19 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, PluginError
 
 
 def one_line(exc: BaseException) -> str:
-    """The error's message on one line (a multi-line message joined with ``; ``)."""
-    text = str(exc) or type(exc).__name__
-    return "; ".join(part.strip() for part in text.splitlines() if part.strip())
+    """The error's message on one line (a multi-line message joined with ``; ``).
+
+    An error re-raised from a DataLoader worker carries the worker's traceback in its
+    message; its last line is the original message."""
+    lines = [part.strip() for part in (str(exc) or type(exc).__name__).splitlines()]
+    lines = [line for line in lines if line]
+    if any(line.startswith("Original Traceback") for line in lines):
+        lines = [lines[-1].removeprefix(f"{type(exc).__name__}: ")]
+    return "; ".join(lines)
+
+
+class SetupError(ValueError):
+    """A run could not be set up from what the user gave (config, data folders)."""
 
 
 def fail(prog: str, exc: BaseException | str) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tarfile
 import tempfile
 import warnings
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 SCHEMA_VERSION = 1
+SHARD_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 def file_mode() -> int:
@@ -91,7 +93,29 @@ def read_manifest(directory: str | Path) -> dict:
         isinstance(s, dict) and "file" in s for s in manifest["shards"]
     ):
         raise ValueError(f"shard manifest {path}: 'shards' must be a list of {{'file': ...}}")
+    for entry in manifest["shards"]:
+        # WebDataset opens a ``pipe:CMD`` URL through a shell: only plain names in the folder
+        name = entry["file"]
+        if not isinstance(name, str) or not SHARD_FILE.fullmatch(name) or ".." in name:
+            raise ValueError(
+                f"shard manifest {path}: shard entry {name!r} is not a plain file name inside "
+                "the folder (letters, digits, '.', '_', '-'; no path, URL or 'pipe:')"
+            )
     return manifest
+
+
+def check_shards_exist(directory: str | Path, manifest: dict) -> None:
+    """Raise ``FileNotFoundError`` naming the folder and the shards its manifest lists but
+    that are not there (a stream over them would only skip)."""
+    missing = [s["file"] for s in manifest["shards"] if not (Path(directory) / s["file"]).is_file()]
+    if missing:
+        shown = ", ".join(missing[:3]) + (
+            f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        )
+        raise FileNotFoundError(
+            f"{directory}: {len(missing)} of {len(manifest['shards'])} shards listed in "
+            f"manifest.json are missing ({shown})"
+        )
 
 
 def shard_paths(directory: str | Path, manifest: dict | None = None) -> list[str]:
@@ -264,19 +288,37 @@ class ShardWriter:
 # ----------------------------------------------------------------------------- reading
 
 
+class StreamStarved(ValueError):
+    """A stream skipped too many samples in a row to feed training (the message says why)."""
+
+
 class SkipCounter:
     """A WebDataset exception handler that warns, counts and keeps going.
 
-    Pass ``counter.handler`` as ``handler=``; ``count`` is the number of skipped tars/samples
-    and ``reasons`` the first ``keep`` messages. WebDataset reports a truncated tar twice (the
-    broken member, then the tar stream itself); the repeat is counted once.
+    Pass ``counter.handler`` as ``handler=``; ``count`` is the number of skipped tars/samples,
+    ``by_reason`` their count per reason (the error type and its message up to the sample's
+    name) and ``reasons`` the first ``keep`` messages. WebDataset reports a truncated tar
+    twice (the broken member, then the tar stream itself); the repeat is counted once.
+
+    Resampled shards never run dry, so a stream with no valid sample would skip forever:
+    with ``limit``, more than ``limit`` skips without a good sample between them (``ok``
+    marks one) raise :class:`StreamStarved` naming ``where`` and the counts by reason.
     """
 
-    def __init__(self, keep: int = 100, warn: bool = True) -> None:
+    def __init__(
+        self, keep: int = 100, warn: bool = True, *, limit: int | None = None, where: str = ""
+    ) -> None:
         self.count = 0
+        self.consecutive = 0
         self.reasons: list[str] = []
-        self.keep, self.warn = keep, warn
+        self.by_reason: dict[str, int] = {}
+        self.keep, self.warn, self.limit, self.where = keep, warn, limit, where
         self._last: tuple[str, str, str] = ("", "", "")  # type, message head, full message
+
+    def ok(self, sample: Any) -> Any:
+        """Mark a good sample (ends a run of skips); returns it, for use as a map stage."""
+        self.consecutive = 0
+        return sample
 
     def handler(self, exn: BaseException) -> bool:
         head = str(exn.args[0]).split(" @ ")[0] if exn.args else ""
@@ -287,13 +329,30 @@ class SkipCounter:
         if (type(exn).__name__, head) == (last_type, last_head) and url and url in last_message:
             return True
         self.count += 1
+        self.consecutive += 1
+        reason = _reason(exn)
+        self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
         if len(self.reasons) < self.keep:
             self.reasons.append(message)
         if self.warn:
             warnings.warn(f"skipping a corrupt shard or sample: {message}", stacklevel=2)
+        if self.limit is not None and self.consecutive > self.limit:
+            counts = "; ".join(f"{n} x {r}" for r, n in sorted(self.by_reason.items()))
+            raise StreamStarved(
+                f"{self.where or 'shard stream'}: {self.consecutive} samples in a row could "
+                f"not be read, no valid sample to train on (skipped by reason: {counts})"
+            )
         return True
 
     __call__ = handler
+
+
+def _reason(exn: BaseException) -> str:
+    """A skip's reason without the sample that had it: ``sample 'k' in URL: why`` -> why."""
+    text = str(exn.args[0]) if exn.args else str(exn)
+    text = re.sub(r"^sample '[^']*' in \S+:? ?", "", text)
+    text = text.split(" @ ")[0]
+    return f"{type(exn).__name__}: {text[:160]}"
 
 
 def decode_audio_sample(sample: dict) -> dict:

@@ -39,6 +39,7 @@ from musiclm.datamodules.shards import (
     ShardWriter,
     SkipCounter,
     atomic_write_json,
+    check_shards_exist,
     decode_npy,
     read_manifest,
     shard_paths,
@@ -172,6 +173,33 @@ def collate(samples: list[dict]) -> dict[str, Any]:
     return batch
 
 
+def probe_shards(
+    urls: list[str], spec: TokenSpec, directory: str | Path, *, samples: int = 16
+) -> None:
+    """Decode the first samples of the first shards against the manifest's spec, so shards
+    that disagree with their manifest (other levels, vocabularies, streams) are refused at
+    setup instead of skipped sample by sample forever. One good sample passes: corrupt
+    samples and unreadable tars are left to the stream's skip counts."""
+    import webdataset as wds
+
+    failures: list[str] = []
+    skips = SkipCounter(warn=False)  # unreadable tars: not a disagreement
+    stream = wds.DataPipeline(
+        wds.SimpleShardList(urls[:8]), wds.tarfile_to_samples(handler=skips.handler)
+    )
+    for sample in islice(stream, samples):
+        try:
+            crop_sample(sample, spec=spec, seconds=1.0, rng=None)
+            return
+        except ValueError as exc:
+            failures.append(str(exc))
+    if failures:
+        raise ValueError(
+            f"token shards {directory} do not match their manifest.json: none of the first "
+            f"{len(failures)} samples decodes ({failures[0]})"
+        )
+
+
 class TokenStream(IterableDataset):
     """Endless crops from resampled shards, batched; seeded by (seed, epoch, rank, worker)."""
 
@@ -184,10 +212,12 @@ class TokenStream(IterableDataset):
         batch_size: int,
         seed: int,
         shuffle_buffer: int,
+        max_consecutive_skips: int = 1000,
     ) -> None:
         super().__init__()
         self.urls, self.spec, self.seconds = urls, spec, seconds
         self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
+        self.max_consecutive_skips = max_consecutive_skips
         self.epoch = 0  # set by StepSeededLoader before each pass
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -195,7 +225,12 @@ class TokenStream(IterableDataset):
 
         rank, _, worker, _ = wds.utils.pytorch_worker_info()
         seed = _seed(self.seed, self.epoch, rank, worker)
-        skips = SkipCounter(warn=False)
+        # resampled shards never run dry: without a bound, a stream of bad samples never ends
+        skips = SkipCounter(
+            warn=False,
+            limit=self.max_consecutive_skips,
+            where=f"token shards {Path(self.urls[0]).parent}",
+        )
         pipeline = wds.DataPipeline(
             wds.ResampledShards(self.urls, seed=seed, worker_seed=lambda: 0, deterministic=True),
             wds.tarfile_to_samples(handler=skips.handler),
@@ -209,6 +244,7 @@ class TokenStream(IterableDataset):
                 ),
                 handler=skips.handler,
             ),
+            wds.map(skips.ok),
             wds.batched(self.batch_size, collation_fn=collate, partial=False),
         )
         reported = 0
@@ -253,6 +289,7 @@ class TokenDataModule(LightningDataModule):
         val_batches: int = 16,
         shuffle_buffer: int = 256,
         seed: int = 0,
+        max_consecutive_skips: int = 1000,
     ) -> None:
         """
         Args:
@@ -265,16 +302,22 @@ class TokenDataModule(LightningDataModule):
             val_batches: at most this many validation batches.
             shuffle_buffer: samples held for shuffling per worker.
             seed: base seed of shard sampling, shuffling and crops.
+            max_consecutive_skips: training stops with an error (counts by reason) after
+                this many unreadable samples in a row.
         """
         super().__init__()
         self.save_hyperparameters()
-        if seconds <= 0 or batch_size < 1 or batches_per_epoch < 1:
-            raise ValueError("seconds, batch_size and batches_per_epoch must be positive")
+        if seconds <= 0 or batch_size < 1 or batches_per_epoch < 1 or max_consecutive_skips < 1:
+            raise ValueError(
+                "seconds, batch_size, batches_per_epoch and max_consecutive_skips must be positive"
+            )
         self.manifest = read_manifest(train_dir)
         self.spec = TokenSpec.from_manifest(self.manifest, str(Path(train_dir) / "manifest.json"))
         self.urls = shard_paths(train_dir, self.manifest)
         if not self.urls:
             raise ValueError(f"token shard folder {train_dir} lists no shards in manifest.json")
+        check_shards_exist(train_dir, self.manifest)
+        probe_shards(self.urls, self.spec, train_dir)
         self.val_urls: list[str] = []
         if val_dir:
             val_manifest = read_manifest(val_dir)
@@ -286,6 +329,8 @@ class TokenDataModule(LightningDataModule):
                     f"training shards {train_dir}: {val_spec} vs {self.spec}"
                 )
             self.val_urls = shard_paths(val_dir, val_manifest)
+            check_shards_exist(val_dir, val_manifest)
+            probe_shards(self.val_urls, self.spec, val_dir)
 
     def _batches_done(self) -> int:
         trainer = self.trainer
@@ -304,6 +349,7 @@ class TokenDataModule(LightningDataModule):
             batch_size=hp.batch_size,
             seed=hp.seed,
             shuffle_buffer=hp.shuffle_buffer,
+            max_consecutive_skips=hp.max_consecutive_skips,
         )
         loader = wds.WebLoader(
             stream,
