@@ -19,6 +19,7 @@ import numpy as np
 from musiclm.evaluation.clips import Clip
 
 METRICS = ("structure", "adherence", "mcc", "fad", "memorization")
+_DEFAULT_METRICS = "structure,adherence,mcc,fad"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--metrics",
-        default="structure,adherence,mcc,fad",
+        default=_DEFAULT_METRICS,
         help=f"comma-separated subset of {','.join(METRICS)} (default structure,adherence,mcc,fad)",
     )
     p.add_argument("--memorization", action="store_true", help="add the memorization study")
@@ -251,15 +252,24 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"unknown metrics {unknown}; choose from {', '.join(METRICS)}")
     paths = read_pipeline(args.pipeline) if args.pipeline else {}
     mulan_ckpt = args.mulan or paths.get("mulan")
+    # asked for by name, MCC without a MuLan is an error; in the default set it is a note
+    if "mcc" in chosen and not mulan_ckpt and args.metrics != _DEFAULT_METRICS:
+        raise ValueError("--metrics mcc needs a MuLan checkpoint: give --mulan, or --pipeline")
     mulan = None
     if mulan_ckpt and ("mcc" in chosen or (args.embedding or "mulan") == "mulan"):
         from musiclm.models.mulan import load_mulan
 
         _log(f"MuLan: {mulan_ckpt}")
         mulan = load_mulan(mulan_ckpt)
-    generated, bare = load_folder(args.generated)
-    reference = load_reference(args.reference, limit=args.max_reference_clips)
+    generated_skipped: list[dict] = []
+    reference_skipped: list[dict] = []
+    generated, bare = load_folder(args.generated, skipped=generated_skipped)
+    reference = load_reference(
+        args.reference, limit=args.max_reference_clips, skipped=reference_skipped
+    )
     _log(f"{len(generated)} generated clips ({len(bare)} without sidecar), {len(reference)} real")
+    for skip in generated_skipped + reference_skipped:
+        _log(f"skipped {skip['item']}: {skip['reason']}")
     metrics: dict[str, Any] = {
         "inputs": {
             "generated": str(args.generated),
@@ -267,6 +277,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             "generated_clips": len(generated),
             "generated_without_sidecar": len(bare),
             "reference_clips": len(reference),
+            "generated_skipped": generated_skipped,
+            "reference_skipped": reference_skipped,
             "mulan": mulan_ckpt,
         },
         "notes": [],

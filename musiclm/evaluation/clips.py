@@ -56,33 +56,96 @@ def _sidecar(path: Path) -> dict[str, Any] | None:
     return data
 
 
-def load_folder(directory: str | Path, *, limit: int | None = None) -> tuple[list[Clip], list[str]]:
+def _wav_shortfall(path: Path) -> int:
+    """Bytes a WAV's ``data`` chunk declares beyond the end of the file (0 when whole or
+    not a WAV): libsndfile reads a truncated WAV without a word, as a shorter clip."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            if f.read(4) != b"RIFF" or f.read(8)[4:] != b"WAVE":
+                return 0
+            while True:
+                head = f.read(8)
+                if len(head) < 8:
+                    return 0
+                length = int.from_bytes(head[4:], "little")
+                if head[:4] == b"data":
+                    return max(0, length - (size - f.tell()))
+                f.seek(length + (length & 1), 1)
+    except OSError:
+        return 0
+
+
+def load_folder(
+    directory: str | Path,
+    *,
+    limit: int | None = None,
+    skipped: list[dict] | None = None,
+    min_seconds: float = 0.1,
+) -> tuple[list[Clip], list[str]]:
     """Clips of a folder of wavs with JSON sidecars, sorted by name; also the names that
-    have no sidecar."""
+    have no sidecar.
+
+    Hidden files (a killed writer's temporary ``.name.*.wav``) are not clips. Unreadable,
+    truncated (shorter than its header or its sidecar's ``seconds``) and too-short clips are
+    appended to ``skipped`` as ``{"item", "reason"}`` instead of scored.
+    """
     root = Path(directory)
     if not root.is_dir():
         raise FileNotFoundError(f"no such folder of generated audio: {root}")
-    wavs = sorted(p for p in root.iterdir() if p.suffix.lower() in (".wav", ".flac"))
+    wavs = sorted(
+        p
+        for p in root.iterdir()
+        if p.suffix.lower() in (".wav", ".flac") and not p.name.startswith(".")
+    )
     if not wavs:
         raise ValueError(f"{root} holds no .wav or .flac files")
+    skipped = [] if skipped is None else skipped
     clips, bare = [], []
     for path in wavs[:limit]:
-        audio, sr = read_audio(path)
         side = _sidecar(path.with_suffix(".json"))
+        try:
+            audio, sr = read_audio(path)
+            _check_whole(path, audio, sr, side, min_seconds)
+        except ValueError as exc:
+            skipped.append({"item": path.name, "reason": str(exc)})
+            continue
         if side is None:
             bare.append(path.stem)
             clips.append(Clip(path.stem, audio, sr))
             continue
         text = side.get("prompt", side.get("caption"))
         clips.append(Clip(path.stem, audio, sr, text, dict(side.get("attributes", {}))))
+    if not clips:
+        reasons = "; ".join(f"{s['item']}: {s['reason']}" for s in skipped[:3])
+        raise ValueError(f"{root}: no readable clip ({len(skipped)} skipped: {reasons})")
     return clips, bare
 
 
-def load_reference(path: str | Path, *, limit: int | None = None) -> list[Clip]:
-    """Real clips from an audio shard folder (with ``manifest.json``) or a sidecar folder."""
+def _check_whole(
+    path: Path, audio: np.ndarray, sr: int, side: dict | None, min_seconds: float
+) -> None:
+    missing = _wav_shortfall(path)
+    if missing:
+        raise ValueError(f"truncated: {missing} bytes of audio data missing from {path}")
+    seconds = len(audio) / sr
+    wanted = (side or {}).get("seconds")
+    # a decoder may trim a frame or two: only a clip missing a tenth counts as cut short
+    if isinstance(wanted, int | float) and seconds < 0.9 * wanted:
+        raise ValueError(f"truncated: {seconds:.3f} s of the {wanted:g} s its sidecar states")
+    if seconds < min_seconds:
+        raise ValueError(f"too short: {seconds:.3f} s < {min_seconds:g} s")
+
+
+def load_reference(
+    path: str | Path, *, limit: int | None = None, skipped: list[dict] | None = None
+) -> list[Clip]:
+    """Real clips from an audio shard folder (with ``manifest.json``) or a sidecar folder;
+    unreadable ones are appended to ``skipped`` as ``{"item", "reason"}``."""
     root = Path(path)
+    skipped = [] if skipped is None else skipped
     if not (root / "manifest.json").is_file():
-        return load_folder(root, limit=limit)[0]
+        return load_folder(root, limit=limit, skipped=skipped)[0]
     from musiclm.datamodules.shards import SkipCounter, iter_audio_samples
 
     skips = SkipCounter(warn=False)
@@ -92,6 +155,7 @@ def load_reference(path: str | Path, *, limit: int | None = None) -> list[Clip]:
         clips.append(Clip(s["key"], s["audio"], s["sample_rate"], s["caption"], dict(attrs)))
         if limit is not None and len(clips) >= limit:
             break
+    skipped += [{"item": str(root), "reason": reason} for reason in skips.reasons]
     if not clips:
         raise ValueError(f"no readable clips in audio shards {root} ({skips.count} skipped)")
     return clips
