@@ -9,6 +9,7 @@ the TensorBoard events.
 from __future__ import annotations
 
 import os
+import zipfile
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
@@ -19,6 +20,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from musiclm.usage import USER_ERRORS, SetupError, one_line
 
 DEFAULT_ROOT = "runs/default"
+# checkpoints kept besides last.ckpt: the most recent few, not every epoch (hundreds of GB
+# at paper scale); configure a ModelCheckpoint in trainer.callbacks for another policy
+KEEP_CHECKPOINTS = 3
 
 
 def run_layout(root: str) -> dict[str, str]:
@@ -68,10 +72,59 @@ class MusicLMCLI(LightningCLI):
         if config.get("enable_checkpointing") is not False and not any(
             isinstance(cb, ModelCheckpoint) for cb in configured
         ):
-            callbacks.append(
-                ModelCheckpoint(dirpath=layout["checkpoints"], save_last=True, save_top_k=-1)
-            )
+            callbacks.append(default_checkpointing(layout["checkpoints"]))
         return super()._instantiate_trainer(config, callbacks)
+
+    def before_fit(self) -> None:
+        ckpt = self.config_init[self.subcommand].get("ckpt_path")
+        if ckpt == "last":
+            ckpt = os.path.join(
+                run_layout(self.trainer.default_root_dir)["checkpoints"], "last.ckpt"
+            )
+            if not os.path.exists(ckpt):
+                return  # Lightning starts fresh with a warning, as before
+        if isinstance(ckpt, str) and "://" not in ckpt and ckpt not in ("best", "hpc", "registry"):
+            check_checkpoint(ckpt)
+
+
+def default_checkpointing(dirpath: str) -> ModelCheckpoint:
+    """``last.ckpt`` plus the ``KEEP_CHECKPOINTS`` most recent checkpoints."""
+    return ModelCheckpoint(
+        dirpath=dirpath, save_last=True, save_top_k=KEEP_CHECKPOINTS, monitor="step", mode="max"
+    )
+
+
+def _whole(path: str) -> str | None:
+    """Why ``path`` is not a whole checkpoint (torch's zip format), or None when it is."""
+    try:
+        with zipfile.ZipFile(path) as z:  # a truncated file has no central directory
+            z.infolist()
+    except (OSError, zipfile.BadZipFile) as exc:
+        return str(exc)
+    return None
+
+
+def check_checkpoint(path: str) -> None:
+    """Refuse to resume from a missing or truncated checkpoint, naming the newest intact
+    checkpoint beside it (a kill while ``last.ckpt`` was being copied leaves it cut short)."""
+    if not os.path.isfile(path):
+        raise SetupError(f"--ckpt_path {path}: no such checkpoint")
+    why = _whole(path)
+    if why is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    others = sorted(
+        (os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".ckpt")),
+        key=os.path.getmtime,
+        reverse=True,
+    )
+    intact = next((o for o in others if not os.path.samefile(o, path) and _whole(o) is None), None)
+    hint = (
+        f"the newest intact checkpoint beside it is {intact}: resume with --ckpt_path {intact}"
+        if intact
+        else "no intact checkpoint beside it"
+    )
+    raise SetupError(f"checkpoint {path} is truncated or corrupt ({why}); {hint}")
 
 
 def run_lightning(args: list[str]) -> MusicLMCLI:
