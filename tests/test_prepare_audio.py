@@ -1,4 +1,5 @@
 import json
+import tarfile
 
 import numpy as np
 import pytest
@@ -6,6 +7,7 @@ import soundfile as sf
 
 from musiclm.datamodules import prepare_audio as pa
 from musiclm.datamodules.shards import (
+    IncompleteShards,
     SkipCounter,
     decode_flac,
     decode_npy,
@@ -167,9 +169,16 @@ def test_ranks_write_disjoint_slices(tmp_path, corpus, monkeypatch):
         )
         == 0
     )
-    half = read_manifest(out / "train")
+    half = read_manifest(out / "train", allow_incomplete=True)
     assert not half["complete"] and all("-001-" in s["file"] for s in half["shards"])
-    ones = set(samples(out / "train"))
+    assert half["missing"] and all("-000-" in name for name in half["missing"])
+    with pytest.raises(IncompleteShards):  # readers wait for rank 0
+        samples(out / "train")
+    ones = {
+        name.split(".")[0]
+        for s in half["shards"]
+        for name in tarfile.open(out / "train" / s["file"]).getnames()
+    }
     monkeypatch.setenv("RANK", "0")
     assert (
         pa.main(

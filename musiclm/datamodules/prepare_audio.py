@@ -5,7 +5,8 @@ cuts its slice of every split into fixed chunks of ``--shard-size`` entries; chu
 becomes shard ``j`` (minus skipped items). A finished chunk leaves a small record in
 ``OUT/<split>/progress/``; a rerun keeps those shards and redoes only the others, so a killed
 job resumes with nothing lost or duplicated. The manifest is rewritten from the records by
-every rank when it finishes; ``complete`` says whether every rank's chunks are in it.
+every rank when it finishes; ``complete`` says whether every rank's chunks are in it and
+``missing`` names the chunks' shards still to come (readers refuse an incomplete folder).
 """
 
 from __future__ import annotations
@@ -104,26 +105,30 @@ def _chunk_done(split_dir: Path, rank: int, index: int, key: str) -> bool:
     return data["file"] is None or (split_dir / data["file"]).is_file()
 
 
-def write_manifest(split_dir: Path, *, sample_rate: int, source: dict, expected: int) -> dict:
+def write_manifest(split_dir: Path, *, sample_rate: int, source: dict, expected: list[str]) -> dict:
     """Rebuild ``manifest.json`` of one split from the progress records of every rank.
 
-    Ranks finish without a barrier, so a rank that read the records just before another
-    rank's last one appeared could rename its older manifest over the newer one. Rereading
-    the records after the write, and writing again while they changed, closes that gap: any
-    record that appears later belongs to a rank whose own write comes after this one.
+    ``expected`` names the shard of every chunk of every rank; those without a record are
+    listed as ``missing`` and the manifest is ``complete`` only when none is (readers refuse
+    it otherwise). Ranks finish without a barrier, so a rank that read the records just
+    before another rank's last one appeared could rename its older manifest over the newer
+    one. Rereading the records after the write, and writing again while they changed, closes
+    that gap: any record that appears later belongs to a rank whose own write comes after
+    this one.
     """
     while True:
         records = sorted((split_dir / "progress").glob(f"{PREFIX}-*.json"))
-        complete = len(records) == expected
-        manifest = _manifest_from(
-            records, sample_rate=sample_rate, source=source, complete=complete
-        )
+        have = {rec.name.replace(".json", ".tar") for rec in records}
+        missing = [name for name in expected if name not in have]
+        manifest = _manifest_from(records, sample_rate=sample_rate, source=source, missing=missing)
         atomic_write_json(split_dir / "manifest.json", manifest)
         if sorted((split_dir / "progress").glob(f"{PREFIX}-*.json")) == records:
             return manifest
 
 
-def _manifest_from(records: list[Path], *, sample_rate: int, source: dict, complete: bool) -> dict:
+def _manifest_from(
+    records: list[Path], *, sample_rate: int, source: dict, missing: list[str]
+) -> dict:
     shards, skipped = [], []
     for rec in records:
         data = json.loads(rec.read_text())
@@ -138,7 +143,8 @@ def _manifest_from(records: list[Path], *, sample_rate: int, source: dict, compl
         "total_seconds": round(sum(s["seconds"] for s in shards), 3),
         "shards": shards,
         "skipped": skipped,
-        "complete": complete,
+        "complete": not missing,
+        "missing": missing,
         "source": source,
     }
     return manifest
@@ -188,7 +194,7 @@ def prepare_audio(
     source_info = {"kind": source, "input": str(input), "audio_dir": audio_dir and str(audio_dir)}
     source_info |= {"min_seconds": min_seconds, "shard_size": shard_size, "world_size": world_size}
     by_split = {s: [e for e in entries if e.split == s] for s in SPLITS}
-    jobs, expected = [], {}
+    jobs, expected = [], {}  # expected: the shard name of every chunk of every rank
     for split, items in by_split.items():
         if not items:
             continue
@@ -196,9 +202,11 @@ def prepare_audio(
         (split_dir / "progress").mkdir(parents=True, exist_ok=True)
         for stale in split_dir.glob(f".{PREFIX}-{rank:03d}-*.tmp"):
             stale.unlink()  # a killed run's unfinished shard
-        expected[split] = sum(
-            len(_chunks(items[r::world_size], shard_size)) for r in range(world_size)
-        )
+        expected[split] = [
+            shard_name(PREFIX, r, i)
+            for r in range(world_size)
+            for i in range(len(_chunks(items[r::world_size], shard_size)))
+        ]
         for index, chunk in enumerate(_chunks(items[rank::world_size], shard_size)):
             key = _chunk_key(chunk, sample_rate, min_seconds)
             if not _chunk_done(split_dir, rank, index, key):

@@ -67,8 +67,18 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
 
 
-def read_manifest(directory: str | Path) -> dict:
-    """Read ``directory/manifest.json``; a missing or malformed manifest raises naming the path."""
+class IncompleteShards(ValueError):
+    """A shard folder whose writer has not finished on every rank (``complete: false``)."""
+
+
+def read_manifest(directory: str | Path, *, allow_incomplete: bool = False) -> dict:
+    """Read ``directory/manifest.json``; a missing or malformed manifest raises naming the path.
+
+    A manifest whose writer has not finished (``complete: false``: a multi-rank ``prepare``
+    with a rank still running or killed) raises :class:`IncompleteShards` naming what is
+    missing, so no later step trains or measures on part of the data unawares; only a
+    writer's own progress report passes ``allow_incomplete``.
+    """
     path = Path(directory) / "manifest.json"
     if not path.is_file():
         raise FileNotFoundError(
@@ -101,7 +111,36 @@ def read_manifest(directory: str | Path) -> dict:
                 f"shard manifest {path}: shard entry {name!r} is not a plain file name inside "
                 "the folder (letters, digits, '.', '_', '-'; no path, URL or 'pipe:')"
             )
+    if not allow_incomplete:
+        check_complete(directory, manifest)
     return manifest
+
+
+def check_complete(directory: str | Path, manifest: dict) -> None:
+    """Raise :class:`IncompleteShards` unless ``manifest`` says its folder is complete.
+
+    A manifest without the key (written by hand or by ``write_synthetic_shards``) counts as
+    complete; ``missing`` (what the writer had not finished) is named when it is recorded."""
+    complete = manifest.get("complete", True)
+    if complete is True:
+        return
+    path = Path(directory) / "manifest.json"
+    if complete is not False:
+        raise ValueError(f"shard manifest {path}: 'complete' must be true or false")
+    missing = manifest.get("missing")
+    if isinstance(missing, list) and missing:
+        shown = ", ".join(map(str, missing[:3]))
+        shown += f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        what = f"{len(missing)} {'part' if len(missing) == 1 else 'parts'} missing ({shown})"
+    else:
+        what = "what is missing is not recorded"
+    kind = manifest.get("kind")
+    writer = f"`musiclm prepare {kind}`" if kind in ("audio", "tokens") else "the"
+    raise IncompleteShards(
+        f"shard folder {directory} is incomplete: {path.name} says complete=false, {what}; "
+        f"{writer} run that writes it has not finished on every rank: rerun the same command "
+        "(every rank) to finish it"
+    )
 
 
 def check_shards_exist(directory: str | Path, manifest: dict) -> None:

@@ -295,6 +295,9 @@ def prepare_tokens(
     # both names checked before either plugin is built (building one can take a while)
     for kind, name in (("codecs", codec), ("semantic_tokenizers", semantic)):
         registry.load(kind, name)
+    # the input folders too: a missing, malformed or incomplete manifest is refused before
+    # any model is built
+    manifests_in = {split_in: read_manifest(split_in) for split_in in split_dirs(audio)}
     c = build("codecs", codec, **codec_args)
     s = build("semantic_tokenizers", semantic, **semantic_args)
     m = None
@@ -339,8 +342,7 @@ def prepare_tokens(
         atomic_write_json(job, header)
 
     units, inputs = [], {}
-    for split_in in split_dirs(audio):
-        manifest = read_manifest(split_in)
+    for split_in, manifest in manifests_in.items():
         split_out = out / (split_in.name if split_in != audio else audio.name)
         (split_out / "progress").mkdir(parents=True, exist_ok=True)
         files = [str(split_in / sh["file"]) for sh in manifest["shards"]]

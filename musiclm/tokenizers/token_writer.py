@@ -121,13 +121,13 @@ class TokenShardWriter(BasePredictionWriter):
 
 def write_manifest(split_out: Path, inputs: list[str], header: dict) -> dict:
     """Build ``manifest.json`` of one split from its progress records."""
-    shards, skipped, done = [], [], 0
+    shards, skipped, missing = [], [], []
     for shard in inputs:
         rec = record_path(split_out, shard)
         if not rec.is_file():
+            missing.append(Path(shard).name)  # readers name these when they refuse the folder
             continue
         data = json.loads(rec.read_text())
-        done += 1
         if data["file"] is not None:
             shards.append({k: data[k] for k in ("file", "num_samples", "seconds")})
         if data["skipped"]["count"]:
@@ -135,7 +135,8 @@ def write_manifest(split_out: Path, inputs: list[str], header: dict) -> dict:
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "kind": "tokens",
-        "complete": done == len(inputs),
+        "complete": not missing,
+        "missing": missing,
         "num_samples": sum(s["num_samples"] for s in shards),
         "total_seconds": round(sum(s["seconds"] for s in shards), 3),
         "shards": shards,
