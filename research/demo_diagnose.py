@@ -1,4 +1,4 @@
-"""Where does the demo lose tempo (and key)? Attribute adherence at each link of the chain.
+"""Where does the demo lose tempo, key, note motion and pulse? Each link of the chain.
 
     python research/demo_diagnose.py --run runs/demo [--splits test,valid]
 
@@ -67,6 +67,21 @@ def token_tempo(tokens: np.ndarray, centroids: np.ndarray, est, rate: float) -> 
         start_bpm=est.start_bpm, std_bpm=est.std_bpm, max_tempo=320.0,
     )  # fmt: skip
     return float(np.atleast_1d(bpm)[0])
+
+
+def token_structure(tokens: np.ndarray, centroids: np.ndarray, rate: float) -> dict[str, float]:
+    """Motion read straight from semantic tokens (B, F): the total-variation distance of their
+    centroids' chroma 1 s apart, the share of frames whose token changes, and distinct tokens
+    per clip (medians over clips)."""
+    chroma = np.clip(centroids[:, :12], 0, None)
+    chroma = chroma / np.maximum(chroma.sum(1, keepdims=True), 1e-9)
+    lag = max(1, round(rate))
+    motion = [0.5 * np.abs(chroma[t[lag:]] - chroma[t[:-lag]]).sum(1).mean() for t in tokens]
+    return {
+        "chroma_motion": round(float(np.median(motion)), 3),
+        "change_rate": round(float(np.median([(t[1:] != t[:-1]).mean() for t in tokens])), 3),
+        "distinct": float(np.median([len(set(t.tolist())) for t in tokens])),
+    }
 
 
 def acoustic_from_semantic(pipe, semantic: torch.Tensor, texts: list[str], gen) -> torch.Tensor:
@@ -187,9 +202,17 @@ def main() -> int:
     gen = torch.Generator().manual_seed(args.seed)
     load0 = os.getloadavg()[0]
 
+    from musiclm.evaluation.structure import METRICS, analyse_structure
+
     def emit(link: str, audio: torch.Tensor, seconds: float) -> None:
-        preds = [est.predict(est.analyse(a.reshape(-1).numpy(), sr)) for a in audio]
+        clips = [a.reshape(-1).numpy() for a in audio]
+        preds = [est.predict(est.analyse(a, sr)) for a in clips]
         emit_table(link, preds, targets, chance, est)
+        # what a listener hears first: note motion, pulse, onsets (medians over the clips)
+        st = [analyse_structure(a, sr) for a in clips]
+        row = {k: round(float(np.median([x[k] for x in st])), 3) for k in METRICS}
+        row["static_share"] = round(float(np.mean([x["static"] for x in st])), 3)
+        print(json.dumps({"figure": "structure", "link": link, **row}), flush=True)
         print(json.dumps({"figure": "link seconds", "link": link, "value": round(seconds, 1)}))
 
     def timed(link: str, make) -> None:
@@ -293,6 +316,8 @@ def main() -> int:
             continue
         preds = [{"bpm": token_tempo(t.numpy(), centroids, est.tempo, rate)} for t in tokens]
         emit_table(link, preds, targets, chance, est)
+        motion = token_structure(tokens.numpy(), centroids, rate)
+        print(json.dumps({"figure": "token structure", "link": link, **motion}), flush=True)
     print(json.dumps({"figure": "load average (1 min)", "start": round(load0, 2),
                       "end": round(os.getloadavg()[0], 2)}))  # fmt: skip
     return 0
