@@ -94,6 +94,12 @@ def create(kind: str, name: str, /, **kwargs: Any) -> Any:
     Arguments the plugin does not take (a misspelled key) are a :class:`PluginError` naming
     them and the accepted ones; a ``TypeError`` raised inside the plugin stays a bug.
     """
+    return check_arguments(kind, name, **kwargs)(**kwargs)
+
+
+def check_arguments(kind: str, name: str, /, **kwargs: Any) -> Any:
+    """Load plugin ``name`` and check that it takes ``kwargs`` without building it (a
+    command checks every plugin before building any); returns the factory."""
     factory = load(kind, name)
     try:
         signature = inspect.signature(factory)
@@ -112,7 +118,7 @@ def create(kind: str, name: str, /, **kwargs: Any) -> Any:
             raise PluginError(
                 f"{kind} plugin {name!r}: {exc}; it takes {', '.join(named) or 'no arguments'}"
             ) from None
-    return factory(**kwargs)
+    return factory
 
 
 def describe() -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from musiclm.datamodules.shards import atomic_file, atomic_write_text
+from musiclm.folder_lock import folder_lock
 from musiclm.usage import check_number, number, run_command
 
 SAMPLING_FLAGS = {
@@ -228,8 +229,22 @@ def run(args: argparse.Namespace) -> int:
     names = output_names(items, args.num_samples)
     requests = [request_of(args, it, n) for it in items for n in range(args.num_samples)]
     out = Path(args.out)
-    if not args.overwrite:
-        _refuse_overwrite(out, names, requests, args.plot)
+    # one generate per --out: two would both pass the overwrite check, then replace each
+    # other's clips
+    with folder_lock(out):
+        if not args.overwrite:
+            _refuse_overwrite(out, names, requests, args.plot)
+        return _generate(args, items, names, requests, out)
+
+
+def _generate(
+    args: argparse.Namespace,
+    items: list[dict[str, Any]],
+    names: list[str],
+    requests: list[dict[str, Any]],
+    out: Path,
+) -> int:
+    """Load the pipeline, generate every clip and write it with its sidecar into ``out``."""
     melody = _read_clip(args.melody, "--melody") if args.melody else None
     clip = _read_clip(args.continue_wav) if args.continue_wav else None
     from musiclm.generation.pipeline import Pipeline

@@ -27,6 +27,7 @@ from musiclm.datamodules.shards import (
     encode_flac,
     shard_name,
 )
+from musiclm.folder_lock import folder_lock
 from musiclm.usage import check_number, run_command
 
 PREFIX = "audio"
@@ -150,6 +151,38 @@ def _manifest_from(
     return manifest
 
 
+def _plan(
+    entries: list[Entry],
+    out: Path,
+    rank: int,
+    world_size: int,
+    shard_size: int,
+    sample_rate: int,
+    min_seconds: float,
+) -> tuple[list[tuple], dict[str, list[str]]]:
+    """This rank's chunks still to write, and the shard name of every chunk of every rank
+    by split (what a complete manifest holds)."""
+    by_split = {s: [e for e in entries if e.split == s] for s in SPLITS}
+    jobs, expected = [], {}
+    for split, items in by_split.items():
+        if not items:
+            continue
+        split_dir = out / split
+        (split_dir / "progress").mkdir(parents=True, exist_ok=True)
+        for stale in split_dir.glob(f".{PREFIX}-{rank:03d}-*.tmp"):
+            stale.unlink()  # a killed run's unfinished shard
+        expected[split] = [
+            shard_name(PREFIX, r, i)
+            for r in range(world_size)
+            for i in range(len(_chunks(items[r::world_size], shard_size)))
+        ]
+        for index, chunk in enumerate(_chunks(items[rank::world_size], shard_size)):
+            key = _chunk_key(chunk, sample_rate, min_seconds)
+            if not _chunk_done(split_dir, rank, index, key):
+                jobs.append((split_dir, rank, index, chunk, sample_rate, min_seconds))
+    return jobs, expected
+
+
 def prepare_audio(
     source: str,
     input: str | Path,
@@ -184,50 +217,45 @@ def prepare_audio(
             "below 1, or nothing is left for the train split"
         )
     out = Path(out)
-    entries = list_entries(
-        source,
-        input,
-        audio_dir=audio_dir,
-        valid_fraction=valid_fraction,
-        test_fraction=test_fraction,
-    )
-    source_info = {"kind": source, "input": str(input), "audio_dir": audio_dir and str(audio_dir)}
-    source_info |= {"min_seconds": min_seconds, "shard_size": shard_size, "world_size": world_size}
-    by_split = {s: [e for e in entries if e.split == s] for s in SPLITS}
-    jobs, expected = [], {}  # expected: the shard name of every chunk of every rank
-    for split, items in by_split.items():
-        if not items:
-            continue
-        split_dir = out / split
-        (split_dir / "progress").mkdir(parents=True, exist_ok=True)
-        for stale in split_dir.glob(f".{PREFIX}-{rank:03d}-*.tmp"):
-            stale.unlink()  # a killed run's unfinished shard
-        expected[split] = [
-            shard_name(PREFIX, r, i)
-            for r in range(world_size)
-            for i in range(len(_chunks(items[r::world_size], shard_size)))
-        ]
-        for index, chunk in enumerate(_chunks(items[rank::world_size], shard_size)):
-            key = _chunk_key(chunk, sample_rate, min_seconds)
-            if not _chunk_done(split_dir, rank, index, key):
-                jobs.append((split_dir, rank, index, chunk, sample_rate, min_seconds))
-    todo = sum(len(j[3]) for j in jobs)
-    bar = tqdm(total=todo, desc=f"prepare audio (rank {rank})", unit="item", disable=not progress)
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            for job, _ in zip(jobs, pool.map(_write_chunk, jobs), strict=True):
-                bar.update(len(job[3]))
-    else:
-        for job in jobs:
-            _write_chunk(job)
-            bar.update(len(job[3]))
-    bar.close()
-    return {
-        split: write_manifest(
-            out / split, sample_rate=sample_rate, source=source_info, expected=expected[split]
+    # one process per rank: a second `prepare audio` of the same rank into OUT is refused
+    with folder_lock(out, slot=f"rank{rank}"):
+        entries = list_entries(
+            source,
+            input,
+            audio_dir=audio_dir,
+            valid_fraction=valid_fraction,
+            test_fraction=test_fraction,
         )
-        for split in expected
-    }
+        source_info = {
+            "kind": source,
+            "input": str(input),
+            "audio_dir": audio_dir and str(audio_dir),
+        }
+        source_info |= {
+            "min_seconds": min_seconds,
+            "shard_size": shard_size,
+            "world_size": world_size,
+        }
+        jobs, expected = _plan(entries, out, rank, world_size, shard_size, sample_rate, min_seconds)
+        todo = sum(len(j[3]) for j in jobs)
+        bar = tqdm(
+            total=todo, desc=f"prepare audio (rank {rank})", unit="item", disable=not progress
+        )
+        if workers > 1 and len(jobs) > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                for job, _ in zip(jobs, pool.map(_write_chunk, jobs), strict=True):
+                    bar.update(len(job[3]))
+        else:
+            for job in jobs:
+                _write_chunk(job)
+                bar.update(len(job[3]))
+        bar.close()
+        return {
+            split: write_manifest(
+                out / split, sample_rate=sample_rate, source=source_info, expected=expected[split]
+            )
+            for split in expected
+        }
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -36,6 +36,7 @@ from musiclm.datamodules.shards import (
     decode_audio_sample,
     read_manifest,
 )
+from musiclm.folder_lock import env_slot, folder_lock
 from musiclm.tokenizers.beats import BeatSpec, BeatTracker, metadata_bpm
 from musiclm.tokenizers.fingerprints import check_fingerprints
 from musiclm.tokenizers.token_writer import TokenShardWriter, unit_done, write_manifest
@@ -292,97 +293,104 @@ def prepare_tokens(
 
     audio, out = Path(audio), Path(out)
     codec_args, semantic_args = dict(codec_args or {}), dict(semantic_args or {})
-    # both names checked before either plugin is built (building one can take a while)
-    for kind, name in (("codecs", codec), ("semantic_tokenizers", semantic)):
+    # both names, then both argument sets, checked before either plugin is built (building
+    # one can take a while)
+    plugins = (("codecs", codec, codec_args), ("semantic_tokenizers", semantic, semantic_args))
+    for kind, name, _ in plugins:
         registry.load(kind, name)
+    for kind, name, kwargs in plugins:
+        registry.check_arguments(kind, name, **kwargs)
     # the input folders too: a missing, malformed or incomplete manifest is refused before
     # any model is built
     manifests_in = {split_in: read_manifest(split_in) for split_in in split_dirs(audio)}
-    c = build("codecs", codec, **codec_args)
-    s = build("semantic_tokenizers", semantic, **semantic_args)
-    m = None
-    if mulan is not None:
-        from musiclm.tokenizers.conditioning_rvq import MulanConditioner
+    # one writer per rank: a second `prepare tokens` into OUT would race on its temp names
+    # and progress records
+    with folder_lock(out, slot=env_slot()):
+        c = build("codecs", codec, **codec_args)
+        s = build("semantic_tokenizers", semantic, **semantic_args)
+        m = None
+        if mulan is not None:
+            from musiclm.tokenizers.conditioning_rvq import MulanConditioner
 
-        m = MulanConditioner.from_files(*mulan)
-    mel = None
-    if melody is not None:
-        from musiclm.tokenizers.melody_tokens import MelodyConditioner
+            m = MulanConditioner.from_files(*mulan)
+        mel = None
+        if melody is not None:
+            from musiclm.tokenizers.melody_tokens import MelodyConditioner
 
-        mel = MelodyConditioner.from_files(*melody)
-    tracker = None
-    if beats is not None:
-        tracker = BeatTracker(beats, sample_rate=s.sample_rate, frame_rate=s.frame_rate)
-    header = _header(
-        c, codec, codec_args, s, semantic, semantic_args, m, mulan, mel, melody, tracker
-    )
-
-    job = out / "job.json"
-    if job.is_file():  # a rerun must resume with the same tokenizers, not mix two
-        prev = json.loads(job.read_text())
-        check_fingerprints(
-            prev,
-            codec=header["codec"]["fingerprint"],
-            semantic=header["semantic"]["fingerprint"],
-            mulan=header["mulan"]["fingerprint"] if m else None,
-            where=f"{out} (resuming an earlier run)",
+            mel = MelodyConditioner.from_files(*melody)
+        tracker = None
+        if beats is not None:
+            tracker = BeatTracker(beats, sample_rate=s.sample_rate, frame_rate=s.frame_rate)
+        header = _header(
+            c, codec, codec_args, s, semantic, semantic_args, m, mulan, mel, melody, tracker
         )
-        prev_melody = (prev.get("melody") or {}).get("fingerprint")
-        if prev_melody != (mel.fingerprint() if mel else None):
-            raise ValueError(
-                f"{out} (resuming an earlier run): melody fingerprint in the shards is "
-                f"{prev_melody!r} but this run gives {mel.fingerprint() if mel else None!r}"
-            )
-        if prev.get("beats") != header.get("beats"):
-            raise ValueError(
-                f"{out} (resuming an earlier run): beat clock in the shards is "
-                f"{prev.get('beats')!r} but this run gives {header.get('beats')!r}"
-            )
-    elif _rank_world()[0] == 0 and os.environ.get("LOCAL_RANK", "0") == "0":
-        atomic_write_json(job, header)
 
-    units, inputs = [], {}
-    for split_in, manifest in manifests_in.items():
-        split_out = out / (split_in.name if split_in != audio else audio.name)
-        (split_out / "progress").mkdir(parents=True, exist_ok=True)
-        files = [str(split_in / sh["file"]) for sh in manifest["shards"]]
-        inputs[split_out] = files
-        units += [(str(split_out), f, split_in.name) for f in files]
+        job = out / "job.json"
+        if job.is_file():  # a rerun must resume with the same tokenizers, not mix two
+            prev = json.loads(job.read_text())
+            check_fingerprints(
+                prev,
+                codec=header["codec"]["fingerprint"],
+                semantic=header["semantic"]["fingerprint"],
+                mulan=header["mulan"]["fingerprint"] if m else None,
+                where=f"{out} (resuming an earlier run)",
+            )
+            prev_melody = (prev.get("melody") or {}).get("fingerprint")
+            if prev_melody != (mel.fingerprint() if mel else None):
+                raise ValueError(
+                    f"{out} (resuming an earlier run): melody fingerprint in the shards is "
+                    f"{prev_melody!r} but this run gives {mel.fingerprint() if mel else None!r}"
+                )
+            if prev.get("beats") != header.get("beats"):
+                raise ValueError(
+                    f"{out} (resuming an earlier run): beat clock in the shards is "
+                    f"{prev.get('beats')!r} but this run gives {header.get('beats')!r}"
+                )
+        elif _rank_world()[0] == 0 and os.environ.get("LOCAL_RANK", "0") == "0":
+            atomic_write_json(job, header)
 
-    rates = {"codec": c.sample_rate, "semantic": s.sample_rate}
-    if m is not None:
-        rates["mulan"] = m.sample_rate
-    if mel is not None:
-        rates["melody"] = mel.sample_rate
-    vocab = {"a": c.codebook_size, "s": s.vocab_size, "m": m.codebook_size if m else 0}
-    vocab["l"] = mel.codebook_size if mel else 0
-    loader = DataLoader(
-        AudioShardBatches(units, rates, batch_size), batch_size=None, num_workers=num_workers
-    )
-    writer = TokenShardWriter(units, vocab)
-    trainer = Trainer(
-        accelerator=accelerator,
-        devices=devices,
-        num_nodes=num_nodes,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=progress,
-        callbacks=[writer],
-        use_distributed_sampler=False,
-    )
-    with warnings.catch_warnings():
-        # batches are whole-shard slices we index ourselves; Lightning's indices are unused
-        warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
-        trainer.predict(
-            Tokenize(c, s, m, mel, tracker), dataloaders=loader, return_predictions=False
+        units, inputs = [], {}
+        for split_in, manifest in manifests_in.items():
+            split_out = out / (split_in.name if split_in != audio else audio.name)
+            (split_out / "progress").mkdir(parents=True, exist_ok=True)
+            files = [str(split_in / sh["file"]) for sh in manifest["shards"]]
+            inputs[split_out] = files
+            units += [(str(split_out), f, split_in.name) for f in files]
+
+        rates = {"codec": c.sample_rate, "semantic": s.sample_rate}
+        if m is not None:
+            rates["mulan"] = m.sample_rate
+        if mel is not None:
+            rates["melody"] = mel.sample_rate
+        vocab = {"a": c.codebook_size, "s": s.vocab_size, "m": m.codebook_size if m else 0}
+        vocab["l"] = mel.codebook_size if mel else 0
+        loader = DataLoader(
+            AudioShardBatches(units, rates, batch_size), batch_size=None, num_workers=num_workers
         )
-    trainer.strategy.barrier()
-    manifests = {}
-    if trainer.global_rank == 0:
-        for split_out, files in inputs.items():
-            manifests[split_out.name] = write_manifest(split_out, files, header)
-    return manifests
+        writer = TokenShardWriter(units, vocab)
+        trainer = Trainer(
+            accelerator=accelerator,
+            devices=devices,
+            num_nodes=num_nodes,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=progress,
+            callbacks=[writer],
+            use_distributed_sampler=False,
+        )
+        with warnings.catch_warnings():
+            # batches are whole-shard slices we index ourselves; Lightning's indices are unused
+            warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
+            trainer.predict(
+                Tokenize(c, s, m, mel, tracker), dataloaders=loader, return_predictions=False
+            )
+        trainer.strategy.barrier()
+        manifests = {}
+        if trainer.global_rank == 0:
+            for split_out, files in inputs.items():
+                manifests[split_out.name] = write_manifest(split_out, files, header)
+        return manifests
 
 
 def _json_arg(p: argparse.ArgumentParser, text: str, flag: str) -> dict:
