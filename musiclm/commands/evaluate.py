@@ -4,12 +4,18 @@
         --pipeline PIPELINE.yaml --out EVAL [--embedding mulan] [--memorization]
 
 See docs/evaluation.md for the inputs each metric needs and how each is computed.
+``metrics.json`` is written last, as the marker of a finished pair (``commit_report``); the
+attribute estimators record the ``--train-reference`` they were fitted on and are refitted
+when it changes.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from musiclm.evaluation.clips import Clip
+from musiclm.usage import run_command
 
 METRICS = ("structure", "adherence", "mcc", "fad", "memorization")
 _DEFAULT_METRICS = "structure,adherence,mcc,fad"
@@ -34,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-reference", help="real training audio (shards) to fit estimators on")
     p.add_argument(
         "--estimators",
-        help="attribute estimators JSON: loaded if it exists, else fitted on "
-        "--train-reference and saved here (default OUT/attribute_estimators.json)",
+        help="attribute estimators JSON: loaded if it exists (and, with --train-reference, "
+        "was fitted on it), else fitted on --train-reference and saved here (default "
+        "OUT/attribute_estimators.json)",
     )
     p.add_argument("--pipeline", help="PIPELINE.yaml naming the MuLan and semantic checkpoints")
     p.add_argument("--mulan", help="MuLan checkpoint (overrides the pipeline's)")
@@ -85,31 +93,56 @@ def read_pipeline(path: str) -> dict[str, str | None]:
 # ----------------------------------------------------------------------------- metrics
 
 
+def _estimators(args: argparse.Namespace) -> tuple[Any, Path]:
+    """The attribute estimators and their file: loaded when it was fitted on the same
+    ``--train-reference`` (path, contents, clip limit, seed), else fitted and saved."""
+    from musiclm.evaluation import attributes as A
+    from musiclm.evaluation.clips import load_reference, reference_fingerprint
+
+    path = Path(args.estimators or Path(args.out) / "attribute_estimators.json")
+    wanted = None
+    if args.train_reference:
+        wanted = reference_fingerprint(args.train_reference)
+        wanted |= {"max_train_clips": args.max_train_clips, "seed": args.seed}
+    if path.is_file():
+        est = A.AttributeEstimators.load(path)
+        if wanted is None or est.trained_on == wanted:
+            _log(f"attribute estimators: loading {path}")
+            return est, path
+        was = _describe_reference(est.trained_on) if est.trained_on else "an unrecorded reference"
+        _log(f"attribute estimators: {path} was fitted on {was}; --train-reference is "
+             f"{_describe_reference(wanted)}: refitting")  # fmt: skip
+    elif wanted is None:
+        raise ValueError(
+            "adherence needs --train-reference (real training clips) or --estimators FILE"
+        )
+    train = load_reference(args.train_reference, limit=args.max_train_clips)
+    train = [c for c in train if c.attributes]
+    if not train:
+        raise ValueError(f"no clip in {args.train_reference} carries attributes")
+    _log(f"attribute estimators: fitting on {len(train)} real training clips")
+    t0 = time.perf_counter()
+    analyses = [A.analyse_clip(c.audio, c.sample_rate) for c in train]
+    est = A.AttributeEstimators.fit(analyses, [c.attributes for c in train], seed=args.seed)
+    est.trained_on = wanted
+    est.save(path)
+    _log(f"attribute estimators: fitted in {time.perf_counter() - t0:.1f} s -> {path}")
+    return est, path
+
+
+def _describe_reference(ref: dict) -> str:
+    return (
+        f"{ref.get('path')} ({ref.get('clips')} clips, fingerprint {ref.get('fingerprint')}, "
+        f"max {ref.get('max_train_clips')} clips, seed {ref.get('seed')})"
+    )
+
+
 def run_adherence(
     args: argparse.Namespace, generated: list[Clip], reference: list[Clip]
 ) -> dict[str, Any]:
     from musiclm.evaluation import attributes as A
-    from musiclm.evaluation.clips import load_reference
 
-    path = Path(args.estimators or Path(args.out) / "attribute_estimators.json")
-    if path.is_file():
-        _log(f"attribute estimators: loading {path}")
-        est = A.AttributeEstimators.load(path)
-    elif args.train_reference:
-        train = load_reference(args.train_reference, limit=args.max_train_clips)
-        train = [c for c in train if c.attributes]
-        if not train:
-            raise ValueError(f"no clip in {args.train_reference} carries attributes")
-        _log(f"attribute estimators: fitting on {len(train)} real training clips")
-        t0 = time.perf_counter()
-        analyses = [A.analyse_clip(c.audio, c.sample_rate) for c in train]
-        est = A.AttributeEstimators.fit(analyses, [c.attributes for c in train], seed=args.seed)
-        est.save(path)
-        _log(f"attribute estimators: fitted in {time.perf_counter() - t0:.1f} s -> {path}")
-    else:
-        raise ValueError(
-            "adherence needs --train-reference (real training clips) or --estimators FILE"
-        )
+    est, path = _estimators(args)
 
     def score(clips: list[Clip]) -> tuple[dict, list[dict]]:
         clips = [c for c in clips if c.attributes]
@@ -242,7 +275,6 @@ def run_memorization(args: argparse.Namespace, paths: dict[str, str | None]) -> 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Run the chosen metrics and return the metrics dict (also written to ``args.out``)."""
     from musiclm.evaluation.clips import load_folder, load_reference
-    from musiclm.evaluation.report import write_report
 
     chosen = [m.strip() for m in args.metrics.split(",") if m.strip()]
     if args.memorization and "memorization" not in chosen:
@@ -299,17 +331,45 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         metrics["fad"] = run_fad(spec, mulan, generated, reference, args.seed)
     if "memorization" in chosen:
         metrics["memorization"] = run_memorization(args, paths)
-    json_path, md_path = write_report(args.out, metrics)
+    json_path, md_path = commit_report(Path(args.out), metrics)
     _log(f"wrote {json_path} and {md_path}")
     return metrics
 
 
+def commit_report(out: Path, metrics: dict[str, Any]) -> tuple[Path, Path]:
+    """Write ``out/metrics.json`` and ``out/metrics.md`` as a pair: ``metrics.json`` is the
+    marker, and when it is there the ``metrics.md`` beside it was made from it.
+
+    Both are written in a hidden folder inside ``out`` first; then the old ``metrics.json``
+    goes, ``metrics.md`` is renamed into place and ``metrics.json`` last. A kill at any point
+    leaves the old pair, or a ``metrics.md`` without its marker (a reader waits for
+    ``metrics.json``), never a ``metrics.json`` beside another run's ``metrics.md``."""
+    from musiclm.evaluation.report import write_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".metrics-", dir=out))
+    try:
+        staged_json, staged_md = write_report(staging, metrics)
+        json_path, md_path = out / staged_json.name, out / staged_md.name
+        json_path.unlink(missing_ok=True)
+        os.replace(staged_md, md_path)
+        os.replace(staged_json, json_path)
+        fd = os.open(out, os.O_RDONLY)  # the renames themselves reach the disk
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return json_path, md_path
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        evaluate(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"musiclm evaluate: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command("musiclm evaluate", lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int:
+    evaluate(args)
     print((Path(args.out) / "metrics.md").read_text(encoding="utf-8"))
     return 0

@@ -290,6 +290,9 @@ class AttributeEstimators:
     num_train_clips: int = 0
     # the training labels (instrument, bpm, key, mode), kept for chance levels
     train_attributes: list[dict] = field(default_factory=list)
+    # what they were fitted on (``clips.reference_fingerprint`` plus the fit's settings), so
+    # a file fitted on another training reference is refitted rather than reused
+    trained_on: dict = field(default_factory=dict)
 
     @classmethod
     def fit(
@@ -360,6 +363,7 @@ class AttributeEstimators:
             "sample_rate": self.sample_rate,
             "num_train_clips": self.num_train_clips,
             "train_attributes": self.train_attributes,
+            "trained_on": self.trained_on,
             "tempo_words": [[u, w] for u, w in self.tempo_words],
             "instrument": None if self.instrument is None else self.instrument.to_dict(),
             "tempo": None if self.tempo is None else vars(self.tempo),
@@ -380,6 +384,7 @@ class AttributeEstimators:
             tempo_words=[(float(u), str(w)) for u, w in d["tempo_words"]],
             num_train_clips=int(d.get("num_train_clips", 0)),
             train_attributes=list(d.get("train_attributes", [])),
+            trained_on=dict(d.get("trained_on") or {}),
         )
 
     def save(self, path: str | Path) -> None:

@@ -9,6 +9,7 @@ one split) or a folder in the same convention (``caption`` may stand for ``promp
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,6 +160,29 @@ def load_reference(
     if not clips:
         raise ValueError(f"no readable clips in audio shards {root} ({skips.count} skipped)")
     return clips
+
+
+def reference_fingerprint(path: str | Path) -> dict[str, Any]:
+    """What a reference folder holds, to tell whether something fitted on it is stale:
+    ``{"path", "kind", "clips", "fingerprint"}``. For audio shards the fingerprint covers
+    the manifest's shard list (files, counts, seconds); for a folder of clips, every visible
+    file's name, size and modification time."""
+    root = Path(path)
+    if (root / "manifest.json").is_file():
+        from musiclm.datamodules.shards import read_manifest
+
+        manifest = read_manifest(root)
+        listed: Any = {"shards": manifest["shards"], "num_samples": manifest.get("num_samples")}
+        kind, clips = "shards", int(manifest.get("num_samples") or 0)
+    elif root.is_dir():
+        files = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+        listed = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+        kind = "folder"
+        clips = sum(p.suffix.lower() in (".wav", ".flac") for p in files)
+    else:
+        raise FileNotFoundError(f"no such reference folder: {root}")
+    digest = hashlib.sha1(json.dumps(listed, sort_keys=True).encode("utf-8")).hexdigest()
+    return {"path": str(root.resolve()), "kind": kind, "clips": clips, "fingerprint": digest[:16]}
 
 
 def load_token_examples(
