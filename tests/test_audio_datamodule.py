@@ -1,4 +1,5 @@
 import json
+from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -79,11 +80,11 @@ def test_seeded_by_seed_and_global_step(dirs):
     assert ids(a) == ids(b)
     assert ids(make(dirs, seed=1)) != ids(a)
 
-    class FakeTrainer:
-        global_step = 500
-
+    progress = SimpleNamespace(total=SimpleNamespace(processed=500))  # 500 batches trained
     c = make(dirs)
-    c.trainer = FakeTrainer()
+    c.trainer = SimpleNamespace(
+        fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress))
+    )
     assert ids(c) != ids(a)  # a resumed run continues with a different stream
 
 

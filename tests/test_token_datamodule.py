@@ -3,6 +3,7 @@
 import io
 import json
 import tarfile
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,9 +13,12 @@ from musiclm.datamodules.tokens import TokenDataModule, write_synthetic_shards
 
 
 class FakeTrainer:
-    def __init__(self, step=0):
-        self.global_step = step
-        self.accumulate_grad_batches = 1
+    """What the datamodule reads of a trainer: the batches trained so far."""
+
+    def __init__(self, batches=0):
+        progress = SimpleNamespace(total=SimpleNamespace(processed=batches))
+        self.fit_loop = SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress))
+        self.world_size, self.accumulate_grad_batches = 1, 1
 
 
 def make(root, **kw):

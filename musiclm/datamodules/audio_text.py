@@ -3,8 +3,10 @@
 Train: shards resampled with replacement (so ranks never run out at different times), a
 shuffle buffer, random crops (shorter clips zero-padded), and exactly ``batches_per_epoch``
 batches per rank (``WebLoader.with_epoch``). Every random draw is seeded from ``seed``, the
-trainer's global step when the loader is built (a resumed run does not replay the stream),
-the rank and the worker.
+data epoch, the rank and the worker; the data epoch and the position inside it follow from
+the batches trained so far (``musiclm.datamodules.stream_position``), so every epoch draws
+new samples even with fresh worker processes, and a resumed run continues the stream
+instead of replaying it.
 
 Validation: every rank reads the whole validation split in one fixed order with centre crops,
 so retrieval metrics over the full split agree across ranks.
@@ -26,6 +28,12 @@ from musiclm.datamodules.shards import (
     decode_audio_sample,
     read_manifest,
     shard_paths,
+)
+from musiclm.datamodules.stream_position import (
+    StepSeededLoader,
+    batches_trained,
+    loader_settings,
+    warn_changed_settings,
 )
 
 SKIP_KEY = "_skipped"  # per-worker skip count carried by each batch, removed before the step
@@ -112,6 +120,51 @@ class _TagSkips:
             yield batch
 
 
+class AudioTextStream(torch.utils.data.IterableDataset):
+    """Endless cropped batches from resampled audio shards, seeded by (seed, data epoch,
+    rank, worker): ``epoch`` is set by :class:`StepSeededLoader` before each pass, so
+    fresh workers of a new epoch draw a new stream instead of replaying the first."""
+
+    def __init__(
+        self,
+        urls: list[str],
+        *,
+        sample_rate: int,
+        crop_samples: int,
+        batch_size: int,
+        seed: int,
+        shuffle_buffer: int,
+    ) -> None:
+        super().__init__()
+        self.urls, self.sample_rate, self.crop_samples = urls, sample_rate, crop_samples
+        self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
+        self.epoch = 0
+
+    def __iter__(self) -> Iterator[dict]:
+        import webdataset as wds
+
+        rank, worker = _worker()
+        seed = int(
+            np.random.SeedSequence([self.seed, self.epoch, rank, worker]).generate_state(1)[0]
+        )
+        counter = SkipCounter()
+        pipeline = wds.DataPipeline(
+            # every (rank, worker) draws its own shard stream; no node splitter is needed
+            wds.ResampledShards(self.urls, seed=seed, worker_seed=lambda: 0, deterministic=True),
+            wds.tarfile_to_samples(handler=counter.handler),
+            wds.map(_Decode(self.sample_rate), handler=counter.handler),
+            _Crops(
+                length=self.crop_samples,
+                sample_rate=self.sample_rate,
+                seed=seed,
+                buffer=self.shuffle_buffer,
+            ),
+            wds.batched(self.batch_size, collation_fn=collate, partial=False),
+            _TagSkips(counter),
+        )
+        return iter(pipeline)
+
+
 class AudioTextDataModule(L.LightningDataModule):
     """Audio shard folders (``musiclm prepare audio`` output) -> MuLan batches."""
 
@@ -158,40 +211,39 @@ class AudioTextDataModule(L.LightningDataModule):
         """Corrupt tars/samples skipped so far on this rank (all loaders and workers)."""
         return sum(self._skips.values())
 
-    def _step(self) -> int:
-        return int(self.trainer.global_step) if self.trainer is not None else 0
-
-    def train_dataloader(self):
+    def train_dataloader(self) -> StepSeededLoader:
         import webdataset as wds
 
         urls = shard_paths(self.train_dir)
         if not urls:
             raise ValueError(f"train_dir {self.train_dir}: its manifest lists no shards")
-        seed = int(np.random.SeedSequence([self.seed, self._step()]).generate_state(1)[0])
-        counter = SkipCounter()
-        pipeline = wds.DataPipeline(
-            # every (rank, worker) draws its own shard stream; no node splitter is needed
-            wds.ResampledShards(urls, seed=seed, deterministic=True),
-            wds.tarfile_to_samples(handler=counter.handler),
-            wds.map(_Decode(self.sample_rate), handler=counter.handler),
-            _Crops(
-                length=self.crop_samples,
-                sample_rate=self.sample_rate,
-                seed=seed,
-                buffer=self.shuffle_buffer,
-            ),
-            wds.batched(self.batch_size, collation_fn=collate, partial=False),
-            _TagSkips(counter),
+        stream = AudioTextStream(
+            urls,
+            sample_rate=self.sample_rate,
+            crop_samples=self.crop_samples,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            shuffle_buffer=self.shuffle_buffer,
         )
         loader = wds.WebLoader(
-            pipeline,
+            stream,
             batch_size=None,
             num_workers=self.num_workers,
-            persistent_workers=False,
+            persistent_workers=False,  # workers must see the epoch set before each pass
+        ).with_epoch(self.batches_per_epoch)
+        return StepSeededLoader(
+            stream, loader, self.batches_per_epoch, lambda: batches_trained(self.trainer)
         )
-        return loader.with_epoch(self.batches_per_epoch).with_length(
-            self.batches_per_epoch, silent=True
-        )
+
+    def state_dict(self) -> dict:
+        # kept in checkpoints so a resume can say what its other settings change
+        return {"loader_settings": loader_settings(self.hparams, self.trainer)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        saved = state_dict.get("loader_settings")
+        if saved:
+            now = loader_settings(self.hparams, self.trainer)
+            warn_changed_settings(saved, now, f"on {self.train_dir}")
 
     def val_dataloader(self):
         import webdataset as wds

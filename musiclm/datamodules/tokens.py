@@ -44,6 +44,12 @@ from musiclm.datamodules.shards import (
     read_manifest,
     shard_paths,
 )
+from musiclm.datamodules.stream_position import (
+    StepSeededLoader,
+    batches_trained,
+    loader_settings,
+    warn_changed_settings,
+)
 from musiclm.stages.token_layout import TokenSpec
 
 
@@ -254,26 +260,6 @@ class TokenStream(IterableDataset):
             yield batch
 
 
-class StepSeededLoader:
-    """Iterable over a ``WebLoader.with_epoch``: each pass reseeds from the trainer's step.
-
-    Data epoch ``e = batches_done // batches_per_epoch``; a pass started mid-epoch (a resumed
-    run) skips the batches of that epoch already trained on.
-    """
-
-    def __init__(self, stream: TokenStream, loader: Any, batches_per_epoch: int, position: Any):
-        self.stream, self.loader = stream, loader
-        self.batches_per_epoch, self.position = batches_per_epoch, position
-
-    def __len__(self) -> int:
-        return self.batches_per_epoch
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        done = int(self.position())
-        self.stream.epoch, skip = divmod(done, self.batches_per_epoch)
-        return islice(iter(self.loader), skip, None)
-
-
 class TokenDataModule(LightningDataModule):
     """Token shards for the semantic, coarse and fine stages."""
 
@@ -333,10 +319,17 @@ class TokenDataModule(LightningDataModule):
             probe_shards(self.val_urls, self.spec, val_dir)
 
     def _batches_done(self) -> int:
-        trainer = self.trainer
-        if trainer is None:
-            return 0
-        return trainer.global_step * trainer.accumulate_grad_batches
+        return batches_trained(self.trainer)
+
+    def state_dict(self) -> dict[str, Any]:
+        # kept in checkpoints so a resume can say what its other settings change
+        return {"loader_settings": loader_settings(self.hparams, self.trainer)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("loader_settings")
+        if saved:
+            now = loader_settings(self.hparams, self.trainer)
+            warn_changed_settings(saved, now, f"on {self.hparams.train_dir}")
 
     def train_dataloader(self) -> StepSeededLoader:
         import webdataset as wds
