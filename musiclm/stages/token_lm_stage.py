@@ -22,6 +22,7 @@ from lightning.pytorch import LightningModule
 from musiclm.models.tempo import TempoPredictor, tempo_loss
 from musiclm.models.token_lm import TokenLM
 from musiclm.stages.token_layout import IGNORE, LMSequence, TokenLayout, TokenSpec
+from musiclm.usage import SetupError, one_line
 
 TEMPO_LR_SCALE = 10.0
 
@@ -103,9 +104,10 @@ class TokenLMStage(LightningModule):
 
     # --- construction --------------------------------------------------------------------
 
-    def _build(self, spec: TokenSpec) -> None:
+    def _layout(self, spec: TokenSpec) -> TokenLayout:
+        """This config's layout over ``spec``; raises ``ValueError`` when they disagree."""
         hp = self.hparams
-        self.layout = TokenLayout(
+        return TokenLayout(
             stage=self.stage,
             spec=spec,
             coarse_levels=hp.coarse_levels,
@@ -116,6 +118,10 @@ class TokenLMStage(LightningModule):
             frame_conditioning=hp.frame_conditioning,
             beats=hp.get("beats", False),
         )
+
+    def _build(self, spec: TokenSpec) -> None:
+        hp = self.hparams
+        self.layout = self._layout(spec)
         self.tempo = tempo_predictor(self.layout)
         self.net = TokenLM(
             num_tokens=self.layout.num_tokens,
@@ -134,17 +140,24 @@ class TokenLMStage(LightningModule):
         spec = getattr(datamodule, "spec", None)
         if spec is None:
             if self.layout is None:
-                raise RuntimeError(
+                raise SetupError(
                     f"{self.stage} stage needs a TokenDataModule (its manifest gives vocabulary "
                     "sizes) or a checkpoint's spec"
                 )
             return
         where = getattr(datamodule.hparams, "train_dir", "the token shards")
-        check_tokenizers(spec, self.hparams, where, self.stage)
-        if self.layout is not None and self.layout.spec != spec:
-            raise ValueError(
-                f"{self.stage} stage was built for {self.layout.spec} but {where} holds {spec}"
-            )
+        # the config and the shards' manifest must agree before anything is built: a
+        # mismatch is the user's to fix (one line from ``musiclm fit``), not a traceback
+        try:
+            check_tokenizers(spec, self.hparams, where, self.stage)
+            if self.layout is not None and self.layout.spec != spec:
+                raise ValueError(
+                    f"{self.stage} stage was built for {self.layout.spec} but {where} holds {spec}"
+                )
+            if self.layout is None:
+                self._layout(spec)  # the network itself is built in configure_model
+        except ValueError as exc:
+            raise SetupError(f"{self.stage} stage config vs {where}: {one_line(exc)}") from exc
         self.hparams["spec"] = spec.to_dict()
 
     def configure_model(self) -> None:
