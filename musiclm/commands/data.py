@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
+
+from musiclm.usage import number, run_command
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -18,11 +19,25 @@ def _parser() -> argparse.ArgumentParser:
         "writes OUT/audio/<id>.wav and OUT/manifest.jsonl (caption, split, attributes).",
     )
     d.add_argument("--out", required=True, help="output folder")
-    d.add_argument("--clips", type=int, default=200, help="number of clips (default 200)")
-    d.add_argument("--seconds", type=float, default=10.0, help="clip length (default 10)")
-    d.add_argument("--sample-rate", type=int, default=16000, help="Hz (default 16000)")
+    d.add_argument(
+        "--clips", type=number(int, low=1), default=200, help="number of clips (default 200)"
+    )
+    d.add_argument(
+        "--seconds",
+        type=number(float, low=0, low_open=True),
+        default=10.0,
+        help="clip length (default 10)",
+    )
+    d.add_argument(
+        "--sample-rate", type=number(int, low=1), default=16000, help="Hz (default 16000)"
+    )
     d.add_argument("--seed", type=int, default=0, help="same seed, same corpus (default 0)")
-    d.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes")
+    d.add_argument(
+        "--workers",
+        type=number(int, low=1),
+        default=min(4, os.cpu_count() or 1),
+        help="processes",
+    )
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     sub.add_parser(
         "melody-pairs",
@@ -38,22 +53,22 @@ def main(argv: list[str]) -> int:
 
         return melody_pairs_main(argv[1:])
     args = _parser().parse_args(argv)
+    return run_command("musiclm data demo", lambda: _demo(args))
+
+
+def _demo(args: argparse.Namespace) -> int:
     from musiclm.demo_corpus import build_demo_corpus
 
     start = time.perf_counter()
-    try:
-        manifest = build_demo_corpus(
-            args.out,
-            clips=args.clips,
-            seconds=args.seconds,
-            sample_rate=args.sample_rate,
-            seed=args.seed,
-            workers=max(1, args.workers),
-            progress=not args.quiet,
-        )
-    except ValueError as exc:
-        print(f"musiclm data demo: {exc}", file=sys.stderr)
-        return 2
+    manifest = build_demo_corpus(
+        args.out,
+        clips=args.clips,
+        seconds=args.seconds,
+        sample_rate=args.sample_rate,
+        seed=args.seed,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
     took = time.perf_counter() - start
     print(f"wrote {args.clips} clips to {manifest} in {took:.1f} s")
     return 0

@@ -419,6 +419,8 @@ def melody_pairs_main(argv: list[str]) -> int:
     import argparse
     import os
 
+    from musiclm.usage import number, run_command
+
     p = argparse.ArgumentParser(
         prog="musiclm data melody-pairs",
         description="Render groups of the same stretch of a demo tune played by different "
@@ -426,19 +428,26 @@ def melody_pairs_main(argv: list[str]) -> int:
         "OUT/audio/*.wav and OUT/melodies.jsonl for MelodyDataModule(manifest=...).",
     )
     p.add_argument("--out", required=True)
-    p.add_argument("--train", type=int, default=600, help="groups from training pieces")
-    p.add_argument("--valid", type=int, default=36, help="groups from validation pieces")
-    p.add_argument("--test", type=int, default=36, help="groups from test pieces")
-    p.add_argument("--views", type=int, default=2, help="instruments per group")
-    p.add_argument("--seconds", type=float, default=4.0)
-    p.add_argument("--sample-rate", type=int, default=16000)
+    count = number(int, low=0)
+    p.add_argument("--train", type=count, default=600, help="groups from training pieces")
+    p.add_argument("--valid", type=count, default=36, help="groups from validation pieces")
+    p.add_argument("--test", type=count, default=36, help="groups from test pieces")
+    p.add_argument("--views", type=number(int, low=2), default=2, help="instruments per group")
+    p.add_argument("--seconds", type=number(float, low=0, low_open=True), default=4.0)
+    p.add_argument("--sample-rate", type=number(int, low=1), default=16000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--workers", type=number(int, low=1), default=min(4, os.cpu_count() or 1))
     a = p.parse_args(argv)
     counts = {k: v for k, v in (("train", a.train), ("valid", a.valid), ("test", a.test)) if v}
-    manifest = build_melody_pairs(
-        a.out, groups=counts, views=a.views, sample_rate=a.sample_rate, seconds=a.seconds,
-        seed=a.seed, workers=max(1, a.workers),
-    )  # fmt: skip
-    print(f"wrote {sum(counts.values())} groups x {a.views} views to {manifest}")
-    return 0
+    if not counts:
+        p.error("--train, --valid and --test are all 0: no groups to render")
+
+    def work() -> int:
+        manifest = build_melody_pairs(
+            a.out, groups=counts, views=a.views, sample_rate=a.sample_rate, seconds=a.seconds,
+            seed=a.seed, workers=a.workers,
+        )  # fmt: skip
+        print(f"wrote {sum(counts.values())} groups x {a.views} views to {manifest}")
+        return 0
+
+    return run_command("musiclm data melody-pairs", work)

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from musiclm.usage import number, run_command
+
 KIND = "mulan_rvq"
 
 
@@ -255,11 +257,13 @@ def rvq_job_parser(
     p.add_argument("--checkpoint", required=True, help=f"{network} checkpoint (.ckpt)")
     p.add_argument("--audio", required=True, help="audio shard folder (the training split)")
     p.add_argument("--out", required=True, help="output .safetensors (a .json sidecar beside)")
-    p.add_argument("--levels", type=int, default=levels)
-    p.add_argument("--codebook-size", type=int, default=codebook_size)
-    p.add_argument("--iters", type=int, default=20, help="k-means iterations per level")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-clips", type=int, default=None)
+    p.add_argument("--levels", type=number(int, low=1), default=levels)
+    p.add_argument("--codebook-size", type=number(int, low=1), default=codebook_size)
+    p.add_argument(
+        "--iters", type=number(int, low=1), default=20, help="k-means iterations per level"
+    )
+    p.add_argument("--batch-size", type=number(int, low=1), default=16)
+    p.add_argument("--max-clips", type=number(int, low=1), default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return p
@@ -287,12 +291,18 @@ def fit_save_report(
 
 def main(argv: list[str] | None = None) -> int:
     """``musiclm prepare mulan-rvq``: fit the conditioning RVQ over a training shard folder."""
-    from musiclm.models.mulan import load_mulan
-
     args = rvq_job_parser(
         "musiclm prepare mulan-rvq", main.__doc__, network="MulanStage", levels=12,
         codebook_size=1024,
     ).parse_args(argv)  # fmt: skip
+    return run_command("musiclm prepare mulan-rvq", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from musiclm.datamodules.shards import read_manifest
+    from musiclm.models.mulan import load_mulan
+
+    read_manifest(args.audio)  # a missing or incomplete folder is refused before the load
     mulan = load_mulan(args.checkpoint, map_location=args.device)
     emb = embed_audio_shards(
         mulan, args.audio, batch_size=args.batch_size, max_clips=args.max_clips
