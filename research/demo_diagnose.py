@@ -71,8 +71,9 @@ def token_tempo(tokens: np.ndarray, centroids: np.ndarray, est, rate: float) -> 
 
 def token_structure(tokens: np.ndarray, centroids: np.ndarray, rate: float) -> dict[str, float]:
     """Motion read straight from semantic tokens (B, F): the total-variation distance of their
-    centroids' chroma 1 s apart, the share of frames whose token changes, and distinct tokens
-    per clip (medians over clips)."""
+    centroids' chroma 1 s apart, the share of frames whose token changes, distinct tokens
+    per clip and the pulse of their centroids' onset column (peak unbiased autocorrelation
+    at 40-240 BPM, as ``structure.pulse_clarity`` reads audio) (medians over clips)."""
     chroma = np.clip(centroids[:, :12], 0, None)
     chroma = chroma / np.maximum(chroma.sum(1, keepdims=True), 1e-9)
     lag = max(1, round(rate))
@@ -81,7 +82,21 @@ def token_structure(tokens: np.ndarray, centroids: np.ndarray, rate: float) -> d
         "chroma_motion": round(float(np.median(motion)), 3),
         "change_rate": round(float(np.median([(t[1:] != t[:-1]).mean() for t in tokens])), 3),
         "distinct": float(np.median([len(set(t.tolist())) for t in tokens])),
+        "onset_pulse": round(
+            float(np.median([_pulse(centroids[t, ONSET_COLUMN], rate) for t in tokens])), 3
+        ),
     }
+
+
+def _pulse(env: np.ndarray, rate: float) -> float:
+    x = env.astype(np.float64) - env.mean()
+    n, energy = x.size, float(np.dot(x, x))
+    lo, hi = max(1, int(60.0 / 240.0 * rate)), min(n - 1, int(np.ceil(60.0 / 40.0 * rate)))
+    if energy <= 1e-12 or hi <= lo:
+        return 0.0
+    spec = np.fft.rfft(x, 2 * n)
+    ac = np.fft.irfft(spec * np.conj(spec))[:n] / np.arange(n, 0, -1) / (energy / n)
+    return float(np.clip(ac[lo : hi + 1].max(), 0.0, 1.0))
 
 
 def acoustic_from_semantic(pipe, semantic: torch.Tensor, texts: list[str], gen) -> torch.Tensor:

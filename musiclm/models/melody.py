@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from musiclm.checkpoint_file import read_checkpoint
+
 
 def semitone_filterbank(sample_rate: int, n_fft: int, min_midi: int, max_midi: int) -> torch.Tensor:
     """(max_midi - min_midi, n_fft // 2 + 1): triangles one semitone wide on the log axis,
@@ -232,10 +234,7 @@ def load_melody(
     checkpoint_path: str, *, map_location: str | torch.device = "cpu"
 ) -> MelodyEmbedder:
     """Rebuild ``MelodyEmbedder`` from a ``MelodyStage`` checkpoint (``weights_only``, eval)."""
-    try:
-        ckpt = torch.load(checkpoint_path, map_location=map_location, weights_only=True)
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"melody checkpoint not found: {checkpoint_path}") from exc
+    ckpt = read_checkpoint(checkpoint_path, what="melody", map_location=map_location)
     if "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
         raise ValueError(
             f"{checkpoint_path}: not a Lightning checkpoint (keys: {sorted(ckpt)[:8]})"

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from musiclm.checkpoint_file import read_checkpoint
+
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's cap: temperature never below 0.01
 
 
@@ -281,10 +283,7 @@ def restore_frozen(
 
 def load_mulan(checkpoint_path: str, *, map_location: str | torch.device = "cpu") -> MuLan:
     """Rebuild ``MuLan`` from a ``MulanStage`` checkpoint (``weights_only`` load, eval mode)."""
-    try:
-        ckpt = torch.load(checkpoint_path, map_location=map_location, weights_only=True)
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"mulan checkpoint not found: {checkpoint_path}") from exc
+    ckpt = read_checkpoint(checkpoint_path, what="mulan", map_location=map_location)
     if "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
         raise ValueError(
             f"{checkpoint_path}: not a Lightning checkpoint (keys: {sorted(ckpt)[:8]})"
