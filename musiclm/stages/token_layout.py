@@ -93,7 +93,7 @@ class TokenSpec:
         def get(section: str, key: str) -> Any:
             block = manifest.get(section)
             if not isinstance(block, dict) or key not in block:
-                raise KeyError(f"{where}: token manifest has no '{section}.{key}'")
+                raise ValueError(f"{where}: token manifest has no '{section}.{key}'")
             return block[key]
 
         if manifest.get("kind") != "tokens":

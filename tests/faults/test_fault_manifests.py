@@ -95,3 +95,19 @@ def test_a_manifest_without_the_record_of_what_is_missing_is_still_refused(tmp_p
     path.write_text(json.dumps({**json.loads(path.read_text()), "complete": False}))
     with pytest.raises(IncompleteShards, match="what is missing is not recorded"):
         read_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("section,key", [("codec", "num_quantizers"), ("semantic", "vocab_size")])
+def test_token_manifest_missing_a_key_is_a_value_error_naming_it(section, key):
+    from musiclm.stages.token_layout import TokenSpec
+
+    manifest = {
+        "kind": "tokens",
+        "semantic": {"vocab_size": 8, "frame_rate": 25.0, "fingerprint": "s"},
+        "codec": {"codebook_size": 16, "num_quantizers": 2, "frame_rate": 50.0, "fingerprint": "c"},
+    }
+    del manifest[section][key]
+    with pytest.raises(
+        ValueError, match=rf"tokens/manifest.json: token manifest has no '{section}.{key}'"
+    ):
+        TokenSpec.from_manifest(manifest, "tokens/manifest.json")
