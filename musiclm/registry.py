@@ -1,6 +1,6 @@
 """Plugin registry over ``importlib.metadata`` entry points.
 
-Built-in codecs, semantic tokenizers and text encoders register through the same
+Built-in codecs, semantic tokenizers, text encoders and joint embeddings register through the same
 ``pyproject.toml`` entry points as third-party plugins, so there is no if/elif chain here.
 Discovery reads names only; a plugin module is imported when it is chosen.
 """
@@ -16,6 +16,7 @@ GROUPS: dict[str, str] = {
     "codecs": "musiclm.codecs",
     "semantic_tokenizers": "musiclm.semantic_tokenizers",
     "text_encoders": "musiclm.text_encoders",
+    "joint_embeddings": "musiclm.joint_embeddings",
 }
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from musiclm.evaluation.clips import Clip
+from musiclm.tokenizers import joint
 from musiclm.usage import run_command
 
 METRICS = ("structure", "adherence", "mcc", "fad", "memorization")
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--pipeline", help="PIPELINE.yaml naming the MuLan and semantic checkpoints")
     p.add_argument("--mulan", help="MuLan checkpoint (overrides the pipeline's)")
+    joint.add_arguments(p, instead_of="--mulan (overrides the pipeline's)")
     p.add_argument(
         "--embedding",
         help="FAD embedding: mulan (default when MuLan is given), logmel (default otherwise), "
@@ -75,7 +77,18 @@ def _log(msg: str) -> None:
     print(f"[evaluate] {msg}", file=sys.stderr, flush=True)
 
 
-def read_pipeline(path: str) -> dict[str, str | None]:
+def _joint_embedding(args: argparse.Namespace) -> str | joint.JointEmbeddingSpec | None:
+    """``--mulan``, or the plugin ``--joint-embedding`` names (checked, not built)."""
+    source = joint.from_flags(
+        args.mulan, getattr(args, "joint_embedding", None),
+        getattr(args, "joint_embedding_args", None), flag="--mulan",
+    )  # fmt: skip
+    if isinstance(source, joint.JointEmbeddingSpec):
+        source.check()
+    return source
+
+
+def read_pipeline(path: str) -> dict[str, Any]:
     """The MuLan checkpoint, semantic stage checkpoint and semantic k-means that PIPELINE.yaml
     names (parsed and validated by ``musiclm.generation.pipeline_file``; absolute paths)."""
     from musiclm.generation.pipeline_file import load_pipeline_file
@@ -283,16 +296,18 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; choose from {', '.join(METRICS)}")
     paths = read_pipeline(args.pipeline) if args.pipeline else {}
-    mulan_ckpt = args.mulan or paths.get("mulan")
+    mulan_ckpt = _joint_embedding(args) or paths.get("mulan")
     # asked for by name, MCC without a MuLan is an error; in the default set it is a note
     if "mcc" in chosen and not mulan_ckpt and args.metrics != _DEFAULT_METRICS:
-        raise ValueError("--metrics mcc needs a MuLan checkpoint: give --mulan, or --pipeline")
+        raise ValueError(
+            "--metrics mcc needs a MuLan checkpoint: give --mulan, --joint-embedding, or --pipeline"
+        )
     mulan = None
     if mulan_ckpt and ("mcc" in chosen or (args.embedding or "mulan") == "mulan"):
-        from musiclm.models.mulan import load_mulan
-
-        _log(f"MuLan: {mulan_ckpt}")
-        mulan = load_mulan(mulan_ckpt)
+        _log(f"MuLan: {joint.JointEmbeddingSpec.of(mulan_ckpt).describe()}")
+        mulan = joint.load_joint_embedding(mulan_ckpt)
+    if isinstance(mulan_ckpt, joint.JointEmbeddingSpec):
+        mulan_ckpt = mulan_ckpt.to_block()  # metrics.json names the plugin
     generated_skipped: list[dict] = []
     reference_skipped: list[dict] = []
     generated, bare = load_folder(args.generated, skipped=generated_skipped)

@@ -3,6 +3,7 @@
     # musiclm generate "calm piano" --pipeline PIPELINE.yaml --seconds 10
     manifest: tokens/train/manifest.json   # optional: codec, semantic tokenizer, MuLan from it
     mulan: {checkpoint: mulan.ckpt, rvq: rvq.safetensors}  # needed when stages use M
+    # or a joint-embedding plugin: mulan: {name: clap, args: {model: clap/}, rvq: rvq.safetensors}
     melody: {checkpoint: melody.ckpt, rvq: melody_rvq.safetensors}  # stages with melody: true
     codec: {name: stft-rvq, args: {codebooks: codec.safetensors}}
     semantic_tokenizer: {name: music-features, args: {kmeans: km.safetensors}}  # --continue
@@ -32,6 +33,7 @@ from typing import Any
 import yaml
 
 from musiclm.generation.sampling import PAPER_TEMPERATURE, SamplingConfig
+from musiclm.tokenizers.joint import JointEmbeddingSpec
 
 STAGE_NAMES = ("semantic", "coarse", "fine")
 TOP_KEYS = {"manifest", "mulan", "melody", "codec", "semantic_tokenizer", "stages", "device"}
@@ -66,7 +68,8 @@ class PipelineFile:
     path: str
     codec: PluginSpec
     stages: dict[str, StageEntry]
-    mulan: tuple[str, str] | None = None  # (checkpoint, rvq)
+    # (MuLan checkpoint, rvq), or (joint-embedding plugin, rvq) from a {name, args, rvq} block
+    mulan: tuple[str | JointEmbeddingSpec, str] | None = None
     semantic_tokenizer: PluginSpec | None = None
     device: str = "cpu"
     melody: tuple[str, str] | None = None  # (checkpoint, rvq) of the melody conditioner
@@ -111,8 +114,14 @@ def parse_pipeline(data: Any, *, where: str, root: Path) -> PipelineFile:
     mulan = None
     if mulan_block is not None:
         _mapping(mulan_block, where, "mulan")
+        if "name" in mulan_block:
+            plugin = _plugin(mulan_block, mulan_root, where, "mulan")
+            embedding: str | JointEmbeddingSpec = JointEmbeddingSpec(plugin.name, plugin.args)
+        else:
+            ckpt = _require(mulan_block, "checkpoint", where, "mulan")
+            embedding = _file(ckpt, mulan_root, where, "mulan")
         mulan = (
-            _file(_require(mulan_block, "checkpoint", where, "mulan"), mulan_root, where, "mulan"),
+            embedding,
             _file(_require(mulan_block, "rvq", where, "mulan"), mulan_root, where, "mulan.rvq"),
         )
     melody_block, melody_root = data.get("melody") or None, root

@@ -172,6 +172,17 @@ class MuLan(nn.Module):
         self.text_encoder = build("text_encoders", text_encoder, **(text_encoder_args or {}))
         self.text_proj = _projection(self.text_encoder.dim, embed_dim, text_proj_hidden)
 
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str) -> MuLan:
+        """The ``mulan`` joint embedding: a ``MulanStage`` checkpoint, in eval mode."""
+        return load_mulan(checkpoint)
+
+    def fingerprint(self) -> str:
+        """``mulan:<16 hex>`` over the weights and buffers."""
+        from musiclm.tokenizers.artifacts import module_digest
+
+        return f"mulan:{module_digest(self)[:16]}"
+
     def embed_audio(self, wav: torch.Tensor) -> torch.Tensor:
         """wav (B, T) or (B, 1, T) at ``sample_rate`` -> unit vectors (B, embed_dim)."""
         if wav.dim() == 3:

@@ -1,10 +1,11 @@
-"""Contracts that every codec, semantic tokenizer and text encoder plugin meets.
+"""Contracts that every codec, semantic tokenizer, text encoder and joint embedding plugin meets.
 
 ``runtime_checkable`` protocols check what a plugin's factory returned (see ``build``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -58,10 +59,39 @@ class TextEncoder(Protocol):
         """texts -> (hidden (B, L, dim), mask (B, L) bool)."""
 
 
+@runtime_checkable
+class JointEmbedding(Protocol):
+    """MuLan's role: audio and text on one unit sphere of ``embed_dim`` dimensions (our own
+    MuLan, or a pretrained CLAP). An ``nn.Module`` in eval mode; embeddings need no grad."""
+
+    sample_rate: int
+    embed_dim: int
+    window_s: float
+
+    def embed_audio(self, wav: torch.Tensor) -> torch.Tensor:
+        """wav (B, T) or (B, 1, T) at ``sample_rate`` -> unit vectors (B, embed_dim)."""
+
+    def embed_audio_windows(
+        self, wav: torch.Tensor, window_s: float | None = None, *, hop_s: float = 1.0
+    ) -> torch.Tensor:
+        """Mean of the embeddings of ``window_s`` windows every ``hop_s``, re-normalised."""
+
+    def embed_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Captions -> unit vectors (B, embed_dim)."""
+
+    def fingerprint(self) -> str:
+        """Name and a hash of the weights (what conditioning tokens were made with)."""
+
+    def to(self, device: Any) -> Any: ...
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]: ...
+
+
 PROTOCOLS: dict[str, type] = {
     "codecs": Codec,
     "semantic_tokenizers": SemanticTokenizer,
     "text_encoders": TextEncoder,
+    "joint_embeddings": JointEmbedding,
 }
 
 

@@ -2,11 +2,13 @@
 
 ``ConditioningRVQ`` is fitted on the MuLan audio embeddings of the training set and saved as
 safetensors (codebooks) with its configuration, quantisation error and fingerprint as JSON in
-the header and in a ``.json`` sidecar; nothing is pickled. ``MulanConditioner`` pairs a MuLan
-checkpoint with its RVQ and is what token preparation and generation call.
+the header and in a ``.json`` sidecar; nothing is pickled. ``MulanConditioner`` pairs a joint
+embedding (a MuLan checkpoint, or a plugin such as a pretrained CLAP) with its RVQ and is what
+token preparation and generation call.
 
     musiclm prepare mulan-rvq --checkpoint CKPT --audio SHARDS/train --out rvq.safetensors \
         --levels 12 --codebook-size 1024
+    musiclm prepare mulan-rvq --joint-embedding clap --joint-embedding-args '{"model": DIR}' ...
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 import torch
 
+from musiclm.tokenizers import joint
 from musiclm.usage import number, run_command
 
 KIND = "mulan_rvq"
@@ -144,26 +147,28 @@ def mulan_fingerprint(model: torch.nn.Module) -> str:
 
 
 class MulanConditioner:
-    """A MuLan checkpoint plus its conditioning RVQ: audio or text -> conditioning tokens."""
+    """A joint embedding (MuLan or CLAP) plus its conditioning RVQ: audio or text ->
+    conditioning tokens."""
 
     def __init__(self, mulan: torch.nn.Module, rvq: ConditioningRVQ) -> None:
         self.mulan = mulan.eval()
         self.rvq = rvq
-        self._mulan_fp = mulan_fingerprint(mulan)
+        self._mulan_fp = mulan.fingerprint()
         fitted_on = rvq.meta.get("mulan_fingerprint")
         if fitted_on is not None and fitted_on != self._mulan_fp:
             raise ValueError(
-                f"conditioning RVQ was fitted on MuLan {fitted_on}, but this checkpoint is "
+                f"conditioning RVQ was fitted on joint embedding {fitted_on}, but this one is "
                 f"{self._mulan_fp}: refit it with `musiclm prepare mulan-rvq`"
             )
         if rvq.dim != mulan.embed_dim:
-            raise ValueError(f"RVQ dim {rvq.dim} != MuLan embed_dim {mulan.embed_dim}")
+            raise ValueError(f"RVQ dim {rvq.dim} != joint embedding dim {mulan.embed_dim}")
 
     @classmethod
-    def from_files(cls, ckpt: str, rvq: str, *, device: str = "cpu") -> MulanConditioner:
-        from musiclm.models.mulan import load_mulan
-
-        return cls(load_mulan(ckpt, map_location=device), ConditioningRVQ.load(rvq))
+    def from_files(
+        cls, mulan: str | joint.JointEmbeddingSpec, rvq: str, *, device: str = "cpu"
+    ) -> MulanConditioner:
+        """``mulan``: a MuLan checkpoint path or a joint-embedding plugin spec."""
+        return cls(joint.load_joint_embedding(mulan, device=device), ConditioningRVQ.load(rvq))
 
     @property
     def sample_rate(self) -> int:
@@ -250,11 +255,19 @@ def embed_audio_shards(
 
 
 def rvq_job_parser(
-    prog: str, description: str | None, *, network: str, levels: int, codebook_size: int
+    prog: str,
+    description: str | None,
+    *,
+    network: str,
+    levels: int,
+    codebook_size: int,
+    checkpoint_required: bool = True,
 ) -> argparse.ArgumentParser:
     """The arguments shared by the jobs that fit an RVQ over a network's audio embeddings."""
     p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument("--checkpoint", required=True, help=f"{network} checkpoint (.ckpt)")
+    p.add_argument(
+        "--checkpoint", required=checkpoint_required, help=f"{network} checkpoint (.ckpt)"
+    )
     p.add_argument("--audio", required=True, help="audio shard folder (the training split)")
     p.add_argument("--out", required=True, help="output .safetensors (a .json sidecar beside)")
     p.add_argument("--levels", type=number(int, low=1), default=levels)
@@ -290,27 +303,34 @@ def fit_save_report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``musiclm prepare mulan-rvq``: fit the conditioning RVQ over a training shard folder."""
-    args = rvq_job_parser(
+    """``musiclm prepare mulan-rvq``: fit the conditioning RVQ over a training shard folder
+    (the audio embeddings of a MuLan checkpoint, or of a joint-embedding plugin)."""
+    p = rvq_job_parser(
         "musiclm prepare mulan-rvq", main.__doc__, network="MulanStage", levels=12,
-        codebook_size=1024,
-    ).parse_args(argv)  # fmt: skip
-    return run_command("musiclm prepare mulan-rvq", lambda: _run(args))
+        codebook_size=1024, checkpoint_required=False,
+    )  # fmt: skip
+    joint.add_arguments(p, instead_of="--checkpoint")
+    args = p.parse_args(argv)
+    source = joint.from_arguments(p, args.checkpoint, args, flag="--checkpoint")
+    if source is None:
+        p.error("give --checkpoint (a MuLan checkpoint) or --joint-embedding NAME")
+    return run_command("musiclm prepare mulan-rvq", lambda: _run(args, source))
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, source: str | joint.JointEmbeddingSpec) -> int:
     from musiclm.datamodules.shards import read_manifest
-    from musiclm.models.mulan import load_mulan
 
+    spec = joint.JointEmbeddingSpec.of(source)
+    spec.check()  # an unknown plugin or argument is refused before anything is read
     read_manifest(args.audio)  # a missing or incomplete folder is refused before the load
-    mulan = load_mulan(args.checkpoint, map_location=args.device)
+    mulan = spec.build(args.device)
     emb = embed_audio_shards(
         mulan, args.audio, batch_size=args.batch_size, max_clips=args.max_clips
     )
-    meta = {
-        "mulan_fingerprint": mulan_fingerprint(mulan),
-        "mulan_checkpoint": os.path.abspath(args.checkpoint),
-        "audio": os.path.abspath(args.audio),
-        "seed": args.seed,
-    }
+    meta: dict[str, Any] = {"mulan_fingerprint": mulan.fingerprint()}
+    if spec.checkpoint:
+        meta["mulan_checkpoint"] = os.path.abspath(spec.checkpoint)
+    else:
+        meta["joint_embedding"] = spec.to_block()
+    meta |= {"audio": os.path.abspath(args.audio), "seed": args.seed}
     return fit_save_report(ConditioningRVQ, emb, args, meta, count="clips")

@@ -2,7 +2,8 @@
 
 For every split folder of ``--audio``, each input shard ``audio-X.tar`` becomes
 ``OUT/<split>/tokens-audio-X.tar``: per clip ``semantic.npy`` [F_s], ``acoustic.npy`` [Q, F_a]
-(all levels), ``mulan.npy`` [Q_m] (with ``--mulan``), ``melody.npy`` [W, L_mel] (with
+(all levels), ``mulan.npy`` [Q_m] (with ``--mulan`` or ``--joint-embedding``, and
+``--mulan-rvq``), ``melody.npy`` [W, L_mel] (with
 ``--melody``: melody tokens of every window of the clip, one every ``hop_s``), ``beat.npy``
 [F_s] and ``tempo.npy`` [1] (with ``--beats``: the beat clock, ``musiclm.tokenizers.beats``;
 with ``--mulan`` too, ``mulan_embedding.npy`` [D] for the tempo predictor), ``caption.txt``
@@ -37,6 +38,7 @@ from musiclm.datamodules.shards import (
     read_manifest,
 )
 from musiclm.folder_lock import env_slot, folder_lock
+from musiclm.tokenizers import joint
 from musiclm.tokenizers.beats import BeatSpec, BeatTracker, metadata_bpm
 from musiclm.tokenizers.fingerprints import check_fingerprints
 from musiclm.tokenizers.token_writer import TokenShardWriter, unit_done, write_manifest
@@ -235,7 +237,7 @@ def _header(
         "mulan": None
         if mulan is None
         else {
-            "checkpoint": mulan_files[0],
+            **joint.JointEmbeddingSpec.of(mulan_files[0]).to_block(),
             "rvq": mulan_files[1],
             "fingerprint": mulan.fingerprint(),
             "num_levels": mulan.num_levels,
@@ -274,7 +276,7 @@ def prepare_tokens(
     semantic: str,
     codec_args: dict | None = None,
     semantic_args: dict | None = None,
-    mulan: tuple[str, str] | None = None,
+    mulan: tuple[str | joint.JointEmbeddingSpec, str] | None = None,
     melody: tuple[str, str] | None = None,
     beats: BeatSpec | None = None,
     batch_size: int = 8,
@@ -286,6 +288,7 @@ def prepare_tokens(
 ) -> dict[str, dict]:
     """Tokenize every split of ``audio`` into ``out``; returns rank 0's manifests by split.
 
+    ``mulan``: (a MuLan checkpoint or a joint-embedding spec, its conditioning RVQ).
     ``beats``: also write the beat clock at the semantic frame rate (``BeatSpec()`` for the
     defaults)."""
     from musiclm import registry
@@ -300,6 +303,8 @@ def prepare_tokens(
         registry.load(kind, name)
     for kind, name, kwargs in plugins:
         registry.check_arguments(kind, name, **kwargs)
+    if mulan is not None:
+        joint.JointEmbeddingSpec.of(mulan[0]).check()
     # the input folders too: a missing, malformed or incomplete manifest is refused before
     # any model is built
     manifests_in = {split_in: read_manifest(split_in) for split_in in split_dirs(audio)}
@@ -415,6 +420,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--semantic", required=True, help="semantic tokenizer plugin")
     p.add_argument("--semantic-args", default="{}", help="JSON kwargs for the tokenizer")
     p.add_argument("--mulan", default=None, help="MuLan checkpoint (with --mulan-rvq)")
+    joint.add_arguments(p, instead_of="--mulan")
     p.add_argument("--mulan-rvq", default=None, help="conditioning RVQ artifact")
     p.add_argument("--melody", default=None, help="MelodyStage checkpoint (with --melody-rvq)")
     p.add_argument("--melody-rvq", default=None, help="melody RVQ artifact (melody tokens)")
@@ -430,8 +436,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--num-nodes", type=number(int, low=1), default=1)
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
+    a.mulan = joint.from_arguments(p, a.mulan, a, flag="--mulan")
     if (a.mulan is None) != (a.mulan_rvq is None):
-        p.error("--mulan and --mulan-rvq go together")
+        p.error("--mulan (or --joint-embedding) and --mulan-rvq go together")
     if (a.melody is None) != (a.melody_rvq is None):
         p.error("--melody and --melody-rvq go together")
     codec_args = _json_arg(p, a.codec_args, "--codec-args")
