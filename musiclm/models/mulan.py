@@ -174,8 +174,8 @@ class MuLan(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str) -> MuLan:
-        """The ``mulan`` joint embedding: a ``MulanStage`` checkpoint, in eval mode."""
-        return load_mulan(checkpoint)
+        """The ``mulan`` joint embedding: a ``MulanStage`` checkpoint, frozen, in eval mode."""
+        return load_mulan(checkpoint).requires_grad_(False)
 
     def fingerprint(self) -> str:
         """``mulan:<16 hex>`` over the weights and buffers."""
