@@ -99,6 +99,38 @@ def _pulse(env: np.ndarray, rate: float) -> float:
     return float(np.clip(ac[lo : hi + 1].max(), 0.0, 1.0))
 
 
+# links that re-render the real clip from (part of) its own tokens
+FOLLOWS_REAL = ("codec-all", "codec-coarse", "real-coarse->fine", "real-semantic->coarse->fine")
+
+
+def onset_envelope(audio: np.ndarray, sr: int) -> np.ndarray:
+    """Onset strength at the structure metrics' frame rate (``structure.RATE / HOP``)."""
+    import librosa
+
+    from musiclm.evaluation.structure import HOP, RATE
+
+    y = librosa.resample(audio.astype(np.float32), orig_sr=sr, target_sr=RATE)
+    return librosa.onset.onset_strength(y=y, sr=RATE, hop_length=HOP)
+
+
+def onset_alignment(env: list[np.ndarray], real: list[np.ndarray]) -> dict[str, float]:
+    """Median over clips of the correlation of each onset envelope with the real clip's, at
+    lag 0 and at the best lag within +-5 frames (+-116 ms), and the median best lag."""
+    at0, best, lags = [], [], []
+    for a, b in zip(env, real, strict=True):
+        m = min(a.size, b.size)
+        a, b = a[:m] - a[:m].mean(), b[:m] - b[:m].mean()
+        norm = float(np.linalg.norm(a) * np.linalg.norm(b)) or 1.0
+        cc = {k: float(np.dot(a[max(0, k) : m + min(0, k)], b[max(0, -k) : m - max(0, k)]))
+              / norm for k in range(-5, 6)}  # fmt: skip
+        at0.append(cc[0])
+        k = max(cc, key=cc.get)
+        best.append(cc[k])
+        lags.append(k)
+    return {"r_lag0": round(float(np.median(at0)), 3), "r_best": round(float(np.median(best)), 3),
+            "best_lag_frames": float(np.median(lags))}  # fmt: skip
+
+
 def acoustic_from_semantic(pipe, semantic: torch.Tensor, texts: list[str], gen) -> torch.Tensor:
     """Coarse then fine codes (B, Q, F) from semantic tokens (B, F_s), as ``Pipeline.generate``."""
     mulan = pipe.mulan_tokens(texts)
@@ -228,6 +260,10 @@ def main() -> int:
         row = {k: round(float(np.median([x[k] for x in st])), 3) for k in METRICS}
         row["static_share"] = round(float(np.mean([x["static"] for x in st])), 3)
         print(json.dumps({"figure": "structure", "link": link, **row}), flush=True)
+        if link in FOLLOWS_REAL:  # does it put its onsets where the real clip has them?
+            env = [onset_envelope(a, sr) for a in clips]
+            print(json.dumps({"figure": "onset alignment", "link": link,
+                              **onset_alignment(env, real_env)}), flush=True)  # fmt: skip
         print(json.dumps({"figure": "link seconds", "link": link, "value": round(seconds, 1)}))
 
     def timed(link: str, make) -> None:
@@ -238,6 +274,7 @@ def main() -> int:
             audio = make()
         emit(link, audio[..., :n], time.perf_counter() - t0)
 
+    real_env = [onset_envelope(w.reshape(-1).numpy(), sr) for w in wav]
     codes = codec.encode(wav)
     levels = pipe.stages["coarse"].layout.coarse_levels
     real_sem = tok.tokenize(wav)  # (B, F_s)
