@@ -48,6 +48,7 @@ class TokenLMStage(LightningModule):
         frame_conditioning: bool = False,
         beats: bool = False,
         cond_dropout: float = 0.0,
+        target_noise: float = 0.0,
         lr: float = 3e-4,
         weight_decay: float = 0.01,
         warmup_steps: int = 1000,
@@ -79,6 +80,12 @@ class TokenLMStage(LightningModule):
                 MusicLM; see ``musiclm.tokenizers.beats``.
             cond_dropout: probability of replacing a sample's MuLan tokens by NULL in
                 training, for classifier-free guidance at sampling.
+            target_noise: probability of replacing each target token *input* (not its label)
+                by the token another sample of the batch has at the same position (so of the
+                same codec level) in training. A small LM over 50 Hz codec frames otherwise
+                learns to continue the previous frame and ignores the timing of its
+                conditioning (semantic tokens, beat clock); at sampling it then holds one
+                sound. Not in the paper (docs/decisions/target-noise.md).
             lr, weight_decay: AdamW; warmup_steps: linear warm-up; decay_steps: cosine decay
                 to 10% over that many steps after warm-up (0: constant).
             codec, semantic_tokenizer, mulan: expected name or fingerprint of what made the
@@ -91,6 +98,8 @@ class TokenLMStage(LightningModule):
             raise TypeError("use a concrete stage: SemanticStage, CoarseStage or FineStage")
         if not 0.0 <= cond_dropout < 1.0:
             raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
+        if not 0.0 <= target_noise < 1.0:
+            raise ValueError(f"target_noise must be in [0, 1), got {target_noise}")
         self.save_hyperparameters()
         self.hparams["stage"] = self.stage  # so a checkpoint alone says which layout it uses
         self.layout: TokenLayout | None = None
@@ -191,6 +200,8 @@ class TokenLMStage(LightningModule):
         if train and self.hparams.cond_dropout > 0:
             drop = torch.rand(tokens.shape[0], device=tokens.device) < self.hparams.cond_dropout
             tokens = self.layout.drop_conditioning(tokens, drop)
+        if train and self.hparams.target_noise > 0:
+            tokens = corrupt_targets(tokens, seq, self.hparams.target_noise)
         logits = target_logits(self._forward, self.layout, tokens, seq.prefix_len)
         loss = target_loss(logits, seq.labels, self.layout)
         self.last_batch_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
@@ -318,6 +329,25 @@ def target_logits(
         frame_ids=layout.frame_ids(inputs, prefix_len),
         levels=layout.target_level_count,
     )
+
+
+def corrupt_targets(tokens: torch.Tensor, seq: LMSequence, p: float) -> torch.Tensor:
+    """Replace each target input token with probability ``p`` by the token at the same
+    position of the next sample in the batch (same position, so the same codec level and a
+    valid id for it); labels are untouched and padding is never mixed in. A batch of one
+    sample has no donor and is returned as it is."""
+    b, n = tokens.shape
+    if b < 2 or p <= 0:
+        return tokens
+    start = seq.prefix_len
+    valid = seq.labels != IGNORE  # (B, T): target t is input at position start + t
+    width = min(valid.shape[1], n - start)
+    valid = valid[:, :width]
+    pick = (torch.rand(valid.shape, device=tokens.device) < p) & valid & valid.roll(1, 0)
+    out = tokens.clone()
+    target = out[:, start : start + width]
+    target[pick] = tokens.roll(1, 0)[:, start : start + width][pick]
+    return out
 
 
 def target_loss(logits: torch.Tensor, labels: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
