@@ -9,8 +9,8 @@ a note. Figures: docs/results.md.
 
 One JSON line per figure, fp32 on the CPU with 2 threads:
 - ``decode_tokens_per_s``: d=256, 4 layers, 4 heads, 1024-token vocabulary, 500 tokens from
-  [BOS], batch 1 and 8: ours (``musiclm.generation``), the x-transformers cache path through
-  ``TokenLM`` and no cache (full forward per step); with ``--peer``, audiolm-pytorch 2.4.0's
+  [BOS], batch 1 and 8: ours (``TokenLM(..., cache=)``), x-transformers' own cache over the
+  same network and no cache (full forward per step); with ``--peer``, audiolm-pytorch 2.4.0's
   cached ``generate`` at the same sizes in the same run (``peer_generate.py``);
 - ``position_scaling`` (``--only position``): per-token time at position 2,000 versus 200
   (batch 1) at the peer size, the demo width and the paper size (d=1024, 24 layers; not
@@ -38,8 +38,8 @@ import torch
 from common import PEER_DIR, REPO, emit, machine, peer_python
 
 from musiclm.generation.decode import generate_window
-from musiclm.generation.fast_lm import FastTokenLM
 from musiclm.generation.sampling import SamplingConfig
+from musiclm.models.kv_cache import weight_bytes
 from musiclm.models.token_lm import TokenLM
 from musiclm.stages.token_layout import BOS, TokenLayout, TokenSpec
 
@@ -72,32 +72,35 @@ def time_decode(net, layout, batch: int, tokens: int, how: str, prompt=None) -> 
     gen = torch.Generator().manual_seed(0)
     if how == "x-transformers":
         return time_xtransformers(net, prompt, tokens, sampling, gen)
-    fast = FastTokenLM(net)
     kw = dict(layout=layout, sampling=sampling, generator=gen, use_cache=how == "ours")
-    generate_window(fast, prompt, 4, **kw)  # warm-up
+    generate_window(net, prompt, 4, **kw)  # warm-up
     start = time.perf_counter()
-    generate_window(fast, prompt, tokens, **kw)
+    generate_window(net, prompt, tokens, **kw)
     return time.perf_counter() - start
 
 
 @torch.inference_mode()
 def time_xtransformers(net, prompt, tokens, sampling, gen) -> float:
-    """The x-transformers key/value cache through ``TokenLM(..., cache=...)``."""
+    """x-transformers' own key/value cache (``TransformerWrapper(..., cache=)``) over the same
+    network: what ``TokenLM``'s cached forward is measured against
+    (docs/decisions/one-network.md)."""
     from musiclm.generation.sampling import sample
 
+    wrapper = net.net
     start = time.perf_counter()
-    logits, cache = net(prompt, return_cache=True)
-    logits = logits[:, -1]
+    hidden, cache = wrapper(prompt, return_embeddings_and_intermediates=True)
+    logits = wrapper.to_logits(hidden[:, -1])
     for _ in range(tokens - 1):
         token = sample(logits, sampling, gen)
-        logits, cache = net(token[:, None] + 3, cache=cache, return_cache=True)
-        logits = logits[:, -1]
+        hidden, cache = wrapper(token[:, None] + 3, cache=cache, input_not_include_cache=True,
+                                return_embeddings_and_intermediates=True)  # fmt: skip
+        logits = wrapper.to_logits(hidden[:, -1])
     return time.perf_counter() - start
 
 
 @torch.inference_mode()
 def position_step_seconds(
-    fast: FastTokenLM, positions: tuple[int, ...], steps: int, rounds: int = 5
+    net: TokenLM, positions: tuple[int, ...], steps: int, rounds: int = 5
 ) -> dict[int, float]:
     """Median time of one cached step at each position (batch 1).
 
@@ -108,18 +111,18 @@ def position_step_seconds(
     """
     caches = {}
     for p in positions:
-        caches[p] = fast.new_cache(1, p + steps + 1)
-        fast.forward(torch.randint(3, 1000, (1, p)), caches[p])
-    token = torch.full((1,), 5)
+        caches[p] = net.new_cache(1, p + steps + 1)
+        net(torch.randint(3, 1000, (1, p)), cache=caches[p])
+    token = torch.full((1, 1), 5)
     times: dict[int, list[float]] = {p: [] for p in positions}
     for _ in range(rounds):
         for p in positions:
             cache = caches[p]
             cache.length = p
-            fast.step(token, cache)  # warm this cache's pages
+            net(token, cache=cache)  # warm this cache's pages
             for _ in range(steps):
                 start = time.perf_counter()
-                fast.step(token, cache)
+                net(token, cache=cache)
                 times[p].append(time.perf_counter() - start)
     return {p: statistics.median(t) for p, t in times.items()}
 
@@ -164,11 +167,11 @@ def bench_model(args) -> None:
             emit(figure="decode_tokens_per_s", who="musiclm", path=how, batch=batch,
                  cached=how != "no-cache", tokens=tokens, tokens_per_s=batch * tokens / seconds,
                  seconds=seconds)  # fmt: skip
-    fast = FastTokenLM(net)
     per_token = time_decode(net, layout, 1, n, "ours") / n
     bandwidth = copy_bandwidth()
-    bound = fast.weight_bytes() / bandwidth
-    emit(figure="weight_streaming", batch=1, weight_bytes=fast.weight_bytes(),
+    weights = weight_bytes(net.new_cache(1, 1))
+    bound = weights / bandwidth
+    emit(figure="weight_streaming", batch=1, weight_bytes=weights,
          copy_bandwidth_gb_s=bandwidth / 1e9, bound_ms=bound * 1e3, measured_ms=per_token * 1e3,
          fraction_of_bound=bound / per_token)  # fmt: skip
 
@@ -191,16 +194,15 @@ def bench_position(args) -> None:
         torch.manual_seed(0)
         net = TokenLM(num_tokens=layout.num_tokens, num_targets=layout.num_targets, dim=dim,
                       depth=depth, heads=heads).eval()  # fmt: skip
-        fast = FastTokenLM(net)
         steps = args.position_steps if dim < 1024 else max(2, args.position_steps // 8)
-        at = position_step_seconds(fast, (200, 2000), steps)
-        kv = [len(fast.layers) * 2 * fast.heads * fast.dim_head * 4 * p for p in (200, 2000)]
-        weights = fast.weight_bytes()
+        at = position_step_seconds(net, (200, 2000), steps)
+        kv = [depth * 2 * dim * 4 * p for p in (200, 2000)]
+        weights = weight_bytes(net.new_cache(1, 1))
         emit(figure="position_scaling", size=name, dim=dim, depth=depth, heads=heads, batch=1,
              ms_at_200=at[200] * 1e3, ms_at_2000=at[2000] * 1e3, ratio=at[2000] / at[200],
              bytes_ratio=(weights + kv[1]) / (weights + kv[0]), kv_bytes_at_2000=kv[1],
              weight_bytes=weights, steps_per_round=steps)  # fmt: skip
-        del net, fast
+        del net
 
 
 def bench_peer(args, python: Path) -> dict[int, float]:

@@ -110,7 +110,6 @@ def chroma(args: argparse.Namespace) -> None:
     import torchaudio.functional as AF
 
     from musiclm.generation.decode import sliding_generate
-    from musiclm.generation.fast_lm import FastTokenLM
     from musiclm.generation.sampling import SamplingConfig
     from musiclm.stages.token_lm_stage import load_network
     from musiclm.tokenizers.base import build
@@ -159,7 +158,7 @@ def chroma(args: argparse.Namespace) -> None:
                 return layout.prefix(streams)
 
             codes = sliding_generate(
-                FastTokenLM(net), layout=layout, conditioning=prompt, total_frames=frames,
+                net, layout=layout, conditioning=prompt, total_frames=frames,
                 context_frames=int(round(args.context * sem.frame_rate)),
                 prefix_frames=int(round(args.context / 2 * sem.frame_rate)),
                 sampling=SamplingConfig(temperature=args.temperature),

@@ -6,7 +6,6 @@ import torch
 from generation_helpers import tiny_spec, tiny_stage
 from test_token_stages import datamodule, shards, trainer  # noqa: F401  (fixture)
 
-from musiclm.generation.fast_lm import FastTokenLM
 from musiclm.stages.coarse import CoarseStage
 from musiclm.stages.token_layout import TokenLayout
 from musiclm.stages.token_lm_stage import load_network
@@ -61,13 +60,13 @@ def test_cached_decoding_with_aligned_positions_equals_full_forward(stage):
     with torch.no_grad():
         full = module.net(x, pos=pos)
         assert (full - module.net(x)).abs().max() > 1e-3  # the positions do matter
-    fast = FastTokenLM(module.net)
-    cache = fast.new_cache(3, x.shape[1])
-    prefill = fast.forward(x[:, :p], cache, all_logits=True, positions=pos[:p])
+    net = module.net
+    cache = net.new_cache(3, x.shape[1])
+    prefill = net(x[:, :p], cache=cache, pos=pos[:p])
     assert (prefill - full[:, :p]).abs().max() <= TOL
     for i in range(p, x.shape[1]):
-        step = fast.step(x[:, i], cache, pos[i])
-        assert (step - full[:, i]).abs().max() <= TOL, (stage, i)
+        step = net(x[:, i : i + 1], cache=cache, pos=pos[i : i + 1])
+        assert (step[:, 0] - full[:, i]).abs().max() <= TOL, (stage, i)
 
 
 def test_stage_trains_with_aligned_positions_and_checkpoint_keeps_them(shards, tmp_path):  # noqa: F811

@@ -10,7 +10,6 @@ from test_aligned_positions import _streams
 from test_token_stages import datamodule, shards, trainer  # noqa: F401  (fixture)
 
 from musiclm.generation.decode import generate_window, sliding_generate
-from musiclm.generation.fast_lm import FastTokenLM
 from musiclm.generation.sampling import SamplingConfig
 from musiclm.models.token_lm import TokenLM
 from musiclm.stages.coarse import CoarseStage
@@ -112,14 +111,14 @@ def test_cached_decoding_with_frame_conditioning_equals_full_forward(stage, alig
     with torch.no_grad():
         full = module.net(x, pos=pos, frame_ids=frame)
         assert (full - module.net(x, pos=pos)).abs().max() > 1e-3  # the frame ids matter
-    fast = FastTokenLM(module.net)
-    cache = fast.new_cache(3, x.shape[1])
-    prefill = fast.forward(x[:, :p], cache, all_logits=True, positions=pos[:p],
-                           frame_ids=frame[:, :p])  # fmt: skip
+    net = module.net
+    cache = net.new_cache(3, x.shape[1])
+    prefill = net(x[:, :p], cache=cache, pos=pos[:p], frame_ids=frame[:, :p])
     assert (prefill - full[:, :p]).abs().max() <= TOL
     for i in range(p, x.shape[1]):
-        step = fast.step(x[:, i], cache, pos[i], frame_ids=frame[:, i])
-        assert (step - full[:, i]).abs().max() <= TOL, (stage, i)
+        at = slice(i, i + 1)
+        step = net(x[:, at], cache=cache, pos=pos[at], frame_ids=frame[:, at])
+        assert (step[:, 0] - full[:, i]).abs().max() <= TOL, (stage, i)
 
 
 @pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
@@ -140,7 +139,7 @@ def test_generated_windows_see_what_training_sees(cfg_scale, options):
     records = []
     hook = window_checker(module.net, layout, records)
     sampling = SamplingConfig(temperature=1.0, cfg_scale=cfg_scale)
-    fast = FastTokenLM(module.net)
+    fast = module.net
     generate_window(fast, layout.prefix(_streams(layout.spec)), 8, layout=layout,
                     sampling=sampling, on_window=hook)  # fmt: skip
     spec = layout.spec
@@ -167,7 +166,7 @@ def test_generated_semantic_windows_see_the_mulan_tokens_as_training_does(cfg_sc
     hook = window_checker(module.net, layout, records)
     mulan = torch.randint(0, spec.mulan_codebook, (2, spec.mulan_levels))
     tokens = sliding_generate(
-        FastTokenLM(module.net), layout=layout,
+        module.net, layout=layout,
         conditioning=lambda f0, f1, new: layout.prefix({"mulan": mulan}), total_frames=14,
         context_frames=6, prefix_frames=2, batch=2, on_window=hook,
         sampling=SamplingConfig(temperature=1.0, cfg_scale=cfg_scale),

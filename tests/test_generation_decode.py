@@ -7,7 +7,6 @@ from generation_helpers import random_input, tiny_stage, window_checker
 
 from musiclm.generation import sampling as sampling_mod
 from musiclm.generation.decode import generate_window, sliding_generate, targets_to_codes
-from musiclm.generation.fast_lm import FastTokenLM
 from musiclm.generation.sampling import SamplingConfig, filter_logits, guide, sample
 
 TOL = 1e-4
@@ -28,18 +27,20 @@ def test_incremental_logits_equal_full_forward_at_every_step(stage):
     x = random_input(module.layout, batch=3, frames=6)
     with torch.no_grad():
         full = module.net(x)
-    fast = FastTokenLM(module.net)
-    cache = fast.new_cache(3, x.shape[1])
-    prefill = fast.forward(x[:, :5], cache, all_logits=True)
+    net = module.net
+    cache = net.new_cache(3, x.shape[1])
+    prefill = net(x[:, :5], cache=cache)
     assert (prefill - full[:, :5]).abs().max() <= TOL
-    chunk = fast.forward(x[:, 5:9], cache, all_logits=True)  # several new positions at once
+    chunk = net(x[:, 5:9], cache=cache)  # several new positions at once
     assert (chunk - full[:, 5:9]).abs().max() <= TOL
     for i in range(9, x.shape[1]):
-        step = fast.step(x[:, i], cache)
-        assert (step - full[:, i]).abs().max() <= TOL, (stage, i)
+        step = net(x[:, i : i + 1], cache=cache)
+        assert (step[:, 0] - full[:, i]).abs().max() <= TOL, (stage, i)
     assert cache.length == x.shape[1]
     with pytest.raises(ValueError, match="cache holds"):
-        fast.step(x[:, 0], cache)
+        net(x[:, :1], cache=cache)
+    with pytest.raises(ValueError, match="full forward pass"):
+        net(x[:, :1], cache=net.new_cache(3, 4), levels=2)
 
 
 @pytest.mark.parametrize("stage", ["semantic", "coarse", "fine"])
@@ -57,7 +58,7 @@ def test_generated_window_logits_equal_full_forward(stage, cfg_scale):
     records = []
     n = 6 * layout.target_level_count
     out = generate_window(
-        FastTokenLM(module.net),
+        module.net,
         prompt,
         n,
         layout=layout,
@@ -87,7 +88,7 @@ def test_sliding_windows_rebuild_the_cache_from_the_kept_prefix():
 
     records = []
     codes = sliding_generate(
-        FastTokenLM(module.net),
+        module.net,
         layout=layout,
         conditioning=conditioning,
         total_frames=11,
@@ -115,7 +116,7 @@ def test_sliding_generation_continues_existing_codes_and_validates():
     mulan = torch.randint(0, 8, (1, 3))
     existing = torch.randint(0, 16, (1, 1, 3))
     codes = sliding_generate(
-        FastTokenLM(module.net),
+        module.net,
         layout=layout,
         conditioning=lambda f0, f1, new: layout.prefix({"mulan": mulan}),
         total_frames=8,
@@ -127,7 +128,7 @@ def test_sliding_generation_continues_existing_codes_and_validates():
     assert torch.equal(codes[..., :3], existing) and codes.shape == (1, 1, 8)
     with pytest.raises(ValueError, match="prefix_frames"):
         sliding_generate(
-            FastTokenLM(module.net),
+            module.net,
             layout=layout,
             conditioning=lambda f0, f1, new: layout.prefix({"mulan": mulan}),
             total_frames=8,
@@ -140,7 +141,7 @@ def test_sliding_generation_continues_existing_codes_and_validates():
 
 def _generate(module, sampling, seed, prompt):
     return generate_window(
-        FastTokenLM(module.net),
+        module.net,
         prompt,
         12,
         layout=module.layout,
@@ -159,7 +160,7 @@ def test_same_seed_same_output_and_cache_equals_no_cache():
     assert torch.equal(a, b)
     assert not torch.equal(a, _generate(module, cfg, 8, prompt))
     uncached = generate_window(
-        FastTokenLM(module.net),
+        module.net,
         prompt,
         12,
         layout=module.layout,

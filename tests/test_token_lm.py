@@ -151,5 +151,5 @@ def test_spec_from_manifest_names_missing_key():
     spec = TokenSpec.from_manifest(manifest)
     assert spec.mulan_levels == 0 and spec.codebook_size == 1024 and spec.semantic_vocab == 500
     del manifest["semantic"]["vocab_size"]
-    with pytest.raises(KeyError, match=r"x/manifest.json.*semantic.vocab_size"):
+    with pytest.raises(ValueError, match=r"x/manifest.json.*semantic.vocab_size"):
         TokenSpec.from_manifest(manifest, where="x/manifest.json")

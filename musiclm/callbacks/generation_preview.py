@@ -24,7 +24,6 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from musiclm.generation.decode import generate_window, targets_to_codes
-from musiclm.generation.fast_lm import FastTokenLM
 from musiclm.generation.sampling import PAPER_TEMPERATURE, SamplingConfig
 
 STREAMS = ("mulan", "beat", "semantic", "acoustic")
@@ -111,7 +110,7 @@ class GenerationPreview(Callback):
         sampling = SamplingConfig(temperature=temperature, top_k=self.top_k)
         gen = torch.Generator(device=device).manual_seed(self.seed)
         new = generate_window(
-            FastTokenLM(pl_module.net),  # rebuilt: the weights change between previews
+            pl_module.net,
             layout.prefix(example),
             target.shape[1] * target.shape[2],
             layout=layout,

@@ -183,14 +183,13 @@ def semantic_lm_continue_fn(checkpoint: str, *, device: str = "cpu") -> Continue
     import torch
 
     from musiclm.generation.decode import generate_window
-    from musiclm.generation.fast_lm import FastTokenLM
     from musiclm.generation.sampling import SamplingConfig
     from musiclm.stages.token_lm_stage import load_network
 
     net, layout = load_network(checkpoint, map_location=device)
     if layout.stage != "semantic":
         raise ValueError(f"{checkpoint} is a {layout.stage} stage checkpoint, not semantic")
-    fast, greedy = FastTokenLM(net), SamplingConfig(temperature=0.0)
+    greedy = SamplingConfig(temperature=0.0)
 
     @torch.no_grad()
     def continue_fn(prefix: np.ndarray, conditioning: Any, n: int) -> np.ndarray:
@@ -214,7 +213,7 @@ def semantic_lm_continue_fn(checkpoint: str, *, device: str = "cpu") -> Continue
             streams["beat"] = torch.as_tensor(beat, device=device)[None]
         prompt = torch.cat([layout.prefix(streams), layout.target_to_input(sem)], dim=1)
         out = generate_window(
-            fast, prompt, n, layout=layout, sampling=greedy, level_offset=sem.shape[1]
+            net, prompt, n, layout=layout, sampling=greedy, level_offset=sem.shape[1]
         )
         return layout.targets_to_codes(out)[0].cpu().numpy()
 

@@ -1,11 +1,12 @@
 """Token generation for one stage: a cached window, and sliding windows beyond the context.
 
-``generate_window`` prefills the key/value cache with the prompt (``[BOS] + conditioning``
-plus any target tokens kept from before) and samples one token per step through
-``FastTokenLM.step``. ``sliding_generate`` covers lengths beyond a stage's context the way
-the paper does (30 s context, 15 s stride): each new window's prompt keeps the tail of what
-was already generated (``prefix_frames``) and the cache is rebuilt from that prompt, so every
-window sees exactly what a full forward pass over the window would see.
+``generate_window`` prefills the network's key/value cache with the prompt (``[BOS] +
+conditioning`` plus any target tokens kept from before) and samples one token per step, each
+a call of the network with its cache (``TokenLM.forward(..., cache=)``). ``sliding_generate``
+covers lengths beyond a stage's context the way the paper does (30 s context, 15 s stride):
+each new window's prompt keeps the tail of what was already generated (``prefix_frames``) and
+the cache is rebuilt from that prompt, so every window sees exactly what a full forward pass
+over the window would see.
 
 Codes are ``(B, L, F)``: ``L`` interleaved target levels (1 for semantic tokens), ``F`` frames.
 """
@@ -17,8 +18,8 @@ from typing import Any
 
 import torch
 
-from musiclm.generation.fast_lm import FastTokenLM
 from musiclm.generation.sampling import SamplingConfig, guide, sample
+from musiclm.models.token_lm import TokenLM
 
 # (f0, f1, new) -> [BOS] + conditioning input ids (B, P) for a window over target frames
 # f0..f1-1 whose frames from `new` on are to be generated (story mode picks the text at `new`)
@@ -42,7 +43,7 @@ def level_bias(layout: Any, device: torch.device | str = "cpu") -> torch.Tensor 
 
 @torch.inference_mode()
 def generate_window(
-    model: FastTokenLM,
+    model: TokenLM,
     prompt: torch.Tensor,
     n_new: int,
     *,
@@ -89,14 +90,11 @@ def generate_window(
     pos = layout.positions(cond_len, p + n_new, device=prompt.device)
     frame = layout.frame_ids(seq, cond_len)  # (rows, p + n_new, C) or None
 
-    def frame_ids(at: int | slice) -> torch.Tensor | None:
+    def frame_ids(at: slice) -> torch.Tensor | None:
         return None if frame is None else frame[:, at]
 
-    if use_cache:
-        cache = model.new_cache(rows.shape[0], p + n_new)
-        logits = model.forward(rows, cache, positions=pos[:p], frame_ids=frame_ids(slice(p)))
-    else:
-        logits = model.net(rows, pos=pos[:p], frame_ids=frame_ids(slice(p)))[:, -1]
+    cache = model.new_cache(rows.shape[0], p + n_new) if use_cache else None
+    logits = model(rows, cache=cache, pos=pos[:p], frame_ids=frame_ids(slice(p)))[:, -1]
     for t in range(n_new):
         if kept is not None:
             kept.append(logits[:b].clone())
@@ -113,10 +111,11 @@ def generate_window(
             ids = torch.cat([ids, ids])
         seq[:, p + t] = ids
         if use_cache:
-            logits = model.step(ids, cache, pos[p + t], frame_ids=frame_ids(p + t))
+            at = slice(p + t, p + t + 1)
+            logits = model(ids[:, None], cache=cache, pos=pos[at], frame_ids=frame_ids(at))[:, 0]
         else:
             upto = slice(p + t + 1)
-            logits = model.net(seq[:, upto], pos=pos[upto], frame_ids=frame_ids(upto))[:, -1]
+            logits = model(seq[:, upto], pos=pos[upto], frame_ids=frame_ids(upto))[:, -1]
     if on_window is not None:
         full = torch.cat([prompt, out + to_input], dim=1)
         on_window(full, torch.stack(kept, dim=1), p, cond_len)
@@ -130,7 +129,7 @@ def targets_to_codes(layout: Any, targets: torch.Tensor) -> torch.Tensor:
 
 
 def sliding_generate(
-    model: FastTokenLM,
+    model: TokenLM,
     *,
     layout: Any,
     conditioning: Conditioning,

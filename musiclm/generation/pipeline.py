@@ -23,7 +23,6 @@ from typing import Any
 import torch
 
 from musiclm.generation.decode import sliding_generate
-from musiclm.generation.fast_lm import FastTokenLM
 from musiclm.generation.pipeline_file import (
     PipelineFile,
     PipelineFileError,
@@ -31,6 +30,7 @@ from musiclm.generation.pipeline_file import (
     load_pipeline_file,
 )
 from musiclm.generation.sampling import SamplingConfig
+from musiclm.models.token_lm import TokenLM
 
 # a schedule: (start second, text) pairs sorted by time; a plain prompt is [(0.0, text)]
 Schedule = list[tuple[float, str]]
@@ -41,8 +41,7 @@ class LoadedStage:
     """One LM stage ready to sample."""
 
     name: str
-    net: torch.nn.Module
-    fast: FastTokenLM
+    net: TokenLM
     layout: Any
     sampling: SamplingConfig
     context_seconds: float
@@ -109,7 +108,6 @@ def load_stage(name: str, entry: StageEntry, device: str, where: str) -> LoadedS
     stage = LoadedStage(
         name,
         net,
-        FastTokenLM(net),
         layout,
         entry.sampling,
         float(context),
@@ -457,7 +455,7 @@ class Pipeline:
 
     def _run(self, stage: LoadedStage, prompt_fn, total: int, existing, batch: int, gen):
         return sliding_generate(
-            stage.fast,
+            stage.net,
             layout=stage.layout,
             conditioning=prompt_fn,
             total_frames=total,

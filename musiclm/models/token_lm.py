@@ -20,22 +20,19 @@ API used by training and by generation (kept stable):
   only (a quarter of the head's work for 4 coarse levels; training's loss is over these);
 - ``frame_ids`` ``(B, N, C)`` input ids (``-1``: none) whose embeddings are added to each
   position's token embedding (frame-aligned conditioning, see ``TokenLayout``);
-- ``model(prompt, return_cache=True)`` -> ``(logits, cache)``; then
-  ``model(new_tokens, cache=cache, return_cache=True)`` -> ``(logits, cache)``: incremental
-  decoding with x-transformers' key/value cache. With a cache, ``tokens`` holds only the
-  positions not yet cached (usually one per step) and the logits cover exactly those.
-  ``cache_length(cache)`` is the number of positions seen so far; ``trim_cache(cache, keep)``
-  keeps the last ``keep`` cached keys/values (sliding windows: keys are cached before the
-  rotary rotation and positions keep counting, so relative distances stay right).
+- ``cache = model.new_cache(batch, capacity)``; then ``model(tokens, cache=cache, pos=,
+  frame_ids=)`` appends ``tokens`` (the positions not yet cached: the prompt, then usually
+  one per step) and returns the logits of exactly those positions: incremental decoding
+  (``musiclm.models.kv_cache``), equal to the full pass's logits at those positions.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 from x_transformers import Decoder, TransformerWrapper
+
+from musiclm.models.kv_cache import KVCache, cached_forward, new_cache
 
 
 class TokenLM(nn.Module):
@@ -87,63 +84,52 @@ class TokenLM(nn.Module):
         self,
         tokens: torch.Tensor,
         *,
-        cache: Any | None = None,
-        return_cache: bool = False,
+        cache: KVCache | None = None,
         start: int = 0,
         pos: torch.Tensor | None = None,
         frame_ids: torch.Tensor | None = None,
         levels: int = 1,
-    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
-        """Logits ``(B, N', num_targets // levels)`` for the positions from ``start`` (or new
-        ones).
+    ) -> torch.Tensor:
+        """Logits ``(B, N', num_targets // levels)`` for the positions from ``start``.
 
-        With ``cache``, ``tokens`` holds only the new (not yet cached) positions. ``pos``
-        ``(N,)``: rotary positions of the tokens (default ``0..N-1``; see
-        ``TokenLayout.positions``); ``frame_ids`` ``(B, N, C)``: ids whose embeddings are
-        added to the positions' inputs; ``levels``: per-level logits (module docstring).
-        ``pos``, ``frame_ids`` and ``levels`` go with a full forward pass (no cache).
+        ``pos`` ``(N,)``: rotary positions of the tokens (default ``0..N-1``, or the next
+        free slots of ``cache``; see ``TokenLayout.positions``); ``frame_ids`` ``(B, N, C)``:
+        ids whose embeddings are added to the positions' inputs; ``levels``: per-level logits
+        (module docstring). With ``cache`` (``new_cache``), ``tokens`` are appended to it and
+        every one of them gets logits (``start`` and ``levels`` go with a full pass).
         """
         if tokens.dim() != 2 or tokens.shape[1] < 1:
             raise ValueError(f"tokens must be (batch, length>=1), got shape {tuple(tokens.shape)}")
         n = tokens.shape[1]
-        full_pass_only = pos is not None or frame_ids is not None or levels != 1
-        if full_pass_only and (cache is not None or return_cache):
-            raise ValueError("pos, frame_ids and levels go with a full forward pass (no cache)")
         if pos is not None and pos.shape != (n,):
             raise ValueError(f"pos must be ({n},), got {tuple(pos.shape)}")
         if frame_ids is not None and (frame_ids.dim() != 3 or frame_ids.shape[:2] != tokens.shape):
             raise ValueError(
                 f"frame_ids must be ({tokens.shape[0]}, {n}, C), got {tuple(frame_ids.shape)}"
             )
+        extra = None if frame_ids is None else self.frame_embedding(frame_ids)
+        if cache is not None:
+            if start or levels != 1:
+                raise ValueError("start and levels go with a full forward pass (no cache)")
+            return cached_forward(cache, tokens, pos, extra)
         if levels < 1 or self.num_targets % levels or (n - start) % levels:
             raise ValueError(
                 f"levels={levels} must divide num_targets={self.num_targets} and the "
                 f"{n - start} positions from start={start}"
             )
-        if cache is not None:
-            hidden, inter = self.net(
-                tokens,
-                cache=cache,
-                input_not_include_cache=True,
-                cache_age=tokens.shape[1],
-                return_embeddings_and_intermediates=True,
-            )
-        elif return_cache:
-            hidden, inter = self.net(tokens, return_embeddings_and_intermediates=True)
-        else:
-            extra = None if frame_ids is None else self.frame_embedding(frame_ids)
-            hidden = self.net(tokens, return_embeddings=True, pos=pos, sum_embeds=extra)
-            inter = None
+        hidden = self.net(tokens, return_embeddings=True, pos=pos, sum_embeds=extra)
         hidden = hidden[:, start:] if start else hidden
         if levels == 1:
-            logits = self.net.to_logits(hidden)
-        else:
-            b, t, d = hidden.shape
-            weight = self.net.to_logits.weight.view(levels, -1, d)  # (L, K, D)
-            logits = torch.einsum(
-                "bfld,lkd->bflk", hidden.view(b, t // levels, levels, d), weight
-            ).reshape(b, t, -1)
-        return (logits, inter) if return_cache else logits
+            return self.net.to_logits(hidden)
+        b, t, d = hidden.shape
+        weight = self.net.to_logits.weight.view(levels, -1, d)  # (L, K, D)
+        return torch.einsum(
+            "bfld,lkd->bflk", hidden.view(b, t // levels, levels, d), weight
+        ).reshape(b, t, -1)
+
+    def new_cache(self, batch: int, capacity: int) -> KVCache:
+        """An empty key/value cache for ``batch`` rows and up to ``capacity`` positions."""
+        return new_cache(self, batch, capacity)
 
     def frame_embedding(self, frame_ids: torch.Tensor) -> torch.Tensor:
         """``(B, N, C)`` ids (``-1``: none) -> the sum of their token embeddings ``(B, N, D)``."""
@@ -174,16 +160,3 @@ def summed_embedding(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Sum over the last axis of the embeddings of ``ids`` (``-1``: contributes nothing)."""
     emb = torch.nn.functional.embedding(ids.clamp_min(0), weight)
     return (emb * (ids >= 0).unsqueeze(-1).to(emb.dtype)).sum(-2)
-
-
-def cache_length(cache: Any) -> int:
-    """How many positions an x-transformers cache holds."""
-    return int(cache.cache_length)
-
-
-def trim_cache(cache: Any, keep: int) -> Any:
-    """Keep only the last ``keep`` cached positions in place (sliding-window decoding)."""
-    for inter in cache.attn_intermediates:
-        if inter.cached_kv is not None:
-            inter.cached_kv = [t[..., -keep:, :] for t in inter.cached_kv]
-    return cache
