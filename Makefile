@@ -16,7 +16,7 @@ test-slow:
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -m slow
 
 lint:
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/lint-imports
 
 # Every speed benchmark in its --quick form, inputs built from nothing. `make bench
 # PEER=VENV` (VENV from ../shared/peer/install.sh) adds the audiolm-pytorch comparison;

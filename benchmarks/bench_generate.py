@@ -37,11 +37,12 @@ from pathlib import Path
 import torch
 from common import PEER_DIR, REPO, emit, machine, peer_python
 
+from musiclm.datamodules.token_spec import TokenSpec
 from musiclm.generation.decode import generate_window
 from musiclm.generation.sampling import SamplingConfig
 from musiclm.models.kv_cache import weight_bytes
 from musiclm.models.token_lm import TokenLM
-from musiclm.stages.token_layout import BOS, TokenLayout, TokenSpec
+from musiclm.stages.token_layout import BOS, TokenLayout
 
 # the demo token shards' sizes (offline codec 16 kHz / 50 Hz, 8 x 1024; semantic 25 Hz)
 DEMO_SPEC = TokenSpec(

@@ -82,7 +82,7 @@ def main() -> None:
                       "value": round(4 * clip_s / took, 2), "window_s": 10.0, "hop_s": 1.0,
                       "clip_s": clip_s, **common}))  # fmt: skip
 
-    from musiclm.tokenizers.conditioning_rvq import ConditioningRVQ
+    from musiclm.conditioning.conditioning_rvq import ConditioningRVQ
 
     emb = torch.nn.functional.normalize(torch.randn(n_emb, 128), dim=-1)
     rvq = ConditioningRVQ.fit(emb, levels=12, codebook_size=256, iters=5)

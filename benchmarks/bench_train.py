@@ -29,12 +29,13 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from common import PEER_DIR, emit, machine, peer_python
+from common import PEER_DIR, REPO, emit, machine, peer_python
 
 PEER_STEP = Path(__file__).with_name("peer_train_step.py")
 
@@ -99,7 +100,10 @@ def bare_decoder(dim: int, depth: int, heads: int, vocab: int, context: int, bat
 def run_config(name, stage_cls, spec, seconds, model_kw, *, batch, steps, warmup, workers, root):
     import lightning as L
 
-    from musiclm.datamodules.tokens import TokenDataModule, write_synthetic_shards
+    from musiclm.datamodules.tokens import TokenDataModule
+
+    sys.path.insert(0, str(REPO / "tests"))  # the test suite's random token shards
+    from token_shards import write_synthetic_shards
 
     shards = root / name
     write_synthetic_shards(shards, sizes=[16, 16], seconds=seconds + 1.0, spec=spec)
@@ -175,9 +179,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from musiclm.callbacks.throughput import matmul_flops
+    from musiclm.datamodules.token_spec import TokenSpec
     from musiclm.stages.coarse import CoarseStage
     from musiclm.stages.semantic import SemanticStage
-    from musiclm.stages.token_layout import TokenSpec
 
     warmup, steps = (1, 3) if args.quick else (args.warmup, args.steps)
     common = dict(ff_mult=4, dropout=0.0, lr=3e-4, weight_decay=0.01, compile=args.compile)

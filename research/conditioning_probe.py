@@ -63,9 +63,9 @@ def main() -> int:
 
     import torchaudio
 
+    from musiclm.conditioning.conditioning_rvq import ConditioningRVQ, MulanConditioner
     from musiclm.evaluation.attributes import chance_levels, tempo_word
     from musiclm.evaluation.clips import load_reference
-    from musiclm.tokenizers.conditioning_rvq import ConditioningRVQ, MulanConditioner
 
     run = Path(args.run)
     cond = MulanConditioner.from_files(

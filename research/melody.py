@@ -109,11 +109,11 @@ def chroma(args: argparse.Namespace) -> None:
     import soundfile as sf
     import torchaudio.functional as AF
 
+    from musiclm.conditioning.melody_tokens import MelodyConditioner, clip_window_tokens, tokens_at
     from musiclm.generation.decode import sliding_generate
     from musiclm.generation.sampling import SamplingConfig
     from musiclm.stages.token_lm_stage import load_network
     from musiclm.tokenizers.base import build
-    from musiclm.tokenizers.melody_tokens import MelodyConditioner, clip_window_tokens, tokens_at
 
     sem = build("semantic_tokenizers", "music-features", **json.loads(args.semantic_args))
     centroids = sem._head.centroids if hasattr(sem._head, "centroids") else None

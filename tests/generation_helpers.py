@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 import yaml
 
+from musiclm.datamodules.token_spec import TokenSpec
 from musiclm.stages.coarse import CoarseStage
 from musiclm.stages.fine import FineStage
 from musiclm.stages.semantic import SemanticStage
-from musiclm.stages.token_layout import TokenSpec
 
 STAGES = {"semantic": SemanticStage, "coarse": CoarseStage, "fine": FineStage}
 
@@ -122,8 +122,8 @@ def write_mulan(tmp: Path) -> dict[str, str]:
     """A tiny random MuLan checkpoint and a 3 x 8 conditioning RVQ fitted to random vectors."""
     from mulan_helpers import TINY
 
+    from musiclm.conditioning.conditioning_rvq import ConditioningRVQ, mulan_fingerprint
     from musiclm.stages.mulan import MulanStage
-    from musiclm.tokenizers.conditioning_rvq import ConditioningRVQ, mulan_fingerprint
 
     torch.manual_seed(0)
     stage = MulanStage(**TINY)

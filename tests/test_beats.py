@@ -10,14 +10,16 @@ import pytest
 import torch
 from generation_helpers import save_checkpoint, tiny_spec, tiny_stage
 from test_token_stages import trainer
+from token_shards import write_synthetic_shards
 
 from musiclm.callbacks.generation_preview import GenerationPreview
-from musiclm.datamodules.tokens import TokenDataModule, write_synthetic_shards
+from musiclm.datamodules.token_spec import BeatSpec, TokenSpec
+from musiclm.datamodules.tokens import TokenDataModule
 from musiclm.models.tempo import TempoPredictor, tempo_loss
 from musiclm.stages.semantic import SemanticStage
-from musiclm.stages.token_layout import BOS, NULL, PAD, TokenLayout, TokenSpec
+from musiclm.stages.token_layout import BOS, NULL, PAD, TokenLayout
 from musiclm.stages.token_lm_stage import load_network, load_tempo
-from musiclm.tokenizers.beats import BeatSpec, BeatTracker, metadata_bpm
+from musiclm.tokenizers.beats import BeatTracker, metadata_bpm
 
 BEATS = dict(beat_phase_bins=8, tempo_bins=6, min_bpm=60.0, max_bpm=240.0, tempo_input_dim=6)
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from mulan_helpers import SAMPLE_RATE, TINY, ToneDataset
 
-from musiclm.tokenizers.conditioning_rvq import ConditioningRVQ, MulanConditioner, main
+from musiclm.conditioning.conditioning_rvq import ConditioningRVQ, MulanConditioner, main
 
 
 @pytest.fixture(autouse=True, scope="module")

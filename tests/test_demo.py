@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from musiclm.demo import outputs
-from musiclm.demo.plan import DemoPaths, DemoSettings, build_steps, fit_argv
+from musiclm.demo.paths import DemoPaths
+from musiclm.demo.plan import DemoSettings, build_steps, fit_argv
 from musiclm.demo.report import (
     STAGES,
     acceptance,

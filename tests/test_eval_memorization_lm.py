@@ -15,8 +15,8 @@ SEM_VOCAB, MULAN_LEVELS, MULAN_K, RATE = 12, 3, 8, 5.0
 
 @pytest.fixture(scope="module")
 def semantic_ckpt(tmp_path_factory):
+    from musiclm.datamodules.token_spec import TokenSpec
     from musiclm.stages.semantic import SemanticStage
-    from musiclm.stages.token_layout import TokenSpec
 
     spec = TokenSpec(
         semantic_vocab=SEM_VOCAB,

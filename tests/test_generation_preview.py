@@ -5,9 +5,10 @@ import lightning as L
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from token_shards import write_synthetic_shards
 
 from musiclm.callbacks.generation_preview import GenerationPreview
-from musiclm.datamodules.tokens import TokenDataModule, write_synthetic_shards
+from musiclm.datamodules.tokens import TokenDataModule
 from musiclm.stages.coarse import CoarseStage
 from musiclm.stages.fine import FineStage
 from musiclm.stages.semantic import SemanticStage

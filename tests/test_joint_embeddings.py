@@ -20,8 +20,8 @@ from test_conditioning_rvq import _audio_shards, _checkpoint
 
 from musiclm import registry
 from musiclm.cli import main as cli
+from musiclm.conditioning.conditioning_rvq import ConditioningRVQ, MulanConditioner
 from musiclm.tokenizers.base import JointEmbedding
-from musiclm.tokenizers.conditioning_rvq import ConditioningRVQ, MulanConditioner
 from musiclm.tokenizers.joint import JointEmbeddingSpec
 
 

@@ -11,13 +11,13 @@ import yaml
 from generation_helpers import TINY_DAC, save_checkpoint, tiny_spec, tiny_stage
 
 from musiclm.commands.generate import main as generate_main
-from musiclm.generation.pipeline import Pipeline
-from musiclm.tokenizers.melody_tokens import (
+from musiclm.conditioning.melody_tokens import (
     MelodyConditioner,
     MelodyRVQ,
     melody_fingerprint,
     tokens_at,
 )
+from musiclm.generation.pipeline import Pipeline
 
 SR = 8000
 MELODY = dict(

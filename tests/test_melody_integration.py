@@ -7,11 +7,13 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from token_shards import write_synthetic_shards
 
-from musiclm.datamodules.tokens import TokenDataModule, crop_sample, write_synthetic_shards
+from musiclm.datamodules.token_spec import TokenSpec
+from musiclm.datamodules.tokens import TokenDataModule, crop_sample
 from musiclm.stages.coarse import CoarseStage
 from musiclm.stages.semantic import SemanticStage
-from musiclm.stages.token_layout import PAD, TokenLayout, TokenSpec
+from musiclm.stages.token_layout import PAD, TokenLayout
 from musiclm.stages.token_lm_stage import load_network
 
 TINY = dict(dim=32, depth=1, heads=2, warmup_steps=1)
@@ -142,12 +144,12 @@ def test_melody_padding_past_the_clip_is_pad(shards):
 def test_prepare_tokens_with_melody_end_to_end(tmp_path):
     """Demo clips -> audio shards -> token shards with melody.npy and a melody manifest."""
     from musiclm.cli import main as cli
+    from musiclm.commands.prepare_tokens import prepare_tokens
+    from musiclm.conditioning.melody_tokens import MelodyRVQ, melody_fingerprint
     from musiclm.datamodules.shards import read_manifest
     from musiclm.demo_corpus import build_demo_corpus
     from musiclm.models.melody import MelodyEmbedder
     from musiclm.stages.melody import MelodyStage
-    from musiclm.tokenizers.melody_tokens import MelodyRVQ, melody_fingerprint
-    from musiclm.tokenizers.prepare_tokens import prepare_tokens
 
     manifest = build_demo_corpus(tmp_path / "corpus", clips=4, seconds=3.0, progress=False)
     args = ["--source", "demo", "--input", str(manifest), "--out", str(tmp_path / "audio")]

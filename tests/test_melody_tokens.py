@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from musiclm.conditioning.melody_tokens import MelodyConditioner, MelodyRVQ, melody_fingerprint
 from musiclm.datamodules.shards import ShardWriter, atomic_write_json, encode_flac
-from musiclm.tokenizers.melody_tokens import MelodyConditioner, MelodyRVQ, melody_fingerprint
 
 SR = 8000
 TINY = dict(
@@ -61,7 +61,7 @@ def test_conditioner_tokens_have_the_configured_shape(tmp_path, checkpoint):
 
 
 def test_rvq_refuses_another_network_and_another_kind(tmp_path, checkpoint):
-    from musiclm.tokenizers.conditioning_rvq import ConditioningRVQ
+    from musiclm.conditioning.conditioning_rvq import ConditioningRVQ
 
     path, net = checkpoint
     emb = torch.nn.functional.normalize(torch.randn(64, 16), dim=-1)

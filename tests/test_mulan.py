@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from mulan_helpers import NAMES, TINY, ToneCaptions, ToneDataset, collate
 
-from musiclm.evaluation.retrieval import bidirectional_metrics, match_ranks, retrieval_metrics
 from musiclm.models.mulan import MuLan, contrastive_loss, load_mulan, mulan_kwargs
+from musiclm.models.retrieval import bidirectional_metrics, match_ranks, retrieval_metrics
 from musiclm.stages.mulan import MulanStage, zero_shot_accuracy
 
 

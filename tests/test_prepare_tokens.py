@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from musiclm.cli import main as cli
+from musiclm.commands.prepare_tokens import check_fingerprints, prepare_tokens
 from musiclm.datamodules.shards import decode_npy, iter_audio_samples, read_manifest
 from musiclm.tokenizers.artifacts import load_artifact
 from musiclm.tokenizers.base import build
-from musiclm.tokenizers.prepare_tokens import check_fingerprints, prepare_tokens
 
 TINY_ENCODEC = {
     "sampling_rate": 16000,
@@ -262,7 +262,7 @@ def _with_mulan(shards, tmp_path):
     it: (audio folder, checkpoint, RVQ path, conditioner)."""
     from test_conditioning_rvq import _checkpoint
 
-    from musiclm.tokenizers.conditioning_rvq import MulanConditioner
+    from musiclm.conditioning.conditioning_rvq import MulanConditioner
 
     root, _ = shards
     audio = tmp_path / "audio"
@@ -292,8 +292,8 @@ def test_mulan_tokens_when_a_checkpoint_is_given(shards, tmp_path, capsys):
 
 
 def test_beat_clock_with_the_stated_tempo_and_caption_embeddings(shards, tmp_path):
+    from musiclm.datamodules.token_spec import BeatSpec
     from musiclm.datamodules.tokens import TokenDataModule
-    from musiclm.tokenizers.beats import BeatSpec
 
     sem_args = shards[1]
     audio, ckpt, rvq, cond = _with_mulan(shards, tmp_path)

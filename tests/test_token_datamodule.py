@@ -8,8 +8,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from token_shards import write_synthetic_shards
 
-from musiclm.datamodules.tokens import TokenDataModule, write_synthetic_shards
+from musiclm.datamodules.tokens import TokenDataModule
 
 
 class FakeTrainer:

@@ -8,8 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-from musiclm.datamodules.tokens import write_synthetic_shards
+from token_shards import write_synthetic_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from musiclm.datamodules.token_spec import TokenSpec
 from musiclm.models.token_lm import TokenLM
-from musiclm.stages.token_layout import BOS, IGNORE, NULL, PAD, TokenLayout, TokenSpec
+from musiclm.stages.token_layout import BOS, IGNORE, NULL, PAD, TokenLayout
 
 SPEC = TokenSpec(
     semantic_vocab=10,

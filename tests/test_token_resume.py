@@ -13,8 +13,9 @@ from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from token_shards import write_synthetic_shards
 
-from musiclm.datamodules.tokens import TokenDataModule, write_synthetic_shards
+from musiclm.datamodules.tokens import TokenDataModule
 from musiclm.stages.coarse import CoarseStage
 
 ROOT = Path(__file__).resolve().parents[1]

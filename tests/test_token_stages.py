@@ -6,9 +6,10 @@ import lightning as L
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from token_shards import write_synthetic_shards
 
 from musiclm.callbacks.throughput import ThroughputMonitor, matmul_flops
-from musiclm.datamodules.tokens import TokenDataModule, write_synthetic_shards
+from musiclm.datamodules.tokens import TokenDataModule
 from musiclm.lightning_cli import MusicLMCLI
 from musiclm.stages.coarse import CoarseStage
 from musiclm.stages.fine import FineStage

@@ -94,7 +94,8 @@ def _check_settings(out: Path, settings: dict, forcing: bool) -> None:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from musiclm.demo.plan import DemoPaths, build_steps, default_conf_dir
+    from musiclm.demo.paths import DemoPaths
+    from musiclm.demo.plan import build_steps, default_conf_dir
     from musiclm.demo.steps import StepFailed, StepRunner
 
     out = Path(args.out)

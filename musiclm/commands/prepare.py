@@ -13,9 +13,9 @@ JOBS: dict[str, tuple[str, str]] = {
         "musiclm.tokenizers.semantic.fit_kmeans",
         "stream features over audio shards and fit the semantic k-means",
     ),
-    "mulan-rvq": ("musiclm.tokenizers.conditioning_rvq", "fit the conditioning RVQ on MuLan"),
-    "melody-rvq": ("musiclm.tokenizers.melody_tokens", "fit the melody-token RVQ"),
-    "tokens": ("musiclm.tokenizers.prepare_tokens", "audio shards -> token shards"),
+    "mulan-rvq": ("musiclm.conditioning.conditioning_rvq", "fit the conditioning RVQ on MuLan"),
+    "melody-rvq": ("musiclm.conditioning.melody_tokens", "fit the melody-token RVQ"),
+    "tokens": ("musiclm.commands.prepare_tokens", "audio shards -> token shards"),
 }
 
 

@@ -6,12 +6,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from musiclm.datamodules.shards import atomic_write_json
-
-if TYPE_CHECKING:
-    from musiclm.demo.plan import DemoPaths
+from musiclm.demo.paths import LM_STAGES, DemoPaths
 
 # Paper's sampling temperatures per stage (semantic 1.0, coarse 0.95, fine 0.4).
 TEMPERATURES = {"semantic": 1.0, "coarse": 0.95, "fine": 0.4}
@@ -32,7 +30,6 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def pipeline_dict(p: DemoPaths) -> dict[str, Any]:
     """PIPELINE.yaml content; paths relative to the run folder, so the folder can move."""
-    from musiclm.demo.plan import LM_STAGES
 
     def rel(x: Path) -> str:
         return os.path.relpath(x, p.out)

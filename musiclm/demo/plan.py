@@ -12,9 +12,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from musiclm.demo import outputs
+from musiclm.demo.paths import LM_STAGES, DemoPaths
+from musiclm.demo.report import write_report
 from musiclm.demo.steps import Step, StepRunner, musiclm_argv
-
-LM_STAGES = ("semantic", "coarse", "fine")
 
 
 @dataclass
@@ -112,76 +113,6 @@ class DemoSettings:
         return asdict(self)
 
 
-@dataclass
-class DemoPaths:
-    """Where each step leaves its outputs inside the run folder."""
-
-    out: Path
-    conf: Path
-
-    def __post_init__(self) -> None:
-        self.out = Path(self.out)
-        self.conf = Path(self.conf)
-
-    @property
-    def corpus(self) -> Path:
-        return self.out / "corpus"
-
-    @property
-    def audio(self) -> Path:
-        return self.out / "audio"
-
-    @property
-    def tokens(self) -> Path:
-        return self.out / "tokens"
-
-    @property
-    def rvq(self) -> Path:
-        return self.out / "mulan" / "rvq.safetensors"
-
-    @property
-    def codec(self) -> Path:
-        return self.out / "tokenizers" / "codec.safetensors"
-
-    @property
-    def kmeans(self) -> Path:
-        return self.out / "tokenizers" / "semantic_kmeans.safetensors"
-
-    @property
-    def pipeline(self) -> Path:
-        return self.out / "PIPELINE.yaml"
-
-    @property
-    def prompts(self) -> Path:
-        return self.out / "prompts.jsonl"
-
-    @property
-    def prompts_other(self) -> Path:
-        return self.out / "prompts_other.jsonl"
-
-    @property
-    def generated(self) -> Path:
-        return self.out / "generated"
-
-    @property
-    def generated_other(self) -> Path:
-        return self.out / "generated_other"
-
-    @property
-    def eval(self) -> Path:
-        return self.out / "eval"
-
-    @property
-    def eval_other(self) -> Path:
-        return self.out / "eval_other"
-
-    def run_dir(self, stage: str) -> Path:
-        return self.out / stage
-
-    def last_ckpt(self, stage: str) -> Path:
-        return self.run_dir(stage) / "checkpoints" / "last.ckpt"
-
-
 def default_conf_dir() -> Path:
     """``conf/demo`` of the source tree this package runs from."""
     return Path(__file__).resolve().parents[2] / "conf" / "demo"
@@ -236,7 +167,6 @@ def fit_argv(
 
 def build_steps(runner: StepRunner, p: DemoPaths, s: DemoSettings) -> list[Step]:
     """The demo, in order; each step checks its own outputs."""
-    from musiclm.demo import outputs
 
     def corpus(step: Step) -> None:
         runner.command(
@@ -364,8 +294,6 @@ def build_steps(runner: StepRunner, p: DemoPaths, s: DemoSettings) -> list[Step]
         evaluate_into(step, p.generated_other, p.eval_other)
 
     def report(step: Step) -> None:
-        from musiclm.demo.report import write_report
-
         done = runner.step_seconds()
         write_report(p, step_seconds={n: done[n] for n in names if n in done})
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from musiclm.demo.outputs import atomic_write_text
-
-if TYPE_CHECKING:
-    from musiclm.demo.plan import DemoPaths
+from musiclm.demo.paths import DemoPaths
 
 STAGES = ("mulan", "semantic", "coarse", "fine")
 

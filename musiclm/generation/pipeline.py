@@ -159,7 +159,7 @@ class Pipeline:
     @cached_property
     def conditioner(self) -> Any:
         """MuLan + RVQ (``MulanConditioner``), checked against the stages' training tokens."""
-        from musiclm.tokenizers.conditioning_rvq import MulanConditioner
+        from musiclm.conditioning.conditioning_rvq import MulanConditioner
 
         expected = self.stages["semantic"].layout.spec.mulan_fingerprint
         return self._checked_conditioner("mulan", MulanConditioner, self.spec.mulan, expected)
@@ -171,7 +171,7 @@ class Pipeline:
     @cached_property
     def melody_conditioner(self) -> Any:
         """Melody network + RVQ (``MelodyConditioner``), checked against the stages' tokens."""
-        from musiclm.tokenizers.melody_tokens import MelodyConditioner
+        from musiclm.conditioning.melody_tokens import MelodyConditioner
 
         expected = self.stages["semantic"].layout.spec.melody_fingerprint
         return self._checked_conditioner("melody", MelodyConditioner, self.spec.melody, expected)
@@ -305,7 +305,7 @@ class Pipeline:
         ) -> dict[str, torch.Tensor]:
             out = {"mulan": mulan_at(t)} if layout.uses_mulan else {}
             if getattr(layout, "melody", False):
-                from musiclm.tokenizers.melody_tokens import tokens_at
+                from musiclm.conditioning.melody_tokens import tokens_at
 
                 spec = layout.spec
                 out["melody"] = tokens_at(melody, start, spec.melody_hop, spec.melody_windows)
@@ -483,7 +483,7 @@ class Pipeline:
                 f"{self.spec.path}: the stages were trained with melody conditioning: give a "
                 "melody clip (`musiclm generate ... --melody CLIP`)"
             )
-        from musiclm.tokenizers.melody_tokens import clip_window_tokens
+        from musiclm.conditioning.melody_tokens import clip_window_tokens
 
         tokens = clip_window_tokens(self.melody_conditioner, clip[0], clip[1], seconds)
         return tokens.to(self.device).expand(batch, -1, -1)

@@ -16,7 +16,6 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import nn
 
-from musiclm.evaluation.retrieval import bidirectional_metrics
 from musiclm.models.mulan import (
     FROZEN_KEY,
     MAX_LOGIT_SCALE,
@@ -28,6 +27,7 @@ from musiclm.models.mulan import (
     mulan_kwargs,
     restore_frozen,
 )
+from musiclm.models.retrieval import bidirectional_metrics
 
 DEFAULT_PROMPTS = {"instrument": "played on a {}"}
 

@@ -10,7 +10,7 @@ Every stage trains the same ``TokenLM`` on ``[BOS] + conditioning prefix + targe
 
 Acoustic levels are flattened frame by frame (``f0q0 f0q1 .. f1q0 ..``). M is left out when
 the shards carry none. With ``melody=True`` (semantic and coarse stages) the melody tokens
-(``W`` windows x ``L`` levels, window-major, see ``musiclm.tokenizers.melody_tokens``) follow
+(``W`` windows x ``L`` levels, window-major, see ``musiclm.conditioning.melody_tokens``) follow
 M in the prefix; such a layout requires them in every batch. With ``beats=True`` (semantic
 stage) the beat clock B (one phase id per semantic frame, ``musiclm.tokenizers.beats``) is
 the semantic stage's timed conditioning, as S is the coarse stage's. Ids: one unified *input*
@@ -20,7 +20,8 @@ then the streams in the order used by the stage), and a smaller *target* vocabul
 
 API used by training and generation (kept stable):
 
-- ``TokenSpec.from_manifest(manifest)``: sizes, rates, fingerprints from a token manifest;
+- ``TokenSpec.from_manifest(manifest)`` (``musiclm.datamodules.token_spec``): sizes, rates,
+  fingerprints from a token manifest;
 - ``TokenLayout(stage=, spec=, coarse_levels=, fine_levels=, fine_sees_mulan=)``;
   ``num_tokens`` / ``num_targets`` size the network;
 - ``layout.sequence(streams)`` -> ``LMSequence(tokens, labels, prefix_len)`` from raw
@@ -51,90 +52,12 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 
-from musiclm.tokenizers.beats import BeatSpec
+from musiclm.datamodules.token_spec import TokenSpec
 
 PAD, BOS, NULL = 0, 1, 2
 NUM_SPECIAL = 3
 IGNORE = -100
 STAGES = ("semantic", "coarse", "fine")
-
-
-@dataclass(frozen=True)
-class TokenSpec:
-    """What the token shards hold, read from their manifest (plain values only)."""
-
-    semantic_vocab: int
-    semantic_rate: float
-    codebook_size: int
-    num_quantizers: int
-    acoustic_rate: float
-    mulan_levels: int = 0
-    mulan_codebook: int = 0
-    codec_name: str = ""
-    codec_fingerprint: str = ""
-    semantic_name: str = ""
-    semantic_fingerprint: str = ""
-    mulan_fingerprint: str = ""
-    melody_windows: int = 0
-    melody_levels: int = 0
-    melody_codebook: int = 0
-    melody_hop: float = 0.0  # seconds between melody windows
-    melody_fingerprint: str = ""
-    beat_phase_bins: int = 0  # beat clock (``musiclm.tokenizers.beats``); 0: none
-    tempo_bins: int = 0
-    min_bpm: float = 0.0
-    max_bpm: float = 0.0
-    tempo_input_dim: int = 0  # MuLan embedding size the tempo predictor reads (0: none)
-
-    @classmethod
-    def from_manifest(cls, manifest: dict[str, Any], where: str = "manifest.json") -> TokenSpec:
-        """Read sizes, rates and fingerprints; a missing key names ``where`` and the key."""
-
-        def get(section: str, key: str) -> Any:
-            block = manifest.get(section)
-            if not isinstance(block, dict) or key not in block:
-                raise ValueError(f"{where}: token manifest has no '{section}.{key}'")
-            return block[key]
-
-        if manifest.get("kind") != "tokens":
-            raise ValueError(f"{where}: kind is {manifest.get('kind')!r}, expected 'tokens'")
-        mulan = manifest.get("mulan") or None
-        melody = manifest.get("melody") or None
-        beats = manifest.get("beats") or None
-        return cls(
-            semantic_vocab=int(get("semantic", "vocab_size")),
-            semantic_rate=float(get("semantic", "frame_rate")),
-            codebook_size=int(get("codec", "codebook_size")),
-            num_quantizers=int(get("codec", "num_quantizers")),
-            acoustic_rate=float(get("codec", "frame_rate")),
-            mulan_levels=int(get("mulan", "num_levels")) if mulan else 0,
-            mulan_codebook=int(get("mulan", "codebook_size")) if mulan else 0,
-            codec_name=str(manifest["codec"].get("name", "")),
-            codec_fingerprint=str(get("codec", "fingerprint")),
-            semantic_name=str(manifest["semantic"].get("name", "")),
-            semantic_fingerprint=str(get("semantic", "fingerprint")),
-            mulan_fingerprint=str(get("mulan", "fingerprint")) if mulan else "",
-            melody_windows=int(get("melody", "num_windows")) if melody else 0,
-            melody_levels=int(get("melody", "num_levels")) if melody else 0,
-            melody_codebook=int(get("melody", "codebook_size")) if melody else 0,
-            melody_hop=float(get("melody", "hop_seconds")) if melody else 0.0,
-            melody_fingerprint=str(get("melody", "fingerprint")) if melody else "",
-            beat_phase_bins=int(get("beats", "phase_bins")) if beats else 0,
-            tempo_bins=int(get("beats", "tempo_bins")) if beats else 0,
-            min_bpm=float(get("beats", "min_bpm")) if beats else 0.0,
-            max_bpm=float(get("beats", "max_bpm")) if beats else 0.0,
-            tempo_input_dim=int(beats.get("embedding_dim", 0)) if beats else 0,
-        )
-
-    @property
-    def beat_spec(self) -> BeatSpec | None:
-        """The beat clock of the shards (None without ``prepare tokens --beats``)."""
-        if not self.beat_phase_bins:
-            return None
-        return BeatSpec(self.beat_phase_bins, self.tempo_bins, self.min_bpm, self.max_bpm)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 class LMSequence(NamedTuple):

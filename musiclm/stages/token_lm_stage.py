@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 
+from musiclm.datamodules.token_spec import TokenSpec
 from musiclm.models.tempo import TempoPredictor, tempo_loss
 from musiclm.models.token_lm import TokenLM
-from musiclm.stages.token_layout import IGNORE, LMSequence, TokenLayout, TokenSpec
+from musiclm.stages.token_layout import IGNORE, LMSequence, TokenLayout
 from musiclm.usage import SetupError, one_line
 
 TEMPO_LR_SCALE = 10.0

@@ -24,11 +24,11 @@ none: what the tempo predictor learns from), and the manifest's ``beats`` sectio
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
+from musiclm.datamodules.token_spec import BeatSpec
 
 
 def beat_index(
@@ -56,45 +56,6 @@ def beat_index(
     grid = np.concatenate([before, beats, after])
     index = np.interp(np.arange(frames), grid, np.arange(len(grid), dtype=np.float64))
     return index - index[0] // 1, period
-
-
-@dataclass(frozen=True)
-class BeatSpec:
-    """Resolution of the clock: phase ids per beat and log-spaced tempo bins."""
-
-    phase_bins: int = 16
-    tempo_bins: int = 32
-    min_bpm: float = 40.0
-    max_bpm: float = 240.0
-
-    def __post_init__(self) -> None:
-        if self.phase_bins < 2 or self.tempo_bins < 1 or not 0 < self.min_bpm < self.max_bpm:
-            raise ValueError(f"invalid beat clock {self}")
-
-    def tempo_bin(self, bpm: float) -> int:
-        """Bin of ``bpm`` (clamped into ``min_bpm..max_bpm``)."""
-        span = math.log(self.max_bpm / self.min_bpm)
-        at = math.log(min(max(bpm, self.min_bpm), self.max_bpm) / self.min_bpm) / span
-        return min(self.tempo_bins - 1, int(at * self.tempo_bins))
-
-    def bin_bpm(self, index: int) -> float:
-        """Geometric centre of tempo bin ``index``."""
-        if not 0 <= index < self.tempo_bins:
-            raise ValueError(f"tempo bin {index} not in 0..{self.tempo_bins - 1}")
-        return self.min_bpm * (self.max_bpm / self.min_bpm) ** ((index + 0.5) / self.tempo_bins)
-
-    def phase_ids(self, index: np.ndarray) -> np.ndarray:
-        """Beats elapsed (float, any shape) -> phase ids ``0..phase_bins-1``."""
-        return (np.floor((index % 1.0) * self.phase_bins) % self.phase_bins).astype(np.int64)
-
-    def clock(self, bpm: float, frames: int, frame_rate: float, start: float = 0.0) -> np.ndarray:
-        """Phase ids (frames,) of a steady ``bpm`` whose beat ``start`` falls on frame 0."""
-        return self.phase_ids(start + np.arange(frames) * bpm / 60.0 / frame_rate)
-
-    def to_manifest(self, frame_rate: float, embedding_dim: int = 0) -> dict[str, Any]:
-        """The manifest's ``beats`` section (``embedding_dim``: of ``mulan_embedding.npy``)."""
-        out = {**asdict(self), "frame_rate": frame_rate, "tracker": "librosa.beat.beat_track"}
-        return out | {"embedding_dim": embedding_dim}
 
 
 class BeatTracker:

@@ -1,6 +1,6 @@
 """Writing token shards: one output tar per input shard, its progress record, the manifest.
 
-Used by ``musiclm prepare tokens`` (``musiclm.tokenizers.prepare_tokens``). An output shard is
+Used by ``musiclm prepare tokens`` (``musiclm.commands.prepare_tokens``). An output shard is
 written under a temporary name and renamed when complete; its record in
 ``<split>/progress/`` is what marks the input shard done for a resumed run.
 """

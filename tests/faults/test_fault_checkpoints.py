@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 
 import torch
+from token_shards import write_synthetic_shards
 
 from musiclm.cli import main
-from musiclm.datamodules.tokens import write_synthetic_shards
 from musiclm.lightning_cli import KEEP_CHECKPOINTS, default_checkpointing
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,11 +6,12 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
+from token_shards import write_synthetic_shards
 
 from musiclm.datamodules import prepare_audio as pa
 from musiclm.datamodules.audio_text import AudioTextDataModule
 from musiclm.datamodules.shards import IncompleteShards, iter_audio_samples, read_manifest
-from musiclm.datamodules.tokens import TokenDataModule, write_synthetic_shards
+from musiclm.datamodules.tokens import TokenDataModule
 from musiclm.evaluation.clips import load_reference
 
 SR = 16000
@@ -99,7 +100,7 @@ def test_a_manifest_without_the_record_of_what_is_missing_is_still_refused(tmp_p
 
 @pytest.mark.parametrize("section,key", [("codec", "num_quantizers"), ("semantic", "vocab_size")])
 def test_token_manifest_missing_a_key_is_a_value_error_naming_it(section, key):
-    from musiclm.stages.token_layout import TokenSpec
+    from musiclm.datamodules.token_spec import TokenSpec
 
     manifest = {
         "kind": "tokens",

@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from token_shards import write_synthetic_shards
 
 from musiclm.datamodules.shards import StreamStarved, read_manifest
-from musiclm.datamodules.tokens import TokenDataModule, TokenStream, write_synthetic_shards
+from musiclm.datamodules.tokens import TokenDataModule, TokenStream
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+from token_shards import write_synthetic_shards
 
-from musiclm.datamodules.tokens import TokenDataModule, write_synthetic_shards
+from musiclm.datamodules.tokens import TokenDataModule
 from musiclm.stages.coarse import CoarseStage
 from musiclm.usage import SetupError
 

@@ -12,10 +12,11 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
+from token_shards import write_synthetic_shards
 
 from musiclm.datamodules.audio_text import AudioTextDataModule
 from musiclm.datamodules.shards import ShardWriter, atomic_write_json, encode_flac
-from musiclm.datamodules.tokens import TokenDataModule, write_synthetic_shards
+from musiclm.datamodules.tokens import TokenDataModule
 from musiclm.stages.coarse import CoarseStage
 
 SR = 8000

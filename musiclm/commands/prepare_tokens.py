@@ -37,9 +37,10 @@ from musiclm.datamodules.shards import (
     decode_audio_sample,
     read_manifest,
 )
+from musiclm.datamodules.token_spec import BeatSpec
 from musiclm.folder_lock import env_slot, folder_lock
 from musiclm.tokenizers import joint
-from musiclm.tokenizers.beats import BeatSpec, BeatTracker, metadata_bpm
+from musiclm.tokenizers.beats import BeatTracker, metadata_bpm
 from musiclm.tokenizers.fingerprints import check_fingerprints
 from musiclm.tokenizers.token_writer import TokenShardWriter, unit_done, write_manifest
 from musiclm.usage import number, run_command
@@ -315,12 +316,12 @@ def prepare_tokens(
         s = build("semantic_tokenizers", semantic, **semantic_args)
         m = None
         if mulan is not None:
-            from musiclm.tokenizers.conditioning_rvq import MulanConditioner
+            from musiclm.conditioning.conditioning_rvq import MulanConditioner
 
             m = MulanConditioner.from_files(*mulan)
         mel = None
         if melody is not None:
-            from musiclm.tokenizers.melody_tokens import MelodyConditioner
+            from musiclm.conditioning.melody_tokens import MelodyConditioner
 
             mel = MelodyConditioner.from_files(*melody)
         tracker = None

@@ -1,7 +1,7 @@
 """Melody tokens: residual k-means over melody embeddings (MusicLM's appendix: 24 x 512, one
 set of tokens per 4 s window every 3 s over a 10 s input).
 
-``MelodyRVQ`` is the conditioning RVQ (``musiclm.tokenizers.conditioning_rvq``) fitted on the
+``MelodyRVQ`` is the conditioning RVQ (``musiclm.conditioning.conditioning_rvq``) fitted on the
 per-window melody embeddings of the training set, saved as its own artifact kind
 (``melody_rvq``). ``MelodyConditioner`` pairs a ``MelodyStage`` checkpoint with it: a clip is
 fitted to ``input_s`` seconds (looped when shorter, cut when longer), embedded per window and
@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import torch
 
-from musiclm.tokenizers.conditioning_rvq import ConditioningRVQ
+from musiclm.conditioning.conditioning_rvq import ConditioningRVQ
 
 KIND = "melody_rvq"
 
@@ -196,7 +196,7 @@ def embed_audio_shards(
 
 def main(argv: list[str] | None = None) -> int:
     """``musiclm prepare melody-rvq``: fit the melody RVQ over a training shard folder."""
-    from musiclm.tokenizers.conditioning_rvq import rvq_job_parser
+    from musiclm.conditioning.conditioning_rvq import rvq_job_parser
     from musiclm.usage import run_command
 
     args = rvq_job_parser(
@@ -207,9 +207,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from musiclm.conditioning.conditioning_rvq import fit_save_report
     from musiclm.datamodules.shards import read_manifest
     from musiclm.models.melody import load_melody
-    from musiclm.tokenizers.conditioning_rvq import fit_save_report
 
     read_manifest(args.audio)  # a missing or incomplete folder is refused before the load
     melody = load_melody(args.checkpoint, map_location=args.device)
