@@ -25,6 +25,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from musiclm.generation.decode import generate_window, targets_to_codes
 from musiclm.generation.sampling import PAPER_TEMPERATURE, SamplingConfig
+from musiclm.stage_names import COARSE, SEMANTIC
 
 STREAMS = ("mulan", "beat", "semantic", "acoustic")
 
@@ -97,9 +98,9 @@ class GenerationPreview(Callback):
         example = _crop(self.example, spec, self.max_seconds)
         device = pl_module.device
         example = {k: v.to(device) for k, v in example.items()}
-        if layout.stage == "semantic":
+        if layout.stage == SEMANTIC:
             target = example["semantic"].unsqueeze(1)
-        elif layout.stage == "coarse":
+        elif layout.stage == COARSE:
             target = example["acoustic"][:, : layout.coarse_levels]
         else:
             lo = layout.coarse_levels
@@ -121,7 +122,7 @@ class GenerationPreview(Callback):
         step = trainer.global_step
         writer = _tensorboard(trainer)
         tag = f"preview_{self.source}"
-        if layout.stage == "semantic":
+        if layout.stage == SEMANTIC:
             match = (codes == target).float().mean()
             pl_module.log(f"{tag}/semantic_token_match", match)
             if writer is not None:
@@ -129,7 +130,7 @@ class GenerationPreview(Callback):
                 writer.add_text(f"{tag}/semantic_tokens", text, step)
             return {"tokens": codes}
         lo = layout.coarse_levels
-        if layout.stage == "coarse":
+        if layout.stage == COARSE:
             generated, data_codes = codes, example["acoustic"][:, :lo]
         else:
             generated = torch.cat([example["acoustic"][:, :lo], codes], dim=1)

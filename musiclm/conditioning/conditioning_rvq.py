@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from musiclm.datamodules.shards import atomic_write_json
 from musiclm.tokenizers import joint
 from musiclm.usage import number, run_command
 
@@ -122,11 +122,7 @@ class ConditioningRVQ:
 
         save_artifact(path, {"codebooks": self.codebooks}, self.meta)
         report = {**self.meta, "fingerprint": self.fingerprint()}
-        sidecar = Path(f"{path}.json")
-        fd, tmp = tempfile.mkstemp(prefix=f".{sidecar.name}.", suffix=".tmp", dir=sidecar.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(report, f, indent=1)
-        os.replace(tmp, sidecar)
+        atomic_write_json(Path(f"{path}.json"), report)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ConditioningRVQ:

@@ -4,28 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from musiclm.datamodules.shards import atomic_write_json
-from musiclm.demo.paths import LM_STAGES, DemoPaths
+from musiclm.datamodules.shards import atomic_write_json, atomic_write_text
+from musiclm.demo.paths import DemoPaths
+from musiclm.stage_names import LM_STAGES
 
 # Paper's sampling temperatures per stage (semantic 1.0, coarse 0.95, fine 0.4).
 TEMPERATURES = {"semantic": 1.0, "coarse": 0.95, "fine": 0.4}
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` under a temporary name in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def pipeline_dict(p: DemoPaths) -> dict[str, Any]:

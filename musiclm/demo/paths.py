@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-LM_STAGES = ("semantic", "coarse", "fine")
-
 
 @dataclass
 class DemoPaths:

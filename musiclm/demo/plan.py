@@ -13,9 +13,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from musiclm.demo import outputs
-from musiclm.demo.paths import LM_STAGES, DemoPaths
+from musiclm.demo.paths import DemoPaths
 from musiclm.demo.report import write_report
 from musiclm.demo.steps import Step, StepRunner, musiclm_argv
+from musiclm.stage_names import LM_STAGES
 
 
 @dataclass

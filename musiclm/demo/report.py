@@ -8,10 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from musiclm.demo.outputs import atomic_write_text
+from musiclm.datamodules.shards import atomic_write_text
 from musiclm.demo.paths import DemoPaths
+from musiclm.stage_names import LM_STAGES
 
-STAGES = ("mulan", "semantic", "coarse", "fine")
+STAGES = ("mulan", *LM_STAGES)
 
 
 def read_scalars(event_dir: str | Path) -> dict[str, list[tuple[int, float]]]:

@@ -8,13 +8,13 @@ follow the source piece: every piece belongs to exactly one of train/valid/test.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from musiclm.datamodules.shards import atomic_file, atomic_write_text
 from musiclm.demo_corpus.captions import make_caption
 from musiclm.demo_corpus.synth import INSTRUMENTS, render_notes, render_percussion, voice
 from musiclm.demo_corpus.tunes import Tune, clip_notes, load_tunes
@@ -163,9 +163,8 @@ def _write_clip(job: tuple[dict, Path, float, int]) -> dict:
     plan, out, seconds, sample_rate = job
     y = render_clip(plan, seconds=seconds, sample_rate=sample_rate)
     path = out / plan["audio"]
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    sf.write(tmp, y, sample_rate, format="WAV", subtype="PCM_16")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        sf.write(tmp, y, sample_rate, format="WAV", subtype="PCM_16")
     return {k: v for k, v in plan.items() if not k.startswith("_")}
 
 
@@ -212,9 +211,7 @@ def build_demo_corpus(
             bar.update()
     bar.close()
     manifest = out / "manifest.jsonl"
-    tmp = manifest.with_name(f".{manifest.name}.tmp")
-    tmp.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries))
-    os.replace(tmp, manifest)
+    atomic_write_text(manifest, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries))
     return manifest
 
 

@@ -249,12 +249,10 @@ def write_generated(
 ) -> Path:
     """Write ``<name>.wav`` and its ``<name>.json`` sidecar (each via a temporary file) in
     the convention ``musiclm evaluate --generated`` reads; returns the wav path."""
-    import os
-    import tempfile
 
     import soundfile as sf
 
-    from musiclm.datamodules.shards import atomic_write_json
+    from musiclm.datamodules.shards import atomic_file, atomic_write_json
 
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"generated clip name must be a plain file stem, got {name!r}")
@@ -262,12 +260,6 @@ def write_generated(
     root.mkdir(parents=True, exist_ok=True)
     wav = np.asarray(audio, dtype=np.float32).reshape(-1)
     atomic_write_json(root / f"{name}.json", {"prompt": prompt, "attributes": attributes or {}})
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".wav", dir=root)
-    os.close(fd)
-    try:
+    with atomic_file(root / f"{name}.wav", suffix=".wav") as tmp:
         sf.write(tmp, np.clip(wav, -1.0, 1.0), int(sample_rate), subtype="PCM_16")
-        os.replace(tmp, root / f"{name}.wav")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return root / f"{name}.wav"

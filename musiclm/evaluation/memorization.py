@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from musiclm.stage_names import SEMANTIC
+
 ContinueFn = Callable[[np.ndarray, Any, int], Any]
 
 
@@ -187,7 +189,7 @@ def semantic_lm_continue_fn(checkpoint: str, *, device: str = "cpu") -> Continue
     from musiclm.stages.token_lm_stage import load_network
 
     net, layout = load_network(checkpoint, map_location=device)
-    if layout.stage != "semantic":
+    if layout.stage != SEMANTIC:
         raise ValueError(f"{checkpoint} is a {layout.stage} stage checkpoint, not semantic")
     greedy = SamplingConfig(temperature=0.0)
 

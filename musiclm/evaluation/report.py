@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -187,26 +185,14 @@ def _structure_section(structure: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(out: str | Path, metrics: dict[str, Any]) -> tuple[Path, Path]:
     """Write ``out/metrics.json`` and ``out/metrics.md`` atomically; return both paths."""
-    from musiclm.datamodules.shards import atomic_write_json
+    from musiclm.datamodules.shards import atomic_write_json, atomic_write_text
 
     out = Path(out)
     json_path, md_path = out / "metrics.json", out / "metrics.md"
     atomic_write_json(json_path, _jsonable(metrics))
-    _atomic_text(md_path, markdown(metrics))
+    atomic_write_text(md_path, markdown(metrics))
     return json_path, md_path
 
 

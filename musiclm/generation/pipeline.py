@@ -31,6 +31,7 @@ from musiclm.generation.pipeline_file import (
 )
 from musiclm.generation.sampling import SamplingConfig
 from musiclm.models.token_lm import TokenLM
+from musiclm.stage_names import COARSE, FINE, SEMANTIC
 
 # a schedule: (start second, text) pairs sorted by time; a plain prompt is [(0.0, text)]
 Schedule = list[tuple[float, str]]
@@ -53,7 +54,7 @@ class LoadedStage:
     def rate(self) -> float:
         """Target frames per second."""
         spec = self.layout.spec
-        return spec.semantic_rate if self.name == "semantic" else spec.acoustic_rate
+        return spec.semantic_rate if self.name == SEMANTIC else spec.acoustic_rate
 
     def frames(self, seconds: float) -> int:
         return max(1, round(seconds * self.rate))
@@ -161,7 +162,7 @@ class Pipeline:
         """MuLan + RVQ (``MulanConditioner``), checked against the stages' training tokens."""
         from musiclm.conditioning.conditioning_rvq import MulanConditioner
 
-        expected = self.stages["semantic"].layout.spec.mulan_fingerprint
+        expected = self.stages[SEMANTIC].layout.spec.mulan_fingerprint
         return self._checked_conditioner("mulan", MulanConditioner, self.spec.mulan, expected)
 
     @property
@@ -173,7 +174,7 @@ class Pipeline:
         """Melody network + RVQ (``MelodyConditioner``), checked against the stages' tokens."""
         from musiclm.conditioning.melody_tokens import MelodyConditioner
 
-        expected = self.stages["semantic"].layout.spec.melody_fingerprint
+        expected = self.stages[SEMANTIC].layout.spec.melody_fingerprint
         return self._checked_conditioner("melody", MelodyConditioner, self.spec.melody, expected)
 
     def _checked_conditioner(
@@ -200,7 +201,7 @@ class Pipeline:
         from musiclm.tokenizers.base import build
 
         codec = build("codecs", self.spec.codec.name, **self.spec.codec.args)
-        expected = self.stages["coarse"].layout.spec.codec_fingerprint
+        expected = self.stages[COARSE].layout.spec.codec_fingerprint
         if expected and codec.fingerprint() != expected:
             raise PipelineFileError(
                 f"{self.spec.path}: codec {self.spec.codec.name!r} has fingerprint "
@@ -218,7 +219,7 @@ class Pipeline:
             )
         tok = build("semantic_tokenizers", self.spec.semantic_tokenizer.name,
                     **self.spec.semantic_tokenizer.args)  # fmt: skip
-        expected = self.stages["semantic"].layout.spec.semantic_fingerprint
+        expected = self.stages[SEMANTIC].layout.spec.semantic_fingerprint
         if expected and tok.fingerprint() != expected:
             raise PipelineFileError(
                 f"{self.spec.path}: semantic tokenizer fingerprint {tok.fingerprint()} differs "
@@ -227,11 +228,11 @@ class Pipeline:
         return tok
 
     def _check_stages_agree(self) -> None:
-        sem, coarse = self.stages["semantic"].layout, self.stages["coarse"].layout
+        sem, coarse = self.stages[SEMANTIC].layout, self.stages[COARSE].layout
         fields_ = ("semantic_vocab", "semantic_rate", "semantic_fingerprint", "mulan_levels")
         pairs = [("semantic", "coarse", sem, coarse, fields_)]
-        if "fine" in self.stages:
-            fine = self.stages["fine"].layout
+        if FINE in self.stages:
+            fine = self.stages[FINE].layout
             acoustic = ("codebook_size", "num_quantizers", "acoustic_rate", "codec_fingerprint")
             pairs.append(("coarse", "fine", coarse, fine, acoustic))
             if fine.coarse_levels != coarse.coarse_levels:
@@ -313,7 +314,7 @@ class Pipeline:
             return out or {"_batch": torch.empty(len(rows), 0, device=self.device)}
 
         # semantic: M [+ beat clock] -> S
-        sem = self.stages["semantic"]
+        sem = self.stages[SEMANTIC]
         if isinstance(bpm, list | tuple):
             if len(bpm) != len(schedules):
                 raise ValueError(f"{len(bpm)} tempos for {len(schedules)} prompts")
@@ -341,10 +342,10 @@ class Pipeline:
             len(rows),
             gen,
         )[:, 0]
-        timings["semantic"] = time.perf_counter() - clock
+        timings[SEMANTIC] = time.perf_counter() - clock
 
         # coarse: M + S -> first levels
-        coarse = self.stages["coarse"]
+        coarse = self.stages[COARSE]
         ratio = sem.rate / coarse.rate
 
         def coarse_prompt(f0: int, f1: int, new: int) -> torch.Tensor:
@@ -358,12 +359,12 @@ class Pipeline:
         coarse_codes = self._run(
             coarse, coarse_prompt, coarse.frames(total), existing.get("coarse"), len(rows), gen
         )
-        timings["coarse"] = time.perf_counter() - clock
+        timings[COARSE] = time.perf_counter() - clock
         acoustic = coarse_codes
 
         # fine: coarse levels -> the rest
-        if "fine" in self.stages:
-            fine = self.stages["fine"]
+        if FINE in self.stages:
+            fine = self.stages[FINE]
 
             def fine_prompt(f0: int, f1: int, new: int) -> torch.Tensor:
                 window = streams(fine.layout, new / fine.rate, acoustic=coarse_codes[..., f0:f1])
@@ -373,7 +374,7 @@ class Pipeline:
             fine_codes = self._run(
                 fine, fine_prompt, coarse_codes.shape[-1], existing.get("fine"), len(rows), gen
             )
-            timings["fine"] = time.perf_counter() - clock
+            timings[FINE] = time.perf_counter() - clock
             acoustic = torch.cat([coarse_codes, fine_codes], dim=1)
 
         clock = time.perf_counter()
@@ -502,16 +503,16 @@ class Pipeline:
         s = sem.tokenize(AF.resample(wav, rate, sem.sample_rate))  # (1, F_s)
         a = codec.encode(AF.resample(wav, rate, codec.sample_rate))  # (1, Q, F_a)
         seconds = wav.shape[-1] / rate
-        coarse = self.stages["coarse"]
-        n_s = min(s.shape[-1], self.stages["semantic"].frames(seconds))
+        coarse = self.stages[COARSE]
+        n_s = min(s.shape[-1], self.stages[SEMANTIC].frames(seconds))
         n_a = min(a.shape[-1], coarse.frames(seconds))
         levels = coarse.layout.coarse_levels
         out = {
             "semantic": s[:, None, :n_s].expand(batch, -1, -1).to(self.device),
             "coarse": a[:, :levels, :n_a].expand(batch, -1, -1).to(self.device),
         }
-        if "fine" in self.stages:
-            hi = levels + self.stages["fine"].layout.num_fine
+        if FINE in self.stages:
+            hi = levels + self.stages[FINE].layout.num_fine
             out["fine"] = a[:, levels:hi, :n_a].expand(batch, -1, -1).to(self.device)
         return out, seconds
 

@@ -25,17 +25,17 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from musiclm.datamodules.shards import atomic_write_text
 from musiclm.generation.sampling import PAPER_TEMPERATURE, SamplingConfig
+from musiclm.stage_names import FINE, LM_STAGES
 from musiclm.tokenizers.joint import JointEmbeddingSpec
 
-STAGE_NAMES = ("semantic", "coarse", "fine")
 TOP_KEYS = {"manifest", "mulan", "melody", "codec", "semantic_tokenizer", "stages", "device"}
 STAGE_KEYS = {"checkpoint", "context_seconds", "prefix_seconds"}
 SAMPLING_KEYS = {"temperature", "top_k", "top_p", "cfg_scale"}
@@ -138,11 +138,11 @@ def parse_pipeline(data: Any, *, where: str, root: Path) -> PipelineFile:
         )
     stages_block = _require(data, "stages", where, "")
     _mapping(stages_block, where, "stages")
-    _known(stages_block, set(STAGE_NAMES), where, "stages")
+    _known(stages_block, set(LM_STAGES), where, "stages")
     stages = {}
-    for name in STAGE_NAMES:
+    for name in LM_STAGES:
         if name not in stages_block:
-            if name != "fine":
+            if name != FINE:
                 raise PipelineFileError(f"{where}: missing key 'stages.{name}'")
             continue
         stages[name] = _stage(stages_block[name], name, root, where)
@@ -166,14 +166,7 @@ def write_pipeline_file(path: str | os.PathLike, data: dict[str, Any]) -> Path:
     parse_pipeline(data, where=str(path), root=path.parent)
     text = f'# musiclm generate "a prompt" --pipeline {path.name} --seconds 10\n'
     text += yaml.safe_dump(data, sort_keys=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
     return path
 
 

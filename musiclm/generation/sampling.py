@@ -13,8 +13,10 @@ from typing import Any
 
 import torch
 
+from musiclm.stage_names import COARSE, FINE, SEMANTIC
+
 # the paper's temperatures: semantic 1.0, coarse 0.95, fine 0.4
-PAPER_TEMPERATURE = {"semantic": 1.0, "coarse": 0.95, "fine": 0.4}
+PAPER_TEMPERATURE = {SEMANTIC: 1.0, COARSE: 0.95, FINE: 0.4}
 
 
 @dataclass(frozen=True)

@@ -53,11 +53,11 @@ from typing import Any, Literal, NamedTuple
 import torch
 
 from musiclm.datamodules.token_spec import TokenSpec
+from musiclm.stage_names import COARSE, FINE, LM_STAGES, SEMANTIC
 
 PAD, BOS, NULL = 0, 1, 2
 NUM_SPECIAL = 3
 IGNORE = -100
-STAGES = ("semantic", "coarse", "fine")
 
 
 class LMSequence(NamedTuple):
@@ -82,9 +82,9 @@ class TokenLayout:
     beats: bool = False  # semantic stage: conditioned on the beat clock B
 
     def __post_init__(self) -> None:
-        if self.stage not in STAGES:
-            raise ValueError(f"unknown stage {self.stage!r}; stages: {', '.join(STAGES)}")
-        if self.melody and self.stage == "fine":
+        if self.stage not in LM_STAGES:
+            raise ValueError(f"unknown stage {self.stage!r}; stages: {', '.join(LM_STAGES)}")
+        if self.melody and self.stage == FINE:
             raise ValueError("melody conditioning is for the semantic and coarse stages")
         if self.melody and not self.spec.melody_levels:
             raise ValueError(
@@ -92,7 +92,7 @@ class TokenLayout:
                 "carry no melody tokens: run `musiclm prepare tokens ... --melody CKPT "
                 "--melody-rvq RVQ`, or set melody: false"
             )
-        if self.beats and self.stage != "semantic":
+        if self.beats and self.stage != SEMANTIC:
             raise ValueError("beat conditioning is for the semantic stage")
         if self.beats and not self.spec.beat_phase_bins:
             raise ValueError(
@@ -101,7 +101,7 @@ class TokenLayout:
             )
         if (
             self.frame_conditioning
-            and self.stage == "semantic"
+            and self.stage == SEMANTIC
             and not self.beats
             and not self.uses_mulan
         ):
@@ -110,9 +110,9 @@ class TokenLayout:
                 "but the token shards carry no MuLan tokens"
             )
         q = self.spec.num_quantizers
-        if self.stage != "semantic" and not 1 <= self.coarse_levels <= q:
+        if self.stage != SEMANTIC and not 1 <= self.coarse_levels <= q:
             raise ValueError(f"coarse_levels={self.coarse_levels} not in 1..{q} codec levels")
-        if self.stage == "fine" and not 1 <= self.num_fine <= q - self.coarse_levels:
+        if self.stage == FINE and not 1 <= self.num_fine <= q - self.coarse_levels:
             raise ValueError(
                 f"fine stage needs 1..{q - self.coarse_levels} levels above coarse_levels="
                 f"{self.coarse_levels} (codec has {q}), got {self.num_fine}"
@@ -130,7 +130,7 @@ class TokenLayout:
     def uses_mulan(self) -> bool:
         if self.spec.mulan_levels == 0:
             return False
-        return self.stage != "fine" or self.fine_sees_mulan
+        return self.stage != FINE or self.fine_sees_mulan
 
     def streams(self) -> list[tuple[str, int, int]]:
         """``(name, levels, size per level)`` of the input streams, target stream last."""
@@ -144,9 +144,9 @@ class TokenLayout:
             out.append(("beat", 1, self.spec.beat_phase_bins))
         if self.stage in ("semantic", "coarse"):
             out.append(("semantic", 1, self.spec.semantic_vocab))
-        if self.stage in ("coarse", "fine"):
+        if self.stage in (COARSE, FINE):
             out.append(("coarse", self.coarse_levels, k))
-        if self.stage == "fine":
+        if self.stage == FINE:
             out.append(("fine", self.num_fine, k))
         return out
 
@@ -169,7 +169,7 @@ class TokenLayout:
 
     @property
     def target_level_size(self) -> int:
-        return self.spec.semantic_vocab if self.stage == "semantic" else self.spec.codebook_size
+        return self.spec.semantic_vocab if self.stage == SEMANTIC else self.spec.codebook_size
 
     @property
     def num_targets(self) -> int:
@@ -273,16 +273,16 @@ class TokenLayout:
     @property
     def target_rate(self) -> float:
         """Frames per second of the target stream."""
-        return self.spec.semantic_rate if self.stage == "semantic" else self.spec.acoustic_rate
+        return self.spec.semantic_rate if self.stage == SEMANTIC else self.spec.acoustic_rate
 
     def _timed(self) -> tuple[int, float] | None:
         """``(levels, frame rate)`` of the timed conditioning stream (None for semantic
         without beats)."""
         if self.beats:
             return 1, self.spec.semantic_rate
-        if self.stage == "coarse":
+        if self.stage == COARSE:
             return 1, self.spec.semantic_rate
-        if self.stage == "fine":
+        if self.stage == FINE:
             return self.coarse_levels, self.spec.acoustic_rate
         return None
 
@@ -402,7 +402,7 @@ class TokenLayout:
                 f"{ids.shape[1]} target tokens is not a whole number of {levels}-level frames"
             )
         codes = ids % self.target_level_size
-        if self.stage == "semantic":
+        if self.stage == SEMANTIC:
             return codes
         return codes.view(ids.shape[0], -1, levels).transpose(1, 2)
 

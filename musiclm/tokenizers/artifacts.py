@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from musiclm.datamodules.shards import atomic_file
 
 HEADER_KEY = "musiclm"
 
@@ -40,14 +40,8 @@ def save_artifact(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict
     meta = dict(meta)
     meta["fingerprint"] = tensor_digest(tensors, {k: v for k, v in meta.items()})
     header = {HEADER_KEY: json.dumps(meta, sort_keys=True)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, header)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return meta["fingerprint"]
 
 
