@@ -60,10 +60,8 @@ class DemoSettings:
     other_prompts_per_instrument: int = 6
     gen_seconds: float = 8.0
     cfg_scale: float = 3.0
-    # Below the paper's 0.95 / 0.4: at demo scale this lifted instrument adherence from 0.15
-    # to 0.45 on the same checkpoints (docs/benchmarks.md, "End-to-end demo"). With the beat
-    # clock keeping the rhythm, a cooler semantic LM renders it more cleanly: tempo within 8 %
-    # 0.13 / 0.21 / 0.24 at semantic temperature 1.0 / 0.7 / 0.5 (session 6).
+    # Below the paper's 1.0 / 0.95 / 0.4: at demo scale cooler sampling makes the text heard
+    # (instrument, tempo) at the cost of note motion (docs/decisions/sampling-temperatures.md)
     temperatures: dict[str, float] = field(
         default_factory=lambda: {"semantic": 0.5, "coarse": 0.6, "fine": 0.3}
     )
