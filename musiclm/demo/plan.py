@@ -24,7 +24,7 @@ class DemoSettings:
     """Sizes of one demo run (the full default, or ``quick()`` for the integration test)."""
 
     # 1000 clips rather than 200: rendering, shards and tokens cost ~0.2 s a clip, the
-    # session-2 MuLan overfitted 160 training clips, and 1000 lifted instrument adherence
+    # MuLan overfitted 160 training clips, and 1000 lifted instrument adherence
     # from 0.30 to 0.52 and MCC from 0.30 to 0.44 over 400 (docs/decisions/demo-clips.md)
     clips: int = 1000
     seconds: float = 10.0
