@@ -8,7 +8,8 @@ Every stage trains the same ``TokenLM`` on ``[BOS] + conditioning prefix + targe
 | coarse   | M [+ melody], then S (``F_s``)              | codec levels ``0..Q_c-1``        |
 | fine     | coarse levels (``F_a * Q_c``); M if asked   | codec levels ``Q_c..Q_c+Q_f-1``  |
 
-Acoustic levels are flattened frame by frame (``f0q0 f0q1 .. f1q0 ..``). M is left out when
+Acoustic levels are interleaved by the layout's named pattern (``musiclm.stages.interleaving``;
+default ``flatten``: frame by frame, ``f0q0 f0q1 .. f1q0 ..``). M is left out when
 the shards carry none. With ``melody=True`` (semantic and coarse stages) the melody tokens
 (``W`` windows x ``L`` levels, window-major, see ``musiclm.conditioning.melody_tokens``) follow
 M in the prefix; such a layout requires them in every batch. With ``beats=True`` (semantic
@@ -54,10 +55,12 @@ import torch
 
 from musiclm.datamodules.token_spec import TokenSpec
 from musiclm.stage_names import COARSE, FINE, LM_STAGES, SEMANTIC
+from musiclm.stages.interleaving import Flatten, Interleaving, get_interleaving
 
 PAD, BOS, NULL = 0, 1, 2
 NUM_SPECIAL = 3
 IGNORE = -100
+_FRAME_MAJOR = Flatten()
 
 
 class LMSequence(NamedTuple):
@@ -80,8 +83,10 @@ class TokenLayout:
     frame_conditioning: bool = False  # each target's input also embeds its frame's S/coarse
     # (semantic stage: its beat clock id with ``beats``, else the MuLan tokens)
     beats: bool = False  # semantic stage: conditioned on the beat clock B
+    interleaving: str = "flatten"  # how levels share the sequence (``stages.interleaving``)
 
     def __post_init__(self) -> None:
+        get_interleaving(self.interleaving)  # an unknown name lists the known ones
         if self.stage not in LM_STAGES:
             raise ValueError(f"unknown stage {self.stage!r}; stages: {', '.join(LM_STAGES)}")
         if self.melody and self.stage == FINE:
@@ -117,6 +122,11 @@ class TokenLayout:
                 f"fine stage needs 1..{q - self.coarse_levels} levels above coarse_levels="
                 f"{self.coarse_levels} (codec has {q}), got {self.num_fine}"
             )
+
+    @property
+    def pattern(self) -> Interleaving:
+        """The interleaving of codec levels (and of other multi-level streams) in the sequence."""
+        return get_interleaving(self.interleaving)
 
     # --- vocabulary ---------------------------------------------------------------------
 
@@ -187,7 +197,9 @@ class TokenLayout:
         levels = torch.arange(codes.shape[1], device=codes.device).view(1, -1, 1)
         ids = codes + self.offsets()[name] + levels * size
         ids = torch.where(codes < 0, PAD, ids)
-        return ids.transpose(1, 2).reshape(codes.shape[0], -1)  # (B, F * L), frame-major
+        # the target stream follows the layout's pattern; conditioning streams are frame-major
+        pattern = self.pattern if name == self.target_stream else _FRAME_MAJOR
+        return pattern.interleave(ids)  # (B, N)
 
     def _stream(self, streams: dict[str, torch.Tensor], name: str) -> torch.Tensor:
         """Raw codes ``(B, L, F)`` of stream ``name`` picked out of the sample's arrays."""
@@ -371,7 +383,7 @@ class TokenLayout:
 
     def target_levels(self, n: int, offset: int = 0, device: Any = None) -> torch.Tensor:
         """Level (0-based within the target stream) of target positions ``offset..offset+n``."""
-        return torch.arange(offset, offset + n, device=device) % self.target_level_count
+        return self.pattern.levels(n, offset, self.target_level_count, device)
 
     def allowed_targets(self, n: int, offset: int = 0, device: Any = None) -> torch.Tensor:
         """``(n, num_targets)`` bool: the ids each target position may take."""
@@ -389,7 +401,7 @@ class TokenLayout:
             codes = codes.unsqueeze(1)
         levels = torch.arange(codes.shape[1], device=codes.device).view(1, -1, 1)
         ids = torch.where(codes < 0, IGNORE, codes + levels * self.target_level_size)
-        return ids.transpose(1, 2).reshape(codes.shape[0], -1)
+        return self.pattern.interleave(ids)
 
     def targets_to_codes(self, ids: torch.Tensor) -> torch.Tensor:
         """Flat target ids ``(B, T)`` -> ``(B, F_s)`` semantic or ``(B, L, F)`` codec codes.
@@ -404,7 +416,7 @@ class TokenLayout:
         codes = ids % self.target_level_size
         if self.stage == SEMANTIC:
             return codes
-        return codes.view(ids.shape[0], -1, levels).transpose(1, 2)
+        return self.pattern.deinterleave(codes, levels)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (for checkpoint hyper-parameters)."""
