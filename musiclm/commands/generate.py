@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from musiclm.datamodules.shards import atomic_file, atomic_write_text
+from musiclm.datamodules.shards import atomic_file, atomic_write_text, remove_stale_temps
 from musiclm.folder_lock import folder_lock
 from musiclm.usage import check_number, number, run_command
 
@@ -232,6 +233,12 @@ def run(args: argparse.Namespace) -> int:
     # one generate per --out: two would both pass the overwrite check, then replace each
     # other's clips
     with folder_lock(out):
+        # a generate killed mid-write leaves hidden temporaries of these clips; the lock says
+        # their writer is gone
+        stale = remove_stale_temps(out, names)
+        if stale:
+            print(f"musiclm generate: removed {stale} temporary file(s) an interrupted run "
+                  f"left in {out}", file=sys.stderr)  # fmt: skip
         if not args.overwrite:
             _refuse_overwrite(out, names, requests, args.plot)
         return _generate(args, items, names, requests, out)

@@ -56,6 +56,23 @@ def atomic_file(path: str | Path, *, suffix: str = ".tmp") -> Iterator[Path]:
         raise
 
 
+def remove_stale_temps(folder: str | Path, stems: list[str]) -> int:
+    """Remove the temporaries :func:`atomic_file` left in ``folder`` for outputs named
+    ``<stem>.<ext>`` (a writer killed mid-write leaves ``.<stem>.<ext>.<random><suffix>``).
+    Call it only while holding the folder's lock, so no live writer owns them. Returns how
+    many were removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    prefixes = tuple(f".{stem}." for stem in stems)
+    removed = 0
+    for entry in folder.iterdir():
+        if entry.name.startswith(prefixes) and entry.is_file():
+            entry.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_file`."""
     with atomic_file(path) as tmp:

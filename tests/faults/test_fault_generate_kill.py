@@ -48,10 +48,28 @@ def test_sigkilled_generate_rerun_equals_uninterrupted(tmp_path):
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
-    subprocess.run(_argv(pipeline, prompts, out), env=_env(), check=True, timeout=600)
+    # what a kill mid-write leaves (planted too, so the rerun always has one to clear)
+    (out / ".000-a-tune-number-0-0.wav.abc123.wav").write_bytes(b"RIFF")
+    # hidden temporaries of clips; the dead run's lock file is taken over, not counted
+    left = sorted(p.name for p in out.iterdir() if p.name.startswith(".0"))
+    rerun = subprocess.run(
+        _argv(pipeline, prompts, out), env=_env(), check=True, timeout=600,
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert f"removed {len(left)} temporary file(s)" in rerun.stderr, (left, rerun.stderr)
 
     got, want = _files(out), _files(whole)
     assert not [n for n in got if n.startswith(".")], got.keys()  # no temp files left
     assert sorted(got) == sorted(want)
     assert len([n for n in got if n.endswith(".wav")]) == len(PROMPTS)
     assert all(got[n] == want[n] for n in want if n.endswith(".wav"))
+
+
+def test_stale_temporaries_of_other_names_are_kept(tmp_path):
+    from musiclm.datamodules.shards import remove_stale_temps
+
+    for name in (".a-0.wav.x1.wav", ".a-0.json.y2.tmp", ".a-00.wav.z.wav", ".keep", "a-0.wav"):
+        (tmp_path / name).write_text("x")
+    assert remove_stale_temps(tmp_path, ["a-0"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".a-00.wav.z.wav", ".keep", "a-0.wav"]
+    assert remove_stale_temps(tmp_path / "missing", ["a-0"]) == 0
