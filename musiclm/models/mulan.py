@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from musiclm.checkpoint_file import read_checkpoint
+from musiclm.tokenizers.base import mean_window_embedding
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's cap: temperature never below 0.01
 
@@ -214,13 +215,7 @@ class MuLan(nn.Module):
             wav = wav.squeeze(1)
         win = int(round((window_s or self.window_s) * self.sample_rate))
         hop = max(1, int(round(hop_s * self.sample_rate)))
-        if wav.shape[-1] <= win:
-            return self.embed_audio(wav)
-        windows = wav.unfold(-1, win, hop)  # (B, W, win)
-        b, w, _ = windows.shape
-        flat = windows.reshape(b * w, win)
-        embs = torch.cat([self.embed_audio(flat[i : i + chunk]) for i in range(0, b * w, chunk)])
-        return F.normalize(embs.view(b, w, -1).mean(dim=1), dim=-1)
+        return mean_window_embedding(self.embed_audio, wav, win, hop, chunk)
 
 
 def contrastive_loss(

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -105,3 +105,22 @@ def build(kind: str, name: str, /, **kwargs: Any) -> Any:
             f"{proto.__name__}"
         )
     return obj
+
+
+def mean_window_embedding(
+    embed: Callable[[torch.Tensor], torch.Tensor],
+    wav: torch.Tensor,
+    win: int,
+    hop: int,
+    chunk: int,
+) -> torch.Tensor:
+    """A joint embedding's ``embed_audio_windows``: the re-normalised mean of ``embed`` over
+    windows of ``win`` samples every ``hop`` of ``wav`` (B, T), ``chunk`` windows per call;
+    a clip no longer than one window is embedded whole."""
+    if wav.shape[-1] <= win:
+        return embed(wav)
+    windows = wav.unfold(-1, win, hop)  # (B, W, win)
+    b, w, _ = windows.shape
+    flat = windows.reshape(b * w, win)
+    embs = torch.cat([embed(flat[i : i + chunk]) for i in range(0, b * w, chunk)])
+    return torch.nn.functional.normalize(embs.view(b, w, -1).mean(dim=1), dim=-1)

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from musiclm.tokenizers.base import mean_window_embedding
+
 DEFAULT_MODEL = "laion/larger_clap_music"
 _EXTRACTOR_KEYS = (
     "sampling_rate", "feature_size", "hop_length", "max_length_s", "fft_window_size",
@@ -126,13 +128,7 @@ class ClapEmbedding(nn.Module):
             raise ValueError(f"clap: window_s {seconds} exceeds max_length_s {self.max_seconds}")
         win = int(round(seconds * self.sample_rate))
         hop = max(1, int(round(hop_s * self.sample_rate)))
-        if wav.shape[-1] <= win:
-            return self.embed_audio(wav)
-        windows = wav.unfold(-1, win, hop)  # (B, W, win)
-        b, w, _ = windows.shape
-        flat = windows.reshape(b * w, win)
-        embs = torch.cat([self.embed_audio(flat[i : i + chunk]) for i in range(0, b * w, chunk)])
-        return F.normalize(embs.view(b, w, -1).mean(dim=1), dim=-1)
+        return mean_window_embedding(self.embed_audio, wav, win, hop, chunk)
 
     def fingerprint(self) -> str:
         """``clap:<16 hex>`` over the weights, the feature extractor's settings, the
