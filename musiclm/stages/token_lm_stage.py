@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 
+from musiclm.checkpoint_file import read_checkpoint
 from musiclm.datamodules.token_spec import TokenSpec
 from musiclm.models.tempo import TempoPredictor, tempo_loss
 from musiclm.models.token_lm import TokenLM
@@ -381,7 +382,7 @@ def check_tokenizers(spec: TokenSpec, expected: Any, where: str, stage: str) -> 
 
 def load_network(checkpoint: str, map_location: str = "cpu") -> tuple[TokenLM, TokenLayout]:
     """Network (eval mode) and layout of a stage checkpoint, loaded with ``weights_only``."""
-    ckpt = torch.load(checkpoint, map_location=map_location, weights_only=True)
+    ckpt = read_checkpoint(checkpoint, what="token-LM stage", map_location=map_location)
     hp = ckpt.get("hyper_parameters") or {}
     if not hp.get("spec"):
         raise ValueError(f"{checkpoint} holds no token-LM spec in its hyper-parameters")
@@ -423,7 +424,7 @@ def load_tempo(checkpoint: str, layout: TokenLayout) -> TempoPredictor | None:
     model = tempo_predictor(layout)
     if model is None:
         return None
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(checkpoint, what="token-LM stage")
     state = {
         k.removeprefix("tempo."): v for k, v in ckpt["state_dict"].items() if k.startswith("tempo.")
     }
