@@ -22,6 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "generate": ("musiclm.commands.generate", "text -> music through the whole hierarchy"),
     "evaluate": ("musiclm.commands.evaluate", "MCC, FAD, attribute adherence, memorization"),
+    "pipeline": (
+        "musiclm.commands.pipeline",
+        "every step from your corpus to a report, resumably (`musiclm pipeline --help`)",
+    ),
     "demo": ("musiclm.commands.demo", "the whole system end to end on the demo corpus"),
 }
 

@@ -79,7 +79,7 @@ def _unique(entries: list[Entry]) -> list[Entry]:
     return entries
 
 
-def _folder_entries(root: Path) -> list[Entry]:
+def _folder_entries(root: Path, captions: bool = True) -> list[Entry]:
     if not root.is_dir():
         raise FileNotFoundError(f"--input {root}: not a folder (source 'folder')")
     entries = []
@@ -92,24 +92,26 @@ def _folder_entries(root: Path) -> list[Entry]:
         try:
             if js.is_file():
                 side = json.loads(js.read_text(encoding="utf-8"))
-                if not isinstance(side, dict) or not isinstance(side.get("caption"), str):
+                if not isinstance(side, dict) or not isinstance(side.get("caption", ""), str):
                     raise ValueError("sidecar JSON needs a string 'caption'")
-                e.caption = side.pop("caption").strip()
+                if captions and "caption" not in side:
+                    raise ValueError("sidecar JSON needs a string 'caption'")
+                e.caption = side.pop("caption", "").strip()
                 e.split = side.pop("split", None)
                 e.meta.update(side)
             elif txt.is_file():
                 e.caption = txt.read_text(encoding="utf-8").strip()
-            else:
+            elif captions:
                 e.error = f"no caption sidecar ({txt.name} or {js.name})"
         except (ValueError, UnicodeDecodeError) as exc:
             e.error = f"bad caption sidecar: {exc}"
-        if e.error is None and not e.caption:
+        if e.error is None and not e.caption and captions:
             e.error = "empty caption"
         entries.append(e)
     return entries
 
 
-def _jsonl_entries(manifest: Path) -> list[Entry]:
+def _jsonl_entries(manifest: Path, captions: bool = True) -> list[Entry]:
     if not manifest.is_file():
         raise FileNotFoundError(f"--input {manifest}: no such JSONL manifest")
     entries = []
@@ -125,12 +127,13 @@ def _jsonl_entries(manifest: Path) -> list[Entry]:
             row = json.loads(line)
             if not isinstance(row, dict):
                 raise ValueError("not a JSON object")
-            audio, caption = row.pop("audio"), row.pop("caption")
+            audio = row.pop("audio")
+            caption = row.pop("caption") if captions else row.pop("caption", "")
             if not isinstance(audio, str) or not isinstance(caption, str):
                 raise ValueError("'audio' and 'caption' must be strings")
             # a caption of blanks would become a training pair with no text
             caption = caption.strip()
-            if not audio.strip() or not caption:
+            if not audio.strip() or (captions and not caption):
                 raise ValueError("'audio' and 'caption' must not be empty")
         except (ValueError, KeyError) as exc:
             entries.append(Entry(id=clean_id(f"line{n}"), name=where, error=f"bad line: {exc}"))
@@ -226,15 +229,20 @@ def list_entries(
     audio_dir: str | Path | None = None,
     valid_fraction: float = 0.05,
     test_fraction: float = 0.05,
+    captions: bool = True,
 ) -> list[Entry]:
-    """All entries of a corpus, each with a split (its own, or a stable hash-based one)."""
+    """All entries of a corpus, each with a split (its own, or a stable hash-based one).
+
+    ``captions=False`` keeps folder and JSONL items without a caption (caption ``""``): audio
+    for every stage but MuLan, whose text side then comes from a pretrained joint embedding.
+    """
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
     input = Path(input)
     if source == "folder":
-        entries = _folder_entries(input)
+        entries = _folder_entries(input, captions)
     elif source in ("jsonl", "demo"):
-        entries = _jsonl_entries(input)
+        entries = _jsonl_entries(input, captions)
     else:
         entries = _musiccaps_entries(input, Path(audio_dir) if audio_dir else None)
     for e in entries:

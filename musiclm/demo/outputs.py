@@ -1,28 +1,38 @@
-"""Files the demo writes between commands: PIPELINE.yaml, the held-out prompts, sidecars."""
+"""Files a run writes between commands: PIPELINE.yaml, the held-out prompts, sidecars.
+
+Each is also a command line (``musiclm pipeline write-yaml | prompts | other-prompts |
+attach-attributes``, in :mod:`musiclm.demo.tools`), so a run's printed commands rebuild the
+same folder by hand.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import tarfile
 from pathlib import Path
 from typing import Any
 
-from musiclm.datamodules.shards import atomic_write_json, atomic_write_text
+from musiclm.datamodules.shards import atomic_write_json, atomic_write_text, shard_paths
 from musiclm.demo.paths import DemoPaths
 from musiclm.stage_names import LM_STAGES
 
 # Paper's sampling temperatures per stage (semantic 1.0, coarse 0.95, fine 0.4).
 TEMPERATURES = {"semantic": 1.0, "coarse": 0.95, "fine": 0.4}
+HELD_OUT_SPLITS = ("test", "valid")
 
 
-def pipeline_dict(p: DemoPaths) -> dict[str, Any]:
-    """PIPELINE.yaml content; paths relative to the run folder, so the folder can move."""
+def pipeline_dict(p: DemoPaths, joint: dict[str, Any] | None = None) -> dict[str, Any]:
+    """PIPELINE.yaml content; paths relative to the run folder, so the folder can move.
+
+    ``joint``: a pretrained joint embedding ``{name, args}`` in place of the run's MuLan."""
 
     def rel(x: Path) -> str:
         return os.path.relpath(x, p.out)
 
+    mulan = dict(joint) if joint else {"checkpoint": rel(p.last_ckpt("mulan"))}
     return {
-        "mulan": {"checkpoint": rel(p.last_ckpt("mulan")), "rvq": rel(p.rvq)},
+        "mulan": {**mulan, "rvq": rel(p.rvq)},
         "semantic_tokenizer": {"name": "music-features", "args": {"kmeans": rel(p.kmeans)}},
         "codec": {"name": "stft-rvq", "args": {"codebooks": rel(p.codec)}},
         "stages": {
@@ -33,13 +43,17 @@ def pipeline_dict(p: DemoPaths) -> dict[str, Any]:
 
 
 def write_pipeline(
-    p: DemoPaths, *, cfg_scale: float = 1.0, temperatures: dict[str, float] | None = None
+    p: DemoPaths,
+    *,
+    cfg_scale: float = 1.0,
+    temperatures: dict[str, float] | None = None,
+    joint: dict[str, Any] | None = None,
 ) -> Path:
     """Write PIPELINE.yaml naming every checkpoint and artifact of the run (validated by the
     generation package's own schema, so a missing file fails here, naming the key)."""
     from musiclm.generation.pipeline_file import write_pipeline_file
 
-    data = pipeline_dict(p)
+    data = pipeline_dict(p, joint)
     for stage, value in (temperatures or {}).items():
         data["stages"][stage]["temperature"] = value
     if cfg_scale != 1.0:  # stages trained with conditioning dropout take guidance
@@ -49,12 +63,18 @@ def write_pipeline(
 
 
 def held_out_rows(
-    p: DemoPaths, n: int, splits: tuple[str, ...] = ("test", "valid")
+    p: DemoPaths, n: int, splits: tuple[str, ...] = HELD_OUT_SPLITS
 ) -> list[dict[str, Any]]:
-    """Up to ``n`` held-out rows of the corpus manifest (caption + attributes): the test
+    """Up to ``n`` held-out rows of the demo corpus manifest (caption + attributes): the test
     split first, then the validation split (the LMs never train on it), for enough prompts
     that one clip is not 5 % of an accuracy."""
-    manifest = p.corpus / "manifest.jsonl"
+    return manifest_rows(p.corpus / "manifest.jsonl", n, splits)
+
+
+def manifest_rows(
+    manifest: Path, n: int, splits: tuple[str, ...] = HELD_OUT_SPLITS
+) -> list[dict[str, Any]]:
+    """Up to ``n`` rows of a JSONL corpus manifest in ``splits`` (in that order)."""
     rows = []
     for i, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -71,34 +91,96 @@ def held_out_rows(
     return rows[:n]
 
 
+def shard_rows(
+    audio: Path, n: int, splits: tuple[str, ...] = HELD_OUT_SPLITS
+) -> list[dict[str, Any]]:
+    """Up to ``n`` captioned clips of audio shard folders ``audio/<split>`` (test first, in
+    shard order): what ``prepare audio`` kept of any corpus, without decoding the audio."""
+    rows: list[dict[str, Any]] = []
+    for split in splits:
+        if not (audio / split / "manifest.json").is_file():
+            continue
+        for url in shard_paths(audio / split):
+            rows += _tar_rows(Path(url), split)
+    rows = [r for r in rows if r["caption"].strip()]
+    if not any(r["split"] == "test" for r in rows):
+        raise ValueError(f"{audio}/test: no captioned clip in the test split to prompt with")
+    return rows[:n]
+
+
+def _tar_rows(tar_path: Path, split: str) -> list[dict[str, Any]]:
+    """Caption and metadata of each sample of one audio shard, in the shard's order."""
+    samples: dict[str, dict[str, Any]] = {}
+    with tarfile.open(tar_path) as tar:
+        for member in tar:
+            key, _, field = member.name.partition(".")
+            if field not in ("caption.txt", "json"):
+                continue
+            data = tar.extractfile(member).read().decode("utf-8")  # type: ignore[union-attr]
+            row = samples.setdefault(key, {"id": key, "caption": "", "split": split})
+            if field == "json":
+                row["attributes"] = json.loads(data).get("attributes") or {}
+            else:
+                row["caption"] = data
+    return [{"attributes": {}, **r} for r in samples.values()]
+
+
+def held_out(source: Path, n: int) -> list[dict[str, Any]]:
+    """Held-out rows from a JSONL corpus manifest (the demo's) or an audio shard folder."""
+    if source.is_dir():
+        return shard_rows(source, n)
+    if not source.is_file():
+        raise FileNotFoundError(f"--held-out {source}: no such manifest or shard folder")
+    return manifest_rows(source, n)
+
+
+def write_prompts_file(
+    held: list[dict[str, Any]], out: Path, extra: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """``out``: {"id", "prompt", "attributes"} per held-out row (what ``generate --prompts``
+    reads and ``attach_attributes`` matches); ``extra`` prompts without a clip follow."""
+    rows = [
+        {"id": r["id"], "prompt": r["caption"].strip(), "attributes": r["attributes"]} for r in held
+    ]
+    rows += [{"id": f"prompt{i}", "prompt": t, "attributes": {}} for i, t in enumerate(extra or [])]
+    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
 def write_prompts(p: DemoPaths, n: int) -> list[dict[str, Any]]:
     """``prompts.jsonl``: {"id", "prompt", "attributes"} per held-out clip (``--prompts``)."""
     rows = held_out_rows(p, n)
-    meta = "".join(
-        json.dumps({"id": r["id"], "prompt": r["caption"].strip(), "attributes": r["attributes"]})
-        + "\n"
-        for r in rows
-    )
-    atomic_write_text(p.prompts, meta)
+    write_prompts_file(rows, p.prompts)
+    return rows
+
+
+def write_other_prompts_file(
+    held: list[dict[str, Any]], out: Path, per_instrument: int, seed: int = 0
+) -> list[dict]:
+    """``out``: held-out clips' attributes in words the captions never use
+    (``demo_corpus.paraphrases``), ``per_instrument`` of each instrument."""
+    from musiclm.demo_corpus.paraphrases import other_wording_rows
+
+    rows = other_wording_rows(held, per_instrument=per_instrument, seed=seed)
+    atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
 
 def write_other_prompts(p: DemoPaths, per_instrument: int, seed: int = 0) -> list[dict]:
-    """``prompts_other.jsonl``: held-out clips' attributes in words the captions never use
-    (``demo_corpus.paraphrases``), ``per_instrument`` of each instrument."""
-    from musiclm.demo_corpus.paraphrases import other_wording_rows
-
-    rows = other_wording_rows(held_out_rows(p, 10**9), per_instrument=per_instrument, seed=seed)
-    atomic_write_text(p.prompts_other, "".join(json.dumps(r) + "\n" for r in rows))
-    return rows
+    """``prompts_other.jsonl`` of the demo corpus (see :func:`write_other_prompts_file`)."""
+    return write_other_prompts_file(held_out_rows(p, 10**9), p.prompts_other, per_instrument, seed)
 
 
 def attach_attributes(p: DemoPaths, *, other: bool = False) -> int:
+    """:func:`attach_attributes_to` the demo's clips (``other``: the other-wording ones)."""
+    if other:
+        return attach_attributes_to(p.prompts_other, p.generated_other)
+    return attach_attributes_to(p.prompts, p.generated)
+
+
+def attach_attributes_to(meta_path: Path, generated: Path) -> int:
     """Give each generated sidecar its prompt's attributes (for adherence) and the id of the
-    real clip whose caption it was (for the report's spectrograms); return the count.
-    ``other``: the clips of the other-wording prompts."""
-    meta_path = p.prompts_other if other else p.prompts
-    generated = p.generated_other if other else p.generated
+    real clip whose caption it was (for the report's spectrograms); return the count."""
     by_prompt = {}
     for line in meta_path.read_text(encoding="utf-8").splitlines():
         row = json.loads(line)

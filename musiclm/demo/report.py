@@ -83,8 +83,9 @@ def plot_spectrograms(p: DemoPaths, png: Path, *, limit: int = 4) -> list[str]:
         data = json.loads(side.read_text(encoding="utf-8"))
         wav = side.with_suffix(".wav")
         ref = p.corpus / "audio" / f"{data.get('reference', '')}.wav"
-        if wav.is_file() and ref.is_file():
-            pairs.append((wav, ref, str(data.get("prompt", ""))))
+        # a corpus other than the demo's keeps its real clips in shards only: generated alone
+        if wav.is_file():
+            pairs.append((wav, ref if ref.is_file() else None, str(data.get("prompt", ""))))
         if len(pairs) == limit:
             break
     if not pairs:
@@ -92,9 +93,12 @@ def plot_spectrograms(p: DemoPaths, png: Path, *, limit: int = 4) -> list[str]:
     fig, axes = plt.subplots(len(pairs), 2, figsize=(11, 2.4 * len(pairs)), squeeze=False)
     for row, (wav, ref, prompt) in enumerate(pairs):
         for col, (path, label) in enumerate([(wav, "generated"), (ref, "reference")]):
+            ax = axes[row, col]
+            if path is None:
+                ax.axis("off")
+                continue
             audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
             spec = _log_spec(audio.mean(axis=1), sr)
-            ax = axes[row, col]
             seconds = audio.shape[0] / sr
             ax.imshow(spec, origin="lower", aspect="auto", extent=(0, seconds, 0, spec.shape[0]))
             ax.set_title(f"{label}: {path.name}", fontsize=8)
@@ -237,7 +241,43 @@ def rerank_summary(generated: Path) -> dict[str, float] | None:
     }
 
 
-def write_report(p: DemoPaths, *, step_seconds: dict[str, float]) -> Path:
+def corpus_lines(audio: Path) -> list[str]:
+    """The corpus section: clips and seconds per split, and every item prepare skipped."""
+    lines, skipped = [], []
+    for split in ("train", "valid", "test"):
+        path = audio / split / "manifest.json"
+        if not path.is_file():
+            continue
+        m = json.loads(path.read_text(encoding="utf-8"))
+        skipped += m.get("skipped", [])
+        lines.append(f"| {split} | {m['num_samples']} | {m['total_seconds']:.1f} | "
+                     f"{len(m.get('skipped', []))} |")  # fmt: skip
+    if not lines:
+        return []
+    out = ["## Corpus", "", "| split | clips | seconds | skipped |", "|---|---|---|---|", *lines]
+    out += ["", f"Skipped items: {len(skipped)}."]
+    out += [f"- {s['item']}: {s['reason']}" for s in skipped[:20]]
+    if len(skipped) > 20:
+        out.append(f"- … and {len(skipped) - 20} more (`{audio.name}/<split>/manifest.json`)")
+    return [*out, ""]
+
+
+def skipped_metrics(metrics: dict[str, Any]) -> list[str]:
+    """What the evaluation did not score, and why (a corpus without attributes, no MuLan)."""
+    if not metrics:
+        return []
+    notes = [str(n) for n in metrics.get("notes", [])]
+    if "adherence" not in metrics:
+        notes.insert(0, "attribute adherence not scored: the corpus metadata has no "
+                     "`attributes` (instrument, tempo, key) to compare against")  # fmt: skip
+    if "memorization" not in metrics:
+        notes.append("memorization not run (`musiclm evaluate --memorization`)")
+    return notes
+
+
+def write_report(
+    p: DemoPaths, *, step_seconds: dict[str, float], title: str = "musiclm demo"
+) -> Path:
     """Write ``report.md`` and its PNGs under ``p.out``; return the report's path."""
     plots = p.out / "plots"
     losses = plot_losses(p, plots / "loss_curves.png")
@@ -246,13 +286,17 @@ def write_report(p: DemoPaths, *, step_seconds: dict[str, float]) -> Path:
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     other_path = p.eval_other / "metrics.json"
     other = json.loads(other_path.read_text()) if other_path.is_file() else {}
-    lines = ["# musiclm demo", ""]
+    lines = [f"# {title}", ""]
     settings = p.out / "settings.json"
     if settings.is_file():
         lines += ["Settings: `settings.json`. Pipeline: `PIPELINE.yaml`.", ""]
     lines += ["## Steps", "", "| step | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in step_seconds.items()]
     lines += [f"| **total** | {sum(step_seconds.values()):.1f} |", ""]
+    lines += corpus_lines(p.audio)
+    skipped = skipped_metrics(metrics)
+    if skipped:
+        lines += ["## Not scored", "", *[f"- {n}" for n in skipped], ""]
     lines += ["## Acceptance", "", "| check | passed | figures |", "|---|---|---|"]
     for what, ok, figures in [*acceptance(metrics), wording_check(metrics, other)]:
         lines.append(f"| {what} | {'–' if ok is None else ('yes' if ok else 'no')} | {figures} |")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -22,16 +23,19 @@ from musiclm.datamodules.shards import atomic_write_json
 
 @dataclass
 class Step:
-    """One unit of the demo.
+    """One unit of a run.
 
     ``run(step)`` does the work; ``check()`` returns the missing outputs (empty when the step's
     outputs are all there), so a marker left beside deleted outputs does not count as done.
+    ``commands()`` are the ``musiclm`` command lines (without ``musiclm``) that ``run`` runs,
+    for ``--print-commands``.
     """
 
     name: str
     describe: str
     run: Callable[[Step], None]
     check: Callable[[], list[str]] = field(default=lambda: [])
+    commands: Callable[[], list[list[str]]] = field(default=lambda: [])
 
 
 class StepFailed(RuntimeError):
@@ -96,6 +100,16 @@ class StepRunner:
         for m in sorted(self.markers.glob("*.done")):
             out[m.stem] = float(json.loads(m.read_text())["seconds"])
         return out
+
+    def call(self, step: Step, args: Sequence[str], work: Callable[[list[str]], None]) -> None:
+        """Run the ``musiclm`` command line ``args`` in this process as ``work(args)`` (a job
+        too small to pay for an interpreter start), logged like :meth:`command`."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        shown = shlex.join(["musiclm", *args])
+        self.log(f"  $ {shown}")
+        with open(self.logs / f"{step.name}.log", "ab") as log:
+            log.write(f"$ {shown}\n".encode())
+        work(list(args))
 
     def command(self, step: Step, argv: Sequence[str], *, env: dict | None = None) -> None:
         """Run ``argv``; its output goes to the console and to ``logs/<step>.log``."""

@@ -1,0 +1,128 @@
+"""The small jobs between a run's big commands, as command lines of their own.
+
+    musiclm pipeline write-yaml --run RUN [--cfg-scale F] [--temperatures JSON]
+    musiclm pipeline prompts --held-out RUN/audio --count N --out RUN/prompts.jsonl
+    musiclm pipeline other-prompts --held-out MANIFEST --per-instrument N --out FILE
+    musiclm pipeline attach-attributes --prompts RUN/prompts.jsonl --generated RUN/generated
+    musiclm pipeline report --run RUN
+
+``musiclm pipeline`` runs them in-process (no interpreter start per job); ``--print-commands``
+prints them as these lines, so a run rebuilt by hand from the printed lines gets the same files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from musiclm.demo import outputs
+from musiclm.demo.paths import DemoPaths
+from musiclm.demo.report import write_report
+from musiclm.tokenizers import joint
+from musiclm.usage import run_command
+
+
+def _write_yaml(a: argparse.Namespace) -> None:
+    spec = joint.from_flags(None, a.joint_embedding, a.joint_embedding_args, flag="--mulan")
+    try:
+        temperatures = json.loads(a.temperatures) if a.temperatures else None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--temperatures is not valid JSON: {exc}") from None
+    run = Path(a.run)
+    outputs.write_pipeline(
+        DemoPaths(out=run, conf=run),
+        cfg_scale=a.cfg_scale,
+        temperatures=temperatures,
+        joint=spec.to_block() if isinstance(spec, joint.JointEmbeddingSpec) else None,
+    )
+
+
+def _prompts(a: argparse.Namespace) -> None:
+    extra = None
+    if a.extra_prompts:
+        path = Path(a.extra_prompts)
+        if not path.is_file():
+            raise FileNotFoundError(f"--extra-prompts {path}: no such file")
+        extra = [x.strip() for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    try:
+        held = outputs.held_out(Path(a.held_out), a.count)
+    except ValueError:
+        if not extra:  # a corpus without captions prompts only with the given ones
+            raise
+        held = []
+    outputs.write_prompts_file(held, Path(a.out), extra)
+
+
+def _other_prompts(a: argparse.Namespace) -> None:
+    held = outputs.held_out(Path(a.held_out), 10**9)
+    outputs.write_other_prompts_file(held, Path(a.out), a.per_instrument, a.seed)
+
+
+def _attach(a: argparse.Namespace) -> None:
+    outputs.attach_attributes_to(Path(a.prompts), Path(a.generated))
+
+
+def marker_seconds(run: Path) -> dict[str, float]:
+    """Seconds of each finished step from its ``steps/<name>.done`` marker, in the order the
+    steps finished (a forced step and all after it finish again, in order)."""
+    markers = sorted((run / "steps").glob("*.done"), key=lambda m: (m.stat().st_mtime_ns, m.name))
+    return {m.stem: float(json.loads(m.read_text())["seconds"]) for m in markers}
+
+
+def _report(a: argparse.Namespace) -> None:
+    run = Path(a.run)
+    write_report(DemoPaths(out=run, conf=run), step_seconds=marker_seconds(run), title=a.title)
+
+
+def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Namespace], None]]]:
+    def parser(job: str, text: str) -> argparse.ArgumentParser:
+        return argparse.ArgumentParser(prog=f"musiclm pipeline {job}", description=text)
+
+    w = parser("write-yaml", "Write RUN/PIPELINE.yaml naming the run's checkpoints and artifacts.")
+    w.add_argument("--run", required=True, help="run folder")
+    w.add_argument("--cfg-scale", type=float, default=1.0, help="guidance of semantic, coarse")
+    w.add_argument("--temperatures", help='JSON {"semantic": T, "coarse": T, "fine": T}')
+    joint.add_arguments(w, instead_of="the run's MuLan checkpoint")
+
+    p = parser("prompts", "Held-out captions -> a prompts JSONL for `musiclm generate`.")
+    p.add_argument("--held-out", required=True, help="audio shard folder or JSONL manifest")
+    p.add_argument("--count", type=int, required=True, help="prompts (test split, then valid)")
+    p.add_argument("--extra-prompts", help="text file, one prompt a line, added after them")
+    p.add_argument("--out", required=True, help="prompts JSONL to write")
+
+    o = parser("other-prompts", "The demo corpus's held-out attributes in other words.")
+    o.add_argument("--held-out", required=True, help="the demo corpus manifest.jsonl")
+    o.add_argument("--per-instrument", type=int, required=True)
+    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--out", required=True, help="prompts JSONL to write")
+
+    t = parser("attach-attributes", "Give generated sidecars their prompt's attributes.")
+    t.add_argument("--prompts", required=True, help="the prompts JSONL generation read")
+    t.add_argument("--generated", required=True, help="folder of generated wav + JSON")
+
+    r = parser("report", "RUN/report.md: steps, corpus, training curves, clips, evaluation.")
+    r.add_argument("--run", required=True, help="run folder")
+    r.add_argument("--title", default="musiclm pipeline", help="the report's heading")
+    return {
+        "write-yaml": (w, _write_yaml),
+        "prompts": (p, _prompts),
+        "other-prompts": (o, _other_prompts),
+        "attach-attributes": (t, _attach),
+        "report": (r, _report),
+    }
+
+
+JOBS = ("write-yaml", "prompts", "other-prompts", "attach-attributes", "report")
+
+
+def run(argv: list[str]) -> None:
+    """Run one job; user errors raise (``ValueError``, ``OSError``)."""
+    parser, work = _parsers()[argv[0]]
+    work(parser.parse_args(argv[1:]))
+
+
+def main(argv: list[str]) -> int:
+    """``musiclm pipeline <job> ...``: one line and exit 2 on a user error."""
+    return run_command(f"musiclm pipeline {argv[0]}", lambda: run(argv))
