@@ -23,9 +23,8 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from musiclm.generation.decode import generate_window, targets_to_codes
 from musiclm.generation.sampling import PAPER_TEMPERATURE, SamplingConfig
-from musiclm.stage_names import COARSE, SEMANTIC
+from musiclm.generation.stage_runner import sample_example
 
 STREAMS = ("mulan", "beat", "semantic", "acoustic")
 
@@ -98,43 +97,27 @@ class GenerationPreview(Callback):
         example = _crop(self.example, spec, self.max_seconds)
         device = pl_module.device
         example = {k: v.to(device) for k, v in example.items()}
-        if layout.stage == SEMANTIC:
-            target = example["semantic"].unsqueeze(1)
-        elif layout.stage == COARSE:
-            target = example["acoustic"][:, : layout.coarse_levels]
-        else:
-            lo = layout.coarse_levels
-            target = example["acoustic"][:, lo : lo + layout.num_fine]
         temperature = self.temperature
         if temperature is None:
             temperature = PAPER_TEMPERATURE[layout.stage]
         sampling = SamplingConfig(temperature=temperature, top_k=self.top_k)
         gen = torch.Generator(device=device).manual_seed(self.seed)
-        new = generate_window(
-            pl_module.net,
-            layout.prefix(example),
-            target.shape[1] * target.shape[2],
-            layout=layout,
-            sampling=sampling,
-            generator=gen,
-        )
-        codes = targets_to_codes(layout, new)  # (1, L, F)
+        codes = sample_example(pl_module.net, layout, example, sampling, gen)  # (1, L, F)
         step = trainer.global_step
         writer = _tensorboard(trainer)
         tag = f"preview_{self.source}"
-        if layout.stage == SEMANTIC:
+        span = layout.acoustic_span
+        if span is None:  # semantic tokens: no waveform of their own
+            target = layout.target_codes(example)
             match = (codes == target).float().mean()
             pl_module.log(f"{tag}/semantic_token_match", match)
             if writer is not None:
                 text = f"generated: {codes[0, 0].tolist()}\n\ndata: {target[0, 0].tolist()}"
                 writer.add_text(f"{tag}/semantic_tokens", text, step)
             return {"tokens": codes}
-        lo = layout.coarse_levels
-        if layout.stage == COARSE:
-            generated, data_codes = codes, example["acoustic"][:, :lo]
-        else:
-            generated = torch.cat([example["acoustic"][:, :lo], codes], dim=1)
-            data_codes = example["acoustic"][:, : lo + layout.num_fine]
+        lo, hi = span  # the levels below the stage's come from the data
+        generated = torch.cat([example["acoustic"][:, :lo], codes], dim=1)
+        data_codes = example["acoustic"][:, :hi]
         codec = self.codec(trainer)
         audio = codec.decode(generated.cpu())[0]
         if writer is not None:

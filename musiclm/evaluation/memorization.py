@@ -179,13 +179,15 @@ def semantic_lm_continue_fn(checkpoint: str, *, device: str = "cpu") -> Continue
     ``conditioning``: the clip's streams, ``{"mulan": (Q_m,), "beat": (F,)}`` as
     ``load_token_examples`` reads them (the beat clock for a stage trained with ``beats``,
     which it follows over the continuation too). The prompt is ``[BOS] + conditioning +
-    prefix semantic tokens``; decoding is generation's own (``decode.generate_window``: cached,
+    prefix semantic tokens``, built as generation builds it (``stage_runner.window_prompt``);
+    decoding is generation's own (``decode.generate_window``: cached,
     with the stage's positions and frame inputs), argmax at every step.
     """
     import torch
 
     from musiclm.generation.decode import generate_window
     from musiclm.generation.sampling import SamplingConfig
+    from musiclm.generation.stage_runner import window_prompt
     from musiclm.stages.token_lm_stage import load_network
 
     net, layout = load_network(checkpoint, map_location=device)
@@ -213,7 +215,7 @@ def semantic_lm_continue_fn(checkpoint: str, *, device: str = "cpu") -> Continue
             clip = np.asarray(cond["beat"], dtype=np.int64)[: beat.size]
             beat[: clip.size] = clip
             streams["beat"] = torch.as_tensor(beat, device=device)[None]
-        prompt = torch.cat([layout.prefix(streams), layout.target_to_input(sem)], dim=1)
+        prompt = window_prompt(layout, streams, kept=sem)
         out = generate_window(
             net, prompt, n, layout=layout, sampling=greedy, level_offset=sem.shape[1]
         )

@@ -2,19 +2,22 @@
 
 Every network is rebuilt from its checkpoint alone (``torch.load(weights_only=True)``); the
 codec and semantic tokenizer come from their plugin registries by the names the pipeline file
-gives. All rows (prompts x samples x re-ranking candidates) go through each stage as one
-batch. Lengths beyond a stage's context use sliding windows (``decode.sliding_generate``);
-story mode changes the MuLan tokens per window; ``continue_audio`` tokenizes a clip with the
-semantic tokenizer and the codec and continues it. Stages trained with melody tokens need
-``melody_audio``: its melody tokens (looped or cut to the output length) follow each window.
-A beat-conditioned semantic stage (``beats: true``) follows a steady beat clock at a tempo
-its ``TempoPredictor`` reads from the MuLan text embedding of each row's first prompt, or at
-``bpm`` when given; a continued clip keeps the beat tracked in it.
+gives. ``generate`` builds the request's conditioning streams once (MuLan tokens, melody
+windows, the beat clock), then runs the stages in the pipeline file's order, each reading what
+earlier ones made (``stage_runner``: a stage declares the streams it needs and produces and
+builds its own prompt). All rows (prompts x samples x re-ranking candidates) go through each
+stage as one batch. Lengths beyond a stage's context use sliding windows
+(``decode.sliding_generate``); story mode changes the MuLan tokens per window;
+``continue_audio`` tokenizes a clip with the semantic tokenizer and the codec and continues
+it. Stages trained with melody tokens need ``melody_audio``: its melody tokens (looped or cut
+to the output length) follow each window. A beat-conditioned semantic stage (``beats: true``)
+follows a steady beat clock at a tempo its ``TempoPredictor`` reads from the MuLan text
+embedding of each row's first prompt, or at ``bpm`` when given; a continued clip keeps the
+beat tracked in it.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -22,42 +25,16 @@ from typing import Any
 
 import torch
 
-from musiclm.generation.decode import sliding_generate
-from musiclm.generation.pipeline_file import (
-    PipelineFile,
-    PipelineFileError,
-    StageEntry,
-    load_pipeline_file,
+from musiclm.generation.decode import Conditioning
+from musiclm.generation.pipeline_file import PipelineFile, PipelineFileError, load_pipeline_file
+from musiclm.generation.stage_runner import (
+    STREAM_FIELDS,
+    LoadedStage,
+    Schedule,
+    Streams,
+    load_stage,
 )
-from musiclm.generation.sampling import SamplingConfig
-from musiclm.models.token_lm import TokenLM
-from musiclm.stage_names import COARSE, FINE, SEMANTIC
-
-# a schedule: (start second, text) pairs sorted by time; a plain prompt is [(0.0, text)]
-Schedule = list[tuple[float, str]]
-
-
-@dataclass
-class LoadedStage:
-    """One LM stage ready to sample."""
-
-    name: str
-    net: TokenLM
-    layout: Any
-    sampling: SamplingConfig
-    context_seconds: float
-    prefix_seconds: float
-    cond_dropout: float
-    tempo: Any = None  # TempoPredictor of a beat-conditioned semantic stage
-
-    @property
-    def rate(self) -> float:
-        """Target frames per second."""
-        spec = self.layout.spec
-        return spec.semantic_rate if self.name == SEMANTIC else spec.acoustic_rate
-
-    def frames(self, seconds: float) -> int:
-        return max(1, round(seconds * self.rate))
+from musiclm.stage_names import ACOUSTIC_STAGES, COARSE, SEMANTIC
 
 
 @dataclass
@@ -78,62 +55,28 @@ class Generation:
     bpm: list[float | None] = field(default_factory=list)  # the beat clock's tempo per output
 
 
-def load_stage(name: str, entry: StageEntry, device: str, where: str) -> LoadedStage:
-    """A stage checkpoint -> network, layout and its window lengths (weights_only load)."""
-    from musiclm.stages.token_lm_stage import load_network, load_tempo
-
-    net, layout = load_network(entry.checkpoint, map_location=device)
-    if layout.stage != name:
-        raise PipelineFileError(
-            f"{where}: 'stages.{name}.checkpoint' ({entry.checkpoint}) is a {layout.stage} "
-            "stage checkpoint"
-        )
-    ckpt = torch.load(entry.checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    hp = ckpt.get("hyper_parameters") or {}
-    data_hp = ckpt.get("datamodule_hyper_parameters") or {}
-    context = entry.context_seconds or data_hp.get("seconds")
-    if not context:
-        raise PipelineFileError(
-            f"{where}: {entry.checkpoint} does not say what crop length it was trained on; "
-            f"set 'stages.{name}.context_seconds'"
-        )
-    prefix = entry.prefix_seconds if entry.prefix_seconds is not None else context / 2
-    cond_dropout = float(hp.get("cond_dropout") or 0.0)
-    if entry.sampling.guided and cond_dropout == 0:
-        raise PipelineFileError(
-            f"{where}: 'stages.{name}.cfg_scale' is {entry.sampling.cfg_scale} but "
-            f"{entry.checkpoint} was trained without conditioning dropout (cond_dropout=0), "
-            "so it has no unconditional mode to guide against; use cfg_scale 1"
-        )
-    tempo = load_tempo(entry.checkpoint, layout)
-    stage = LoadedStage(
-        name,
-        net,
-        layout,
-        entry.sampling,
-        float(context),
-        prefix,
-        cond_dropout,
-        None if tempo is None else tempo.to(device),
-    )
-    if stage.frames(prefix) >= stage.frames(context):
-        raise PipelineFileError(
-            f"{where}: stages.{name}: prefix_seconds={prefix} must be shorter than "
-            f"context_seconds={context}"
-        )
-    return stage
+def run_order(stages: list[LoadedStage]) -> list[LoadedStage]:
+    """The stages in the pipeline file's order, except that a stage runs after the stages
+    whose streams it reads (a file written with sorted keys lists ``coarse`` first)."""
+    order: list[LoadedStage] = []
+    waiting = list(stages)
+    while waiting:
+        made = {s.produces for s in order}
+        ready = [s for s in waiting if all(n in made for n in s.upstream)]
+        stage = ready[0] if ready else waiting[0]  # a missing upstream is reported later
+        order.append(stage)
+        waiting.remove(stage)
+    return order
 
 
 class Pipeline:
-    """The loaded hierarchy; ``generate`` runs it."""
+    """The loaded stages, in the order they run; ``generate`` runs them."""
 
     def __init__(self, spec: PipelineFile, *, device: str | None = None) -> None:
         self.spec = spec
         self.device = device or spec.device
-        self.stages = {
-            name: load_stage(name, entry, self.device, spec.path)
-            for name, entry in spec.stages.items()
-        }
+        loaded = [load_stage(name, e, self.device, spec.path) for name, e in spec.stages.items()]
+        self.stages = {stage.name: stage for stage in run_order(loaded)}
         self._check_stages_agree()
 
     @classmethod
@@ -153,6 +96,17 @@ class Pipeline:
 
     # --- components ----------------------------------------------------------------------
 
+    def _spec_with(self, field_: str) -> Any:
+        """The first stage's token spec that records ``field_`` (e.g. a fingerprint): every
+        stage of a pipeline reads one token-shard set (``_check_stages_agree``)."""
+        specs = [s.layout.spec for s in self.stages.values()]
+        return next((spec for spec in specs if getattr(spec, field_, None)), specs[0])
+
+    @property
+    def acoustic_stages(self) -> list[LoadedStage]:
+        """The stages whose codes, concatenated by level, the codec decodes."""
+        return [s for s in self.stages.values() if s.name in ACOUSTIC_STAGES]
+
     @property
     def uses_mulan(self) -> bool:
         return any(s.layout.uses_mulan for s in self.stages.values())
@@ -162,7 +116,7 @@ class Pipeline:
         """MuLan + RVQ (``MulanConditioner``), checked against the stages' training tokens."""
         from musiclm.conditioning.conditioning_rvq import MulanConditioner
 
-        expected = self.stages[SEMANTIC].layout.spec.mulan_fingerprint
+        expected = self._spec_with("mulan_fingerprint").mulan_fingerprint
         return self._checked_conditioner("mulan", MulanConditioner, self.spec.mulan, expected)
 
     @property
@@ -174,7 +128,7 @@ class Pipeline:
         """Melody network + RVQ (``MelodyConditioner``), checked against the stages' tokens."""
         from musiclm.conditioning.melody_tokens import MelodyConditioner
 
-        expected = self.stages[SEMANTIC].layout.spec.melody_fingerprint
+        expected = self._spec_with("melody_fingerprint").melody_fingerprint
         return self._checked_conditioner("melody", MelodyConditioner, self.spec.melody, expected)
 
     def _checked_conditioner(
@@ -201,11 +155,13 @@ class Pipeline:
         from musiclm.tokenizers.base import build
 
         codec = build("codecs", self.spec.codec.name, **self.spec.codec.args)
-        expected = self.stages[COARSE].layout.spec.codec_fingerprint
+        first = self.acoustic_stages[0]
+        expected = first.layout.spec.codec_fingerprint
         if expected and codec.fingerprint() != expected:
             raise PipelineFileError(
                 f"{self.spec.path}: codec {self.spec.codec.name!r} has fingerprint "
-                f"{codec.fingerprint()} but the coarse stage was trained on tokens of {expected}"
+                f"{codec.fingerprint()} but the {first.name} stage was trained on tokens of "
+                f"{expected}"
             )
         return codec
 
@@ -219,7 +175,7 @@ class Pipeline:
             )
         tok = build("semantic_tokenizers", self.spec.semantic_tokenizer.name,
                     **self.spec.semantic_tokenizer.args)  # fmt: skip
-        expected = self.stages[SEMANTIC].layout.spec.semantic_fingerprint
+        expected = self._spec_with("semantic_fingerprint").semantic_fingerprint
         if expected and tok.fingerprint() != expected:
             raise PipelineFileError(
                 f"{self.spec.path}: semantic tokenizer fingerprint {tok.fingerprint()} differs "
@@ -228,26 +184,32 @@ class Pipeline:
         return tok
 
     def _check_stages_agree(self) -> None:
-        sem, coarse = self.stages[SEMANTIC].layout, self.stages[COARSE].layout
-        fields_ = ("semantic_vocab", "semantic_rate", "semantic_fingerprint", "mulan_levels")
-        pairs = [("semantic", "coarse", sem, coarse, fields_)]
-        if FINE in self.stages:
-            fine = self.stages[FINE].layout
-            acoustic = ("codebook_size", "num_quantizers", "acoustic_rate", "codec_fingerprint")
-            pairs.append(("coarse", "fine", coarse, fine, acoustic))
-            if fine.coarse_levels != coarse.coarse_levels:
-                raise PipelineFileError(
-                    f"{self.spec.path}: the fine stage expects {fine.coarse_levels} coarse "
-                    f"levels, the coarse stage makes {coarse.coarse_levels}"
-                )
-        for a, b, la, lb, names in pairs:
-            for name in names:
-                va, vb = getattr(la.spec, name), getattr(lb.spec, name)
-                if va != vb:
+        """Each stage reads streams that other stages of the file make, from the same tokens."""
+        made = {stage.produces: stage for stage in self.stages.values()}
+        for stage in self.stages.values():
+            for stream in stage.upstream:
+                if stream not in made:
                     raise PipelineFileError(
-                        f"{self.spec.path}: stages {a} and {b} were trained on different "
-                        f"tokens: {name} is {va!r} vs {vb!r}"
+                        f"{self.spec.path}: missing key 'stages.{stream}': the {stage.name} "
+                        f"stage ({self.spec.stages[stage.name].checkpoint}) reads {stream} tokens"
                     )
+                self._check_agree(made[stream], stage, stream)
+
+    def _check_agree(self, a: LoadedStage, b: LoadedStage, stream: str) -> None:
+        """Stage ``b`` reads ``a``'s ``stream``: both were trained on the same tokens."""
+        for name in STREAM_FIELDS[stream]:
+            va, vb = getattr(a.layout.spec, name), getattr(b.layout.spec, name)
+            if va != vb:
+                raise PipelineFileError(
+                    f"{self.spec.path}: stages {a.name} and {b.name} were trained on different "
+                    f"tokens: {name} is {va!r} vs {vb!r}"
+                )
+        made = a.layout.coarse_levels
+        if stream == COARSE and b.layout.coarse_levels != made:
+            raise PipelineFileError(
+                f"{self.spec.path}: the {b.name} stage expects {b.layout.coarse_levels} coarse "
+                f"levels, the {a.name} stage makes {made}"
+            )
 
     # --- generation ----------------------------------------------------------------------
 
@@ -291,102 +253,29 @@ class Pipeline:
         schedules = [sorted(s) for s in schedules]
         rows = [s for s in schedules for _ in range(rerank)]
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        tokens = self.mulan_tokens([text for s in rows for _, text in s])
-        timings: dict[str, float] = {}
         existing, prompt_seconds = self._prompt_codes(continue_audio, len(rows))
         total = prompt_seconds + seconds
-        melody = self._melody_windows(melody_audio, total, len(rows))
-
-        def mulan_at(t: float) -> torch.Tensor:
-            texts = [next(text for start, text in reversed(s) if start <= t + 1e-9) for s in rows]
-            return torch.stack([tokens[text] for text in texts])
-
-        def streams(
-            layout: Any, t: float, start: float = 0.0, **arrays: torch.Tensor
-        ) -> dict[str, torch.Tensor]:
-            out = {"mulan": mulan_at(t)} if layout.uses_mulan else {}
-            if getattr(layout, "melody", False):
-                from musiclm.conditioning.melody_tokens import tokens_at
-
-                spec = layout.spec
-                out["melody"] = tokens_at(melody, start, spec.melody_hop, spec.melody_windows)
-            out |= arrays
-            return out or {"_batch": torch.empty(len(rows), 0, device=self.device)}
-
-        # semantic: M [+ beat clock] -> S
-        sem = self.stages[SEMANTIC]
-        if isinstance(bpm, list | tuple):
-            if len(bpm) != len(schedules):
-                raise ValueError(f"{len(bpm)} tempos for {len(schedules)} prompts")
-            bpm = [b for b in bpm for _ in range(rerank)]
-        beats, bpms = self._beat_clock(
-            sem,
-            [s[0][1] for s in rows],
-            sem.frames(total),
-            bpm,
-            continue_audio,
+        streams, codes, bpms = self._request(
+            schedules, rows, total, melody_audio, bpm, continue_audio
         )
-        clock = time.perf_counter()
-        semantic = self._run(
-            sem,
-            lambda f0, f1, new: sem.layout.prefix(
-                streams(
-                    sem.layout,
-                    new / sem.rate,
-                    f0 / sem.rate,
-                    **({} if beats is None else {"beat": beats[:, f0:f1]}),
-                )
-            ),
-            sem.frames(total),
-            existing.get("semantic"),
-            len(rows),
-            gen,
-        )[:, 0]
-        timings[SEMANTIC] = time.perf_counter() - clock
-
-        # coarse: M + S -> first levels
-        coarse = self.stages[COARSE]
-        ratio = sem.rate / coarse.rate
-
-        def coarse_prompt(f0: int, f1: int, new: int) -> torch.Tensor:
-            s0, s1 = math.floor(f0 * ratio), min(semantic.shape[1], math.ceil(f1 * ratio))
-            window = streams(
-                coarse.layout, new / coarse.rate, f0 / coarse.rate, semantic=semantic[:, s0:s1]
-            )
-            return coarse.layout.prefix(window)
-
-        clock = time.perf_counter()
-        coarse_codes = self._run(
-            coarse, coarse_prompt, coarse.frames(total), existing.get("coarse"), len(rows), gen
-        )
-        timings[COARSE] = time.perf_counter() - clock
-        acoustic = coarse_codes
-
-        # fine: coarse levels -> the rest
-        if FINE in self.stages:
-            fine = self.stages[FINE]
-
-            def fine_prompt(f0: int, f1: int, new: int) -> torch.Tensor:
-                window = streams(fine.layout, new / fine.rate, acoustic=coarse_codes[..., f0:f1])
-                return fine.layout.prefix(window)
-
+        timings: dict[str, float] = {}
+        for name, stage in self.stages.items():  # in the pipeline file's order
             clock = time.perf_counter()
-            fine_codes = self._run(
-                fine, fine_prompt, coarse_codes.shape[-1], existing.get("fine"), len(rows), gen
-            )
-            timings[FINE] = time.perf_counter() - clock
-            acoustic = torch.cat([coarse_codes, fine_codes], dim=1)
-
+            codes[stage.produces] = stage.run(streams, codes, total, existing.get(name), gen)
+            timings[name] = time.perf_counter() - clock
+        acoustic = torch.cat([codes[s.produces] for s in self.acoustic_stages], dim=1)
         clock = time.perf_counter()
         audio = self.codec.decode(acoustic.cpu())
         audio = audio[..., : round(total * self.codec.sample_rate)]
         timings["codec"] = time.perf_counter() - clock
-        codes = {"semantic": semantic.cpu(), "acoustic": acoustic.cpu()}
+        out = {"acoustic": acoustic.cpu()}
+        if SEMANTIC in codes:
+            out["semantic"] = codes[SEMANTIC].cpu()
         scores: list[float | None] = [None] * len(schedules)
         candidate_scores: list[list[float]] = []
         if rerank > 1:
             clock = time.perf_counter()
-            audio, codes, candidate_scores = self._rerank(audio, codes, rows, rerank)
+            audio, out, candidate_scores = self._rerank(audio, out, rows, rerank)
             scores = [max(c) for c in candidate_scores]
             timings["rerank"] = time.perf_counter() - clock
         return Generation(
@@ -398,21 +287,45 @@ class Pipeline:
             scores=scores,
             candidate_scores=candidate_scores,
             timings=timings,
-            codes=codes,
+            codes=out,
             bpm=bpms[::rerank] if bpms else [None] * len(schedules),
         )
 
+    def _request(
+        self,
+        schedules: list[Schedule],
+        rows: list[Schedule],
+        seconds: float,
+        melody_audio: tuple[torch.Tensor, int] | None,
+        bpm: float | list[float] | None,
+        continue_audio: tuple[torch.Tensor, int] | None,
+    ) -> tuple[Streams, dict[str, torch.Tensor], list[float]]:
+        """The request's conditioning streams, built once for every stage: MuLan tokens and
+        melody windows (``Streams``), the beat clock (``{"beat": (rows, F_s)}`` when the
+        semantic stage follows one) and each row's tempo."""
+        tokens = self.mulan_tokens([text for s in rows for _, text in s])
+        melody = self._melody_windows(melody_audio, seconds, len(rows))
+        streams = Streams(rows, tokens, melody, self.device)
+        if isinstance(bpm, list | tuple):
+            if len(bpm) != len(schedules):
+                raise ValueError(f"{len(bpm)} tempos for {len(schedules)} prompts")
+            bpm = [b for b in bpm for _ in range(len(rows) // len(schedules))]
+        sem = self.stages.get(SEMANTIC)
+        texts = [s[0][1] for s in rows]
+        beats, bpms = self._beat_clock(sem, texts, seconds, bpm, continue_audio)
+        return streams, ({} if beats is None else {"beat": beats}), bpms
+
     def _beat_clock(
         self,
-        sem: LoadedStage,
+        sem: LoadedStage | None,
         texts: list[str],
-        frames: int,
+        seconds: float,
         bpm: float | list[float] | None,
         continue_audio: tuple[torch.Tensor, int] | None,
     ) -> tuple[torch.Tensor | None, list[float]]:
         """Phase ids (rows, frames) of a beat-conditioned semantic stage and each row's BPM
         (``texts``: each row's first prompt); (None, []) for a stage without beats."""
-        if not sem.layout.beats:
+        if sem is None or not sem.layout.beats:
             if bpm is not None:
                 raise ValueError(
                     f"{self.spec.path}: a tempo was given but the semantic stage was not trained "
@@ -422,7 +335,7 @@ class Pipeline:
         import numpy as np
 
         spec = sem.layout.spec.beat_spec
-        rows = len(texts)
+        rows, frames = len(texts), sem.frames(seconds)
         if continue_audio is not None:
             import torchaudio.functional as AF
 
@@ -454,19 +367,18 @@ class Pipeline:
         ids = np.stack([spec.clock(b, frames, sem.rate) for b in bpms])
         return torch.from_numpy(ids).to(self.device), bpms
 
-    def _run(self, stage: LoadedStage, prompt_fn, total: int, existing, batch: int, gen):
-        return sliding_generate(
-            stage.net,
-            layout=stage.layout,
-            conditioning=prompt_fn,
-            total_frames=total,
-            context_frames=stage.frames(stage.context_seconds),
-            prefix_frames=stage.frames(stage.prefix_seconds) if stage.prefix_seconds else 0,
-            sampling=stage.sampling,
-            generator=gen,
-            existing=existing,
-            batch=batch,
-        )
+    def _run(
+        self,
+        stage: LoadedStage,
+        prompt_fn: Conditioning,
+        total: int,
+        existing: torch.Tensor | None,
+        batch: int,
+        gen: torch.Generator,
+    ) -> torch.Tensor:
+        """``total`` frames of ``stage`` after ``existing`` with a prompt function of one's own
+        (diagnostics that swap a stage's conditioning)."""
+        return stage.sample(prompt_fn, total, existing, batch, gen)
 
     def _melody_windows(
         self, clip: tuple[torch.Tensor, int] | None, seconds: float, batch: int
@@ -499,21 +411,16 @@ class Pipeline:
 
         wav, rate = clip
         wav = wav.reshape(1, 1, -1).float()
-        sem, codec = self.semantic_tokenizer, self.codec
-        s = sem.tokenize(AF.resample(wav, rate, sem.sample_rate))  # (1, F_s)
-        a = codec.encode(AF.resample(wav, rate, codec.sample_rate))  # (1, Q, F_a)
+        codec = self.codec
+        made = {"acoustic": codec.encode(AF.resample(wav, rate, codec.sample_rate))}  # (1, Q, F)
+        if SEMANTIC in self.stages:
+            sem = self.semantic_tokenizer
+            made[SEMANTIC] = sem.tokenize(AF.resample(wav, rate, sem.sample_rate))  # (1, F_s)
         seconds = wav.shape[-1] / rate
-        coarse = self.stages[COARSE]
-        n_s = min(s.shape[-1], self.stages[SEMANTIC].frames(seconds))
-        n_a = min(a.shape[-1], coarse.frames(seconds))
-        levels = coarse.layout.coarse_levels
-        out = {
-            "semantic": s[:, None, :n_s].expand(batch, -1, -1).to(self.device),
-            "coarse": a[:, :levels, :n_a].expand(batch, -1, -1).to(self.device),
-        }
-        if FINE in self.stages:
-            hi = levels + self.stages[FINE].layout.num_fine
-            out["fine"] = a[:, levels:hi, :n_a].expand(batch, -1, -1).to(self.device)
+        out = {}
+        for name, stage in self.stages.items():
+            codes = stage.kind.prompt_codes(stage, made, seconds)  # (1, L, F)
+            out[name] = codes.expand(batch, -1, -1).to(self.device)
         return out, seconds
 
     def _rerank(self, audio, codes, rows: list[Schedule], n: int):

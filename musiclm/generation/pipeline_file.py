@@ -33,7 +33,7 @@ import yaml
 
 from musiclm.datamodules.shards import atomic_write_text
 from musiclm.generation.sampling import PAPER_TEMPERATURE, SamplingConfig
-from musiclm.stage_names import FINE, LM_STAGES
+from musiclm.stage_names import ACOUSTIC_STAGES, REQUIRES, STAGE_NAMES
 from musiclm.tokenizers.joint import JointEmbeddingSpec
 
 TOP_KEYS = {"manifest", "mulan", "melody", "codec", "semantic_tokenizer", "stages", "device"}
@@ -138,14 +138,9 @@ def parse_pipeline(data: Any, *, where: str, root: Path) -> PipelineFile:
         )
     stages_block = _require(data, "stages", where, "")
     _mapping(stages_block, where, "stages")
-    _known(stages_block, set(LM_STAGES), where, "stages")
-    stages = {}
-    for name in LM_STAGES:
-        if name not in stages_block:
-            if name != FINE:
-                raise PipelineFileError(f"{where}: missing key 'stages.{name}'")
-            continue
-        stages[name] = _stage(stages_block[name], name, root, where)
+    _known(stages_block, set(STAGE_NAMES), where, "stages")
+    stages = {name: _stage(block, name, root, where) for name, block in stages_block.items()}
+    _check_stage_order(list(stages), where)
     device = data.get("device") or "cpu"
     if not isinstance(device, str):
         raise PipelineFileError(f"{where}: 'device' must be a string, got {device!r}")
@@ -171,6 +166,21 @@ def write_pipeline_file(path: str | os.PathLike, data: dict[str, Any]) -> Path:
 
 
 # --- helpers --------------------------------------------------------------------------------
+
+
+def _check_stage_order(names: list[str], where: str) -> None:
+    """Each stage's required upstream stage is there, and one of them makes codec tokens
+    (the run order follows what each loaded stage reads: ``Pipeline``)."""
+    for name in names:
+        for needed in REQUIRES[name]:
+            if needed not in names:
+                raise PipelineFileError(
+                    f"{where}: missing key 'stages.{needed}' (the {name} stage reads its tokens)"
+                )
+    if not any(name in ACOUSTIC_STAGES for name in names):
+        raise PipelineFileError(
+            f"{where}: missing key 'stages.coarse' (or 'stages.delay'): no stage makes codec tokens"
+        )
 
 
 def _stage(block: Any, name: str, root: Path, where: str) -> StageEntry:

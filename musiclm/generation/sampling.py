@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from musiclm.stage_names import COARSE, FINE, SEMANTIC
+from musiclm.stage_names import COARSE, DELAY, FINE, SEMANTIC
 
-# the paper's temperatures: semantic 1.0, coarse 0.95, fine 0.4
-PAPER_TEMPERATURE = {SEMANTIC: 1.0, COARSE: 0.95, FINE: 0.4}
+# the papers' temperatures: MusicLM's semantic 1.0, coarse 0.95, fine 0.4; MusicGen's 1.0
+PAPER_TEMPERATURE = {SEMANTIC: 1.0, COARSE: 0.95, FINE: 0.4, DELAY: 1.0}
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,11 @@ class TokenLayout:
     interleaving: str = "flatten"  # how levels share the sequence (``stages.interleaving``)
 
     def __post_init__(self) -> None:
-        get_interleaving(self.interleaving)  # an unknown name lists the known ones
+        if get_interleaving(self.interleaving).grouped:  # an unknown name lists the known ones
+            raise ValueError(
+                f"interleaving {self.interleaving!r} predicts a step's levels together: it is "
+                "the delay stage's, not a one-token-per-position stage's"
+            )
         if self.stage not in LM_STAGES:
             raise ValueError(f"unknown stage {self.stage!r}; stages: {', '.join(LM_STAGES)}")
         if self.melody and self.stage == FINE:
@@ -178,6 +182,14 @@ class TokenLayout:
         return {"semantic": 1, "coarse": self.coarse_levels, "fine": self.num_fine}[self.stage]
 
     @property
+    def acoustic_span(self) -> tuple[int, int] | None:
+        """Codec levels ``lo .. hi - 1`` this stage makes (None: semantic tokens)."""
+        if self.stage == SEMANTIC:
+            return None
+        lo = 0 if self.stage == COARSE else self.coarse_levels
+        return lo, lo + self.target_level_count
+
+    @property
     def target_level_size(self) -> int:
         return self.spec.semantic_vocab if self.stage == SEMANTIC else self.spec.codebook_size
 
@@ -241,6 +253,10 @@ class TokenLayout:
             )
         return tokens.view(-1, w, l).transpose(1, 2)
 
+    def target_codes(self, streams: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Raw codes ``(B, L, F)`` of the target stream in a sample's arrays."""
+        return self._stream(streams, self.target_stream)
+
     def prefix(self, streams: dict[str, torch.Tensor]) -> torch.Tensor:
         """``[BOS] + conditioning`` input ids ``(B, P)``: the prompt of a generation."""
         parts = [
@@ -253,7 +269,7 @@ class TokenLayout:
     def sequence(self, streams: dict[str, torch.Tensor]) -> LMSequence:
         """Whole training sequence and the labels of its target positions."""
         prefix = self.prefix(streams)
-        codes = self._stream(streams, self.target_stream)  # (B, L, F)
+        codes = self.target_codes(streams)  # (B, L, F)
         tokens = torch.cat([prefix, self._levels_to_ids(codes, self.target_stream)], dim=1)
         return LMSequence(tokens, self.codes_to_targets(codes), prefix.shape[1])
 

@@ -1,0 +1,394 @@
+"""One loaded LM stage and how it runs inside a generation.
+
+Each stage kind (semantic, coarse, fine, delay) is a small ``StageKind``: which upstream
+streams it needs (made by earlier stages), which stream it produces, how many frames it
+makes, the timed conditioning of a window of its target frames, its codes of a clip to
+continue, and how it samples (``decode.sliding_generate`` for the flattened token stages).
+``LoadedStage`` adds the network, layout and sampling settings and builds the stage's prompt
+function ``conditioning(f0, f1, new)`` (``decode.Conditioning``) from the request's
+``Streams``; ``Pipeline.generate``, the preview callback and the memorization study all build
+prompts here (``window_prompt``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from musiclm.generation.decode import (
+    Conditioning,
+    generate_window,
+    sliding_generate,
+    targets_to_codes,
+)
+from musiclm.generation.pipeline_file import PipelineFileError, StageEntry
+from musiclm.generation.sampling import SamplingConfig
+from musiclm.models.token_lm import TokenLM
+from musiclm.stage_names import COARSE, FINE, SEMANTIC
+
+# a schedule: (start second, text) pairs sorted by time; a plain prompt is [(0.0, text)]
+Schedule = list[tuple[float, str]]
+Codes = dict[str, torch.Tensor]  # stream name -> codes made so far (beat, semantic, coarse, ..)
+
+
+@dataclass
+class Streams:
+    """The untimed conditioning of one generation request: each row's MuLan tokens over time
+    and the melody windows, shared by every stage."""
+
+    rows: list[Schedule]
+    mulan: dict[str, torch.Tensor]  # text -> MuLan tokens (Q_m,)
+    melody: torch.Tensor | None  # (rows, W_T, L) melody window tokens
+    device: Any
+
+    def mulan_at(self, t: float) -> torch.Tensor:
+        """``(rows, Q_m)``: each row's text at second ``t``."""
+        texts = [next(text for start, text in reversed(s) if start <= t + 1e-9) for s in self.rows]
+        return torch.stack([self.mulan[text] for text in texts])
+
+    def window(
+        self, layout: Any, t: float, start: float, timed: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """The streams ``layout`` reads for a window from ``start`` seconds whose new frames
+        begin at ``t`` seconds, with its ``timed`` conditioning."""
+        out = {"mulan": self.mulan_at(t)} if layout.uses_mulan else {}
+        if getattr(layout, "melody", False):
+            from musiclm.conditioning.melody_tokens import tokens_at
+
+            spec = layout.spec
+            out["melody"] = tokens_at(self.melody, start, spec.melody_hop, spec.melody_windows)
+        out |= timed
+        return out or {"_batch": torch.empty(len(self.rows), 0, device=self.device)}
+
+
+def window_prompt(
+    layout: Any, streams: dict[str, torch.Tensor], kept: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``[BOS] + conditioning`` input ids ``(B, P)`` of one window from its streams, followed
+    by the input ids of ``kept`` target codes (``(B, F)`` or ``(B, L, F)``) when given."""
+    prefix = layout.prefix(streams)
+    if kept is None:
+        return prefix
+    return torch.cat([prefix, layout.target_to_input(layout.codes_to_targets(kept))], dim=1)
+
+
+# the token-shard fields two stages must agree on when one reads the other's stream
+STREAM_FIELDS = {
+    SEMANTIC: ("semantic_vocab", "semantic_rate", "semantic_fingerprint", "mulan_levels"),
+    COARSE: ("codebook_size", "num_quantizers", "acoustic_rate", "codec_fingerprint"),
+}
+
+
+class StageKind(Protocol):
+    """What one kind of stage reads, makes and how it samples."""
+
+    produces: str
+
+    def upstream(self, layout: Any) -> tuple[str, ...]:
+        """Streams of earlier stages this stage reads."""
+        ...
+
+    def output(self, sampled: torch.Tensor) -> torch.Tensor:
+        """Sampled codes ``(rows, L, F)`` -> this stage's stream."""
+        ...
+
+    def frames(self, stage: LoadedStage, codes: Codes, seconds: float) -> int:
+        """Target frames to make for an output of ``seconds``."""
+        ...
+
+    def timed(self, stage: LoadedStage, codes: Codes, f0: int, f1: int) -> Codes:
+        """The timed conditioning of target frames ``f0 .. f1 - 1``."""
+        ...
+
+    def prompt(self, layout: Any, window: Codes) -> Any:
+        """What the stage's decoder starts a window from (``[BOS] + conditioning`` ids for
+        the token stages), given the window's streams."""
+        ...
+
+    def sample_example(
+        self,
+        net: TokenLM,
+        layout: Any,
+        example: Codes,
+        sampling: SamplingConfig,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """Codes ``(B, L, F)`` sampled in one window for a data example's conditioning, as
+        many frames as its own target codes (the training preview)."""
+        ...
+
+    def prompt_codes(self, stage: LoadedStage, clip: Codes, seconds: float) -> torch.Tensor:
+        """This stage's codes ``(1, L, F)`` of a clip to continue (``clip``: its semantic
+        tokens ``(1, F_s)`` and codec codes ``(1, Q, F_a)``)."""
+        ...
+
+    def sample(
+        self,
+        stage: LoadedStage,
+        conditioning: Conditioning,
+        total: int,
+        existing: torch.Tensor | None,
+        batch: int,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """``total`` target frames ``(batch, L, total)`` after ``existing`` ones."""
+        ...
+
+
+class TokenStageKind:
+    """A stage whose target levels are flattened into one token per LM position."""
+
+    produces = ""
+    needs: tuple[str, ...] = ()
+
+    def upstream(self, layout: Any) -> tuple[str, ...]:
+        return self.needs
+
+    def output(self, sampled: torch.Tensor) -> torch.Tensor:
+        return sampled
+
+    def frames(self, stage: LoadedStage, codes: Codes, seconds: float) -> int:
+        return stage.frames(seconds)
+
+    def prompt(self, layout: Any, window: Codes) -> torch.Tensor:
+        return window_prompt(layout, window)
+
+    def sample_example(
+        self,
+        net: TokenLM,
+        layout: Any,
+        example: Codes,
+        sampling: SamplingConfig,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        target = layout.target_codes(example)  # (B, L, F)
+        new = generate_window(
+            net,
+            window_prompt(layout, example),
+            target.shape[1] * target.shape[2],
+            layout=layout,
+            sampling=sampling,
+            generator=generator,
+        )
+        return targets_to_codes(layout, new)
+
+    def prompt_codes(self, stage: LoadedStage, clip: Codes, seconds: float) -> torch.Tensor:
+        codes = stage.layout.target_codes(clip)
+        return codes[..., : min(codes.shape[-1], stage.frames(seconds))]
+
+    def sample(
+        self,
+        stage: LoadedStage,
+        conditioning: Conditioning,
+        total: int,
+        existing: torch.Tensor | None,
+        batch: int,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """``total`` target frames ``(batch, L, total)`` after ``existing`` ones."""
+        return sliding_generate(
+            stage.net,
+            layout=stage.layout,
+            conditioning=conditioning,
+            total_frames=total,
+            context_frames=stage.frames(stage.context_seconds),
+            prefix_frames=stage.frames(stage.prefix_seconds) if stage.prefix_seconds else 0,
+            sampling=stage.sampling,
+            generator=generator,
+            existing=existing,
+            batch=batch,
+        )
+
+
+class SemanticKind(TokenStageKind):
+    """M [+ melody] [+ beat clock] -> semantic tokens."""
+
+    produces = SEMANTIC
+
+    def output(self, sampled: torch.Tensor) -> torch.Tensor:
+        return sampled[:, 0]  # (rows, F): one token per frame
+
+    def timed(self, stage: LoadedStage, codes: Codes, f0: int, f1: int) -> Codes:
+        return {"beat": codes["beat"][:, f0:f1]} if stage.layout.beats else {}
+
+
+class CoarseKind(TokenStageKind):
+    """M [+ melody] + semantic tokens -> the first codec levels."""
+
+    needs = (SEMANTIC,)
+    produces = COARSE
+
+    def timed(self, stage: LoadedStage, codes: Codes, f0: int, f1: int) -> Codes:
+        return {"semantic": semantic_window(stage, codes[SEMANTIC], f0, f1)}
+
+
+class FineKind(TokenStageKind):
+    """Coarse codec levels (+ M if asked) -> the remaining levels."""
+
+    needs = (COARSE,)
+    produces = FINE
+
+    def frames(self, stage: LoadedStage, codes: Codes, seconds: float) -> int:
+        return codes[COARSE].shape[-1]
+
+    def timed(self, stage: LoadedStage, codes: Codes, f0: int, f1: int) -> Codes:
+        return {"acoustic": codes[COARSE][..., f0:f1]}
+
+
+def semantic_window(stage: LoadedStage, semantic: torch.Tensor, f0: int, f1: int) -> torch.Tensor:
+    """The semantic tokens ``(rows, F_s')`` under target frames ``f0 .. f1 - 1`` of an
+    acoustic stage."""
+    ratio = stage.layout.spec.semantic_rate / stage.rate
+    s0, s1 = math.floor(f0 * ratio), min(semantic.shape[1], math.ceil(f1 * ratio))
+    return semantic[:, s0:s1]
+
+
+STAGE_KINDS: dict[str, StageKind] = {
+    SEMANTIC: SemanticKind(),
+    COARSE: CoarseKind(),
+    FINE: FineKind(),
+}
+
+
+@dataclass
+class LoadedStage:
+    """One LM stage ready to sample."""
+
+    name: str
+    net: TokenLM
+    layout: Any
+    sampling: SamplingConfig
+    context_seconds: float
+    prefix_seconds: float
+    cond_dropout: float
+    tempo: Any = None  # TempoPredictor of a beat-conditioned semantic stage
+
+    @property
+    def kind(self) -> StageKind:
+        return STAGE_KINDS[self.name]
+
+    @property
+    def upstream(self) -> tuple[str, ...]:
+        """Streams of earlier stages this stage reads."""
+        return self.kind.upstream(self.layout)
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """Every stream this stage reads: the request's (mulan, melody, beat) and upstream."""
+        layout = self.layout
+        own = [
+            ("mulan", layout.uses_mulan),
+            ("melody", getattr(layout, "melody", False)),
+            ("beat", getattr(layout, "beats", False)),
+        ]
+        return tuple(n for n, used in own if used) + self.upstream
+
+    @property
+    def produces(self) -> str:
+        return self.kind.produces
+
+    @property
+    def rate(self) -> float:
+        """Target frames per second."""
+        return self.layout.target_rate
+
+    def frames(self, seconds: float) -> int:
+        return max(1, round(seconds * self.rate))
+
+    def conditioning(self, streams: Streams, codes: Codes) -> Conditioning:
+        """The prompt function ``(f0, f1, new) -> [BOS] + conditioning`` of this stage."""
+        kind = self.kind
+
+        def prompt(f0: int, f1: int, new: int) -> torch.Tensor:
+            timed = kind.timed(self, codes, f0, f1)
+            window = streams.window(self.layout, new / self.rate, f0 / self.rate, timed)
+            return kind.prompt(self.layout, window)
+
+        return prompt
+
+    def sample(
+        self,
+        conditioning: Conditioning,
+        total: int,
+        existing: torch.Tensor | None,
+        batch: int,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """``total`` target frames ``(batch, L, total)`` after ``existing`` ones."""
+        return self.kind.sample(self, conditioning, total, existing, batch, generator)
+
+    def run(
+        self,
+        streams: Streams,
+        codes: Codes,
+        seconds: float,
+        existing: torch.Tensor | None,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """This stage's stream for an output of ``seconds``, reading ``codes`` made before:
+        ``(rows, F)`` semantic tokens or ``(rows, L, F)`` codec levels."""
+        kind = self.kind
+        missing = [n for n in self.upstream if n not in codes]
+        if missing:
+            raise ValueError(f"the {self.name} stage needs {missing} made by an earlier stage")
+        total = kind.frames(self, codes, seconds)
+        conditioning = self.conditioning(streams, codes)
+        out = self.sample(conditioning, total, existing, len(streams.rows), generator)
+        return kind.output(out)
+
+
+def sample_example(
+    net: TokenLM, layout: Any, example: Codes, sampling: SamplingConfig, generator: torch.Generator
+) -> torch.Tensor:
+    """Codes ``(B, L, F)`` that the stage of ``layout`` samples for a data example's
+    conditioning (its own target's length, one window), as generation's stage code does."""
+    return STAGE_KINDS[layout.stage].sample_example(net, layout, example, sampling, generator)
+
+
+def load_stage(name: str, entry: StageEntry, device: str, where: str) -> LoadedStage:
+    """A stage checkpoint -> network, layout and its window lengths (weights_only load)."""
+    from musiclm.stages.token_lm_stage import load_network, load_tempo
+
+    net, layout = load_network(entry.checkpoint, map_location=device)
+    if layout.stage != name:
+        raise PipelineFileError(
+            f"{where}: 'stages.{name}.checkpoint' ({entry.checkpoint}) is a {layout.stage} "
+            "stage checkpoint"
+        )
+    ckpt = torch.load(entry.checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    hp = ckpt.get("hyper_parameters") or {}
+    data_hp = ckpt.get("datamodule_hyper_parameters") or {}
+    context = entry.context_seconds or data_hp.get("seconds")
+    if not context:
+        raise PipelineFileError(
+            f"{where}: {entry.checkpoint} does not say what crop length it was trained on; "
+            f"set 'stages.{name}.context_seconds'"
+        )
+    prefix = entry.prefix_seconds if entry.prefix_seconds is not None else context / 2
+    cond_dropout = float(hp.get("cond_dropout") or 0.0)
+    if entry.sampling.guided and cond_dropout == 0:
+        raise PipelineFileError(
+            f"{where}: 'stages.{name}.cfg_scale' is {entry.sampling.cfg_scale} but "
+            f"{entry.checkpoint} was trained without conditioning dropout (cond_dropout=0), "
+            "so it has no unconditional mode to guide against; use cfg_scale 1"
+        )
+    tempo = load_tempo(entry.checkpoint, layout)
+    stage = LoadedStage(
+        name,
+        net,
+        layout,
+        entry.sampling,
+        float(context),
+        prefix,
+        cond_dropout,
+        None if tempo is None else tempo.to(device),
+    )
+    if stage.frames(prefix) >= stage.frames(context):
+        raise PipelineFileError(
+            f"{where}: stages.{name}: prefix_seconds={prefix} must be shorter than "
+            f"context_seconds={context}"
+        )
+    return stage
