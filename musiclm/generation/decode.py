@@ -13,7 +13,7 @@ Codes are ``(B, L, F)``: ``L`` interleaved target levels (1 for semantic tokens)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -167,10 +167,7 @@ def sliding_generate(
             f"{layout.stage}: existing codes must be (B, {levels}, F), got {tuple(existing.shape)}"
         )
     codes = existing
-    done = codes.shape[-1]
-    while done < total_frames:
-        start = max(0, done - prefix_frames)
-        end = min(total_frames, start + context_frames)
+    for start, done, end in windows(codes.shape[-1], total_frames, context_frames, prefix_frames):
         kept = codes[..., start:done]
         kept_ids = layout.target_to_input(layout.codes_to_targets(kept)) if done > start else None
         prompt = conditioning(start, end, done)
@@ -188,5 +185,15 @@ def sliding_generate(
             on_window=on_window,
         )
         codes = torch.cat([codes, targets_to_codes(layout, new).to(codes.device)], dim=-1)
-        done = end
     return codes
+
+
+def windows(done: int, total: int, context: int, prefix: int) -> Iterator[tuple[int, int, int]]:
+    """``(start, done, end)`` of each window that takes ``done`` frames to ``total``: frames
+    ``start .. done - 1`` are kept (at most ``prefix`` of them, the tail of what exists),
+    ``done .. end - 1`` are new, and a window spans at most ``context`` frames."""
+    while done < total:
+        start = max(0, done - prefix)
+        end = min(total, start + context)
+        yield start, done, end
+        done = end

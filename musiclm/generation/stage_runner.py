@@ -24,10 +24,12 @@ from musiclm.generation.decode import (
     sliding_generate,
     targets_to_codes,
 )
+from musiclm.generation.delay_decode import generate_delay_window, sliding_delay_generate
 from musiclm.generation.pipeline_file import PipelineFileError, StageEntry
 from musiclm.generation.sampling import SamplingConfig
 from musiclm.models.token_lm import TokenLM
-from musiclm.stage_names import COARSE, FINE, SEMANTIC
+from musiclm.stage_names import COARSE, DELAY, FINE, SEMANTIC
+from musiclm.stages.delay_layout import DelayPrompt
 
 # a schedule: (start second, text) pairs sorted by time; a plain prompt is [(0.0, text)]
 Schedule = list[tuple[float, str]]
@@ -246,10 +248,75 @@ def semantic_window(stage: LoadedStage, semantic: torch.Tensor, f0: int, f1: int
     return semantic[:, s0:s1]
 
 
+class DelayKind:
+    """M [+ semantic tokens] -> every codec level, a step's levels at once (MusicGen)."""
+
+    produces = DELAY
+
+    def upstream(self, layout: Any) -> tuple[str, ...]:
+        return (SEMANTIC,) if layout.semantic else ()
+
+    def output(self, sampled: torch.Tensor) -> torch.Tensor:
+        return sampled
+
+    def frames(self, stage: LoadedStage, codes: Codes, seconds: float) -> int:
+        return stage.frames(seconds)
+
+    def timed(self, stage: LoadedStage, codes: Codes, f0: int, f1: int) -> Codes:
+        if not stage.layout.semantic:
+            return {}
+        steps = stage.layout.pattern.steps(f1 - f0, stage.layout.num_levels)
+        return {"step_semantic": stage.layout.step_semantic(codes[SEMANTIC], steps, f0)}
+
+    def prompt(self, layout: Any, window: Codes) -> DelayPrompt:
+        return DelayPrompt(layout.prefix(window), window.get("step_semantic"))
+
+    def sample_example(
+        self,
+        net: TokenLM,
+        layout: Any,
+        example: Codes,
+        sampling: SamplingConfig,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        frames = layout.target_codes(example).shape[-1]
+        prompt = layout.prompt(example, layout.pattern.steps(frames, layout.num_levels))
+        return generate_delay_window(
+            net, layout, prompt, frames, sampling=sampling, generator=generator
+        )
+
+    def prompt_codes(self, stage: LoadedStage, clip: Codes, seconds: float) -> torch.Tensor:
+        codes = stage.layout.target_codes(clip)
+        return codes[..., : min(codes.shape[-1], stage.frames(seconds))]
+
+    def sample(
+        self,
+        stage: LoadedStage,
+        conditioning: Any,
+        total: int,
+        existing: torch.Tensor | None,
+        batch: int,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        return sliding_delay_generate(
+            stage.net,
+            layout=stage.layout,
+            conditioning=conditioning,
+            total_frames=total,
+            context_frames=stage.frames(stage.context_seconds),
+            prefix_frames=stage.frames(stage.prefix_seconds) if stage.prefix_seconds else 0,
+            sampling=stage.sampling,
+            generator=generator,
+            existing=existing,
+            batch=batch,
+        )
+
+
 STAGE_KINDS: dict[str, StageKind] = {
     SEMANTIC: SemanticKind(),
     COARSE: CoarseKind(),
     FINE: FineKind(),
+    DELAY: DelayKind(),
 }
 
 

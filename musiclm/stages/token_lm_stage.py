@@ -23,6 +23,8 @@ from musiclm.checkpoint_file import read_checkpoint
 from musiclm.datamodules.token_spec import TokenSpec
 from musiclm.models.tempo import TempoPredictor, tempo_loss
 from musiclm.models.token_lm import TokenLM
+from musiclm.stage_names import DELAY
+from musiclm.stages.delay_layout import DelayLayout
 from musiclm.stages.token_layout import IGNORE, LMSequence, TokenLayout
 from musiclm.usage import SetupError, one_line
 
@@ -97,7 +99,9 @@ class TokenLMStage(LightningModule):
         """
         super().__init__()
         if not self.stage:
-            raise TypeError("use a concrete stage: SemanticStage, CoarseStage or FineStage")
+            raise TypeError(
+                "use a concrete stage: SemanticStage, CoarseStage, FineStage, DelayStage"
+            )
         if not 0.0 <= cond_dropout < 1.0:
             raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
         if not 0.0 <= target_noise < 1.0:
@@ -380,23 +384,15 @@ def check_tokenizers(spec: TokenSpec, expected: Any, where: str, stage: str) -> 
             )
 
 
-def load_network(checkpoint: str, map_location: str = "cpu") -> tuple[TokenLM, TokenLayout]:
+def load_network(
+    checkpoint: str, map_location: str = "cpu"
+) -> tuple[TokenLM, TokenLayout | DelayLayout]:
     """Network (eval mode) and layout of a stage checkpoint, loaded with ``weights_only``."""
     ckpt = read_checkpoint(checkpoint, what="token-LM stage", map_location=map_location)
     hp = ckpt.get("hyper_parameters") or {}
     if not hp.get("spec"):
         raise ValueError(f"{checkpoint} holds no token-LM spec in its hyper-parameters")
-    layout = TokenLayout(
-        stage=hp["stage"],
-        spec=TokenSpec(**hp["spec"]),
-        coarse_levels=hp["coarse_levels"],
-        fine_levels=hp["fine_levels"],
-        fine_sees_mulan=hp["fine_sees_mulan"],
-        melody=hp.get("melody", False),
-        aligned_positions=hp.get("aligned_positions", False),
-        frame_conditioning=hp.get("frame_conditioning", False),
-        beats=hp.get("beats", False),
-    )
+    layout = layout_from_hparams(hp)
     net = TokenLM(
         num_tokens=layout.num_tokens,
         num_targets=layout.num_targets,
@@ -410,6 +406,23 @@ def load_network(checkpoint: str, map_location: str = "cpu") -> tuple[TokenLM, T
     }
     net.load_state_dict(state)
     return net.eval(), layout
+
+
+def layout_from_hparams(hp: dict[str, Any]) -> TokenLayout | DelayLayout:
+    """The sequence layout a stage checkpoint's hyper-parameters describe."""
+    if hp["stage"] == DELAY:
+        return DelayLayout.from_hparams(TokenSpec(**hp["spec"]), hp)
+    return TokenLayout(
+        stage=hp["stage"],
+        spec=TokenSpec(**hp["spec"]),
+        coarse_levels=hp["coarse_levels"],
+        fine_levels=hp["fine_levels"],
+        fine_sees_mulan=hp["fine_sees_mulan"],
+        melody=hp.get("melody", False),
+        aligned_positions=hp.get("aligned_positions", False),
+        frame_conditioning=hp.get("frame_conditioning", False),
+        beats=hp.get("beats", False),
+    )
 
 
 def tempo_predictor(layout: TokenLayout) -> TempoPredictor | None:

@@ -1,0 +1,255 @@
+"""How a token batch becomes the delay stage's sequence: one LM position per step, all codec
+levels of a step summed at its input and predicted together (MusicGen).
+
+| positions      | input ids, summed per position (``C`` columns, ``-1``: nothing)          |
+|----------------|--------------------------------------------------------------------------|
+| prefix ``P``   | ``[BOS]``, then the MuLan tokens M (one per position)                    |
+| steps ``S``    | the ``Q`` codec levels of the step (level ``q`` of frame ``s - q`` with  |
+|                | the ``delay`` pattern; a special id where that frame does not exist)     |
+| + every input  | with ``semantic``: the semantic token under the frame whose level 0 it   |
+|                | predicts (frame-aligned, like the coarse stage's ``frame_conditioning``) |
+
+Column 0 is the position's token (``TokenLM``'s ``tokens``), the other columns its
+``frame_ids``: the one token LM, its one forward and its cached pass serve this stage too.
+The output head has ``Q * K`` ids: ``Q`` heads of ``K``, so input ``P - 1 + s`` gives the
+logits of every level of step ``s``. Labels ``(B, S, Q)`` are ``IGNORE`` at special slots
+and padding. A crop (or a generation window) starts the pattern afresh, so training and
+decoding see the same sequences.
+
+Input vocabulary: ``PAD, BOS, NULL``, the MuLan levels, the semantic vocabulary (with
+``semantic``), then ``K + 1`` ids per codec level (its codes and its special id).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+
+from musiclm.datamodules.token_spec import TokenSpec
+from musiclm.stage_names import DELAY
+from musiclm.stages.interleaving import Interleaving, get_interleaving
+from musiclm.stages.token_layout import BOS, IGNORE, NULL, NUM_SPECIAL, PAD
+
+
+class DelaySequence(NamedTuple):
+    ids: torch.Tensor  # (B, P + S, C) input ids summed per position, -1: nothing
+    labels: torch.Tensor  # (B, S, Q) target codes, IGNORE at special slots and padding
+    prefix_len: int  # P: input P - 1 + s predicts step s
+
+
+class DelayPrompt(NamedTuple):
+    """What a delay window starts from: ``[BOS] + M`` ids and its semantic tokens."""
+
+    prefix: torch.Tensor  # (B, P)
+    semantic: torch.Tensor | None  # (B, S) the semantic token of each step, or None
+
+
+@dataclass(frozen=True)
+class DelayLayout:
+    """The delay stage's sequence layout over a ``TokenSpec``."""
+
+    spec: TokenSpec
+    levels: int | None = None  # codec levels modelled (None: all of the codec's)
+    interleaving: str = "delay"  # a grouped pattern: ``delay`` or ``parallel``
+    semantic: bool = True  # condition on the semantic tokens, frame-aligned
+    stage: str = DELAY
+
+    def __post_init__(self) -> None:
+        if not get_interleaving(self.interleaving).grouped:
+            raise ValueError(
+                f"interleaving {self.interleaving!r} puts one token per position; the delay "
+                "stage needs a grouped pattern (delay, parallel)"
+            )
+        q = self.spec.num_quantizers
+        if not 1 <= self.num_levels <= q:
+            raise ValueError(f"levels={self.levels} not in 1..{q} codec levels")
+        if self.semantic and not self.spec.semantic_vocab:
+            raise ValueError("semantic: true but the token shards carry no semantic tokens")
+
+    # --- what the stage reads and makes ---------------------------------------------------
+
+    melody = False  # read by generation's request streams, as for the cascade's layouts
+    beats = False
+
+    @property
+    def pattern(self) -> Interleaving:
+        return get_interleaving(self.interleaving)
+
+    @property
+    def num_levels(self) -> int:
+        return self.levels if self.levels is not None else self.spec.num_quantizers
+
+    @property
+    def uses_mulan(self) -> bool:
+        return self.spec.mulan_levels > 0
+
+    @property
+    def target_rate(self) -> float:
+        return self.spec.acoustic_rate
+
+    @property
+    def target_level_count(self) -> int:
+        return self.num_levels
+
+    @property
+    def target_level_size(self) -> int:
+        return self.spec.codebook_size
+
+    @property
+    def acoustic_span(self) -> tuple[int, int]:
+        """Codec levels ``0 .. Q - 1``: the stage makes every level it models."""
+        return 0, self.num_levels
+
+    @property
+    def num_targets(self) -> int:
+        return self.num_levels * self.spec.codebook_size
+
+    @property
+    def special(self) -> int:
+        """The code of a slot whose frame is before the start or after the end."""
+        return self.spec.codebook_size
+
+    # --- vocabulary -----------------------------------------------------------------------
+
+    @property
+    def mulan_offset(self) -> int:
+        return NUM_SPECIAL
+
+    @property
+    def semantic_offset(self) -> int:
+        return self.mulan_offset + self.spec.mulan_levels * self.spec.mulan_codebook
+
+    @property
+    def acoustic_offset(self) -> int:
+        return self.semantic_offset + (self.spec.semantic_vocab if self.semantic else 0)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.acoustic_offset + self.num_levels * (self.spec.codebook_size + 1)
+
+    @property
+    def columns(self) -> int:
+        """Ids summed at each input: the ``Q`` levels, and the semantic token."""
+        return self.num_levels + int(self.semantic)
+
+    # --- streams -> ids -------------------------------------------------------------------
+
+    def prefix(self, streams: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[BOS] + M`` input ids ``(B, P)``."""
+        parts = []
+        if self.uses_mulan:
+            mulan = streams["mulan"].long()
+            levels = torch.arange(mulan.shape[1], device=mulan.device)
+            parts.append(mulan + self.mulan_offset + levels * self.spec.mulan_codebook)
+        like = parts[0] if parts else next(v for v in streams.values() if torch.is_tensor(v))
+        bos = torch.full((like.shape[0], 1), BOS, dtype=torch.long, device=like.device)
+        return torch.cat([bos, *parts], dim=1)
+
+    def target_codes(self, streams: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Codes ``(B, Q, F)`` of the modelled levels in a sample's arrays."""
+        acoustic = streams["acoustic"].long()
+        if acoustic.shape[1] < self.num_levels:
+            raise ValueError(
+                f"delay stage models {self.num_levels} codec levels, batch has {acoustic.shape[1]}"
+            )
+        return acoustic[:, : self.num_levels]
+
+    def step_ids(self, steps: torch.Tensor) -> torch.Tensor:
+        """Step codes ``(B, S, Q)`` (``special`` allowed, ``-1`` padding) -> input ids."""
+        size = self.spec.codebook_size + 1
+        levels = torch.arange(steps.shape[-1], device=steps.device)
+        return torch.where(steps < 0, -1, steps + self.acoustic_offset + levels * size)
+
+    def steps(self, codes: torch.Tensor, fill: int) -> torch.Tensor:
+        """Codes ``(B, Q, F)`` -> step-major ``(B, S, Q)`` through the pattern."""
+        seq = self.pattern.interleave(codes, fill=fill)
+        return seq.view(codes.shape[0], -1, codes.shape[1])
+
+    def step_semantic(self, semantic: torch.Tensor, steps: int, first: int = 0) -> torch.Tensor:
+        """``(B, steps)``: for step ``s``, the semantic token under frame ``first + s`` (the
+        frame whose level 0 the step holds; the last token past the end of ``semantic``,
+        whose frame 0 lies under codec frame 0)."""
+        ratio = self.spec.semantic_rate / self.spec.acoustic_rate
+        frames = torch.arange(first, first + steps, device=semantic.device, dtype=torch.float64)
+        at = torch.floor(frames * ratio).long().clamp_max(semantic.shape[1] - 1)
+        return semantic.long()[:, at]
+
+    def inputs(
+        self, prefix: torch.Tensor, semantic: torch.Tensor | None, steps: int
+    ) -> torch.Tensor:
+        """Input ids ``(B, P + steps, C)`` with the prefix and the semantic column (from
+        ``step_semantic``) filled and every step slot empty (``-1``)."""
+        b, p = prefix.shape
+        ids = prefix.new_full((b, p + steps, self.columns), -1)
+        ids[:, :p, 0] = prefix
+        if self.semantic:
+            if semantic is None:
+                raise ValueError("the delay stage is conditioned on semantic tokens; none given")
+            # input P - 1 + s predicts step s: it carries the semantic token of step s
+            tokens = semantic[:, :steps]
+            ids[:, p - 1 : p - 1 + steps, -1] = torch.where(
+                tokens < 0, -1, tokens + self.semantic_offset
+            )
+        return ids
+
+    def sequence(self, streams: dict[str, torch.Tensor]) -> DelaySequence:
+        """Whole training sequence and the labels of every step."""
+        codes = self.target_codes(streams)  # (B, Q, F), -1 padding
+        prefix = self.prefix(streams)
+        steps = self.steps(codes, fill=self.special)  # (B, S, Q)
+        semantic = streams.get("semantic") if self.semantic else None
+        if semantic is not None:
+            semantic = self.step_semantic(semantic, steps.shape[1])
+        ids = self.inputs(prefix, semantic, steps.shape[1])
+        step_ids = self.step_ids(steps)
+        step_ids[..., 0] = torch.where(step_ids[..., 0] < 0, PAD, step_ids[..., 0])
+        ids[:, prefix.shape[1] :, : self.num_levels] = step_ids
+        labels = self.steps(codes, fill=IGNORE)
+        labels = torch.where(labels < 0, IGNORE, labels)
+        return DelaySequence(ids, labels, prefix.shape[1])
+
+    def drop_conditioning(self, ids: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+        """MuLan ids of rows ``drop`` -> NULL (a copy), for classifier-free guidance; the
+        semantic tokens stay, as the coarse stage keeps its semantic prefix."""
+        if not self.uses_mulan:
+            return ids
+        out = ids.clone()
+        span = slice(1, 1 + self.spec.mulan_levels)
+        out[:, span, 0] = torch.where(drop.view(-1, 1), NULL, ids[:, span, 0])
+        return out
+
+    def prompt(self, streams: dict[str, torch.Tensor], steps: int) -> DelayPrompt:
+        """The start of a window of ``steps`` steps from a crop's streams (semantic tokens
+        on their own grid, from the crop's first frame, as in training)."""
+        semantic = streams.get("semantic") if self.semantic else None
+        if semantic is not None:
+            semantic = self.step_semantic(semantic, steps)
+        return DelayPrompt(self.prefix(streams), semantic)
+
+    @classmethod
+    def from_hparams(cls, spec: TokenSpec, hp: Any) -> DelayLayout:
+        """The layout a delay stage's hyper-parameters (or a checkpoint's) describe."""
+        return cls(
+            spec=spec,
+            levels=hp.get("levels"),
+            interleaving=hp.get("interleaving", "delay"),
+            semantic=hp.get("semantic", True),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["spec"] = self.spec.to_dict()
+        return out
+
+
+def delay_logits(net: Any, layout: DelayLayout, ids: torch.Tensor, prefix_len: int) -> torch.Tensor:
+    """Teacher-forced logits ``(B, S, Q, K)`` of every step of a whole sequence ``ids``
+    ``(B, P + S, C)``: input ``P - 1 + s`` predicts step ``s``, the last input nothing."""
+    inputs = ids[:, :-1]
+    extra = inputs[..., 1:] if inputs.shape[-1] > 1 else None
+    logits = net(inputs[..., 0], start=prefix_len - 1, frame_ids=extra)
+    b, s, _ = logits.shape
+    return logits.view(b, s, layout.num_levels, layout.spec.codebook_size)
