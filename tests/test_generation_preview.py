@@ -1,4 +1,4 @@
-"""The training-time generation preview: audio (coarse, fine) or tokens (semantic) logged to
+"""The training-time generation preview: audio (coarse, fine, delay) or tokens (semantic) logged to
 TensorBoard from a real Lightning fit on synthetic token shards."""
 
 import lightning as L
@@ -10,6 +10,7 @@ from token_shards import write_synthetic_shards
 from musiclm.callbacks.generation_preview import GenerationPreview
 from musiclm.datamodules.tokens import TokenDataModule
 from musiclm.stages.coarse import CoarseStage
+from musiclm.stages.delay import DelayStage
 from musiclm.stages.fine import FineStage
 from musiclm.stages.semantic import SemanticStage
 
@@ -50,7 +51,12 @@ def shards(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "cls,kw",
-    [(SemanticStage, {}), (CoarseStage, {"coarse_levels": 2}), (FineStage, {"coarse_levels": 2})],
+    [
+        (SemanticStage, {}),
+        (CoarseStage, {"coarse_levels": 2}),
+        (FineStage, {"coarse_levels": 2}),
+        (DelayStage, {}),
+    ],
 )
 def test_preview_logs_generated_audio_during_fit(cls, kw, shards, tmp_path):
     data = TokenDataModule(
