@@ -298,7 +298,10 @@ def write_report(
     if skipped:
         lines += ["## Not scored", "", *[f"- {n}" for n in skipped], ""]
     lines += ["## Acceptance", "", "| check | passed | figures |", "|---|---|---|"]
-    for what, ok, figures in [*acceptance(metrics), wording_check(metrics, other)]:
+    checks = [*acceptance(metrics), wording_check(metrics, other)]
+    if "adherence" not in metrics:  # a corpus without attributes: no adherence rows at all
+        checks = [c for c in checks if "adherence" not in c[0]]
+    for what, ok, figures in checks:
         lines.append(f"| {what} | {'–' if ok is None else ('yes' if ok else 'no')} | {figures} |")
     if other:
         lines += [
