@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -140,6 +144,47 @@ def test_folder_pipeline_quick_end_to_end_then_rerun_skips(tmp_path):
     assert time.perf_counter() - start < 60
     after = {m.name: m.stat().st_mtime_ns for m in (out / "steps").glob("*.done")}
     assert before == after, "a rerun of a finished run must skip every step"
+
+
+def run_files(run: Path) -> set[str]:
+    """The files of a run folder, relative, without the runner's own bookkeeping (markers,
+    logs, settings) and with TensorBoard's host-and-time event names made alike."""
+    names = set()
+    for path in run.rglob("*"):
+        rel = path.relative_to(run).as_posix()
+        if path.is_dir() or rel.split("/")[0] in ("steps", "logs") or rel == "settings.json":
+            continue
+        names.add(re.sub(r"events\.out\.tfevents\..*", "events.out.tfevents.*", rel))
+    return names
+
+
+@pytest.mark.slow
+def test_printed_commands_rebuild_the_same_run_folder(tmp_path):
+    """`--print-commands` lines run one by one give the run folder `musiclm pipeline` gives."""
+    from musiclm.commands import pipeline
+
+    corpus = tmp_path / "corpus"
+    write_folder_corpus(corpus, clips=16, seconds=3.0)
+    flags = ["--source", "folder", "--input", str(corpus), "--quick"]
+    assert pipeline.main([*flags, "--out", str(tmp_path / "a")]) == 0
+    musiclm = [sys.executable, "-m", "musiclm.cli"]
+    printed = subprocess.run(
+        [*musiclm, "pipeline", *flags, "--out", str(tmp_path / "b"), "--print-commands"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    lines = [x for x in printed.splitlines() if not x.startswith("#")]
+    assert len(lines) == 15  # 11 single-command steps, generate's three, the report
+    for line in lines:
+        argv = shlex.split(line)
+        assert argv[0] == "musiclm"
+        subprocess.run([*musiclm, *argv[1:]], check=True, capture_output=True)
+    a, b = run_files(tmp_path / "a"), run_files(tmp_path / "b")
+    assert a == b, (sorted(a - b), sorted(b - a))
+    same = ["PIPELINE.yaml", "prompts.jsonl", "audio/train/manifest.json"]
+    for name in same:
+        assert (tmp_path / "a" / name).read_text().replace(str(tmp_path / "a"), "RUN") == (
+            tmp_path / "b" / name
+        ).read_text().replace(str(tmp_path / "b"), "RUN"), name
 
 
 if __name__ == "__main__":
