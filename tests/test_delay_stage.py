@@ -22,6 +22,15 @@ from musiclm.stages.token_layout import IGNORE, NULL
 from musiclm.stages.token_lm_stage import load_network
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: one thread avoids waiting on a busy sibling."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_delay(spec: TokenSpec | None = None, *, seed: int = 0, **kw) -> DelayStage:
     torch.manual_seed(seed)
     args = {"dim": 32, "depth": 2, "heads": 4, "cond_dropout": 0.1} | kw
@@ -265,3 +274,22 @@ def test_a_delay_stage_reading_semantic_tokens_needs_a_semantic_stage(tmp_path):
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ValueError, match="missing key 'stages.semantic'"):
         Pipeline.from_file(str(path))
+
+
+def test_story_mode_changes_the_delay_windows_text(tmp_path):
+    """A window whose new frames start after a story's change reads the next text."""
+    from musiclm.generation.stage_runner import Streams
+
+    pipe = Pipeline.from_file(str(write_delay_pipeline(tmp_path)))
+    delay = pipe.stages["delay"]
+    texts = {"calm": torch.tensor([1, 1, 1]), "drums": torch.tensor([5, 6, 7])}
+    streams = Streams([[(0.0, "calm"), (1.5, "drums")]], texts, None, "cpu")
+    semantic = torch.randint(0, 16, (1, 20))
+    prompt = delay.conditioning(streams, {"semantic": semantic})
+    early, late = prompt(0, 10, 0), prompt(10, 20, 15)  # new frames from 0 s and 1.5 s
+    mulan = delay.layout.mulan_offset + torch.arange(3) * delay.layout.spec.mulan_codebook
+    assert early.prefix[0, 1:].tolist() == (texts["calm"] + mulan).tolist()
+    assert late.prefix[0, 1:].tolist() == (texts["drums"] + mulan).tolist()
+    steps = delay.layout.pattern.steps(10, 4)
+    assert late.semantic.shape == (1, steps)
+    assert late.semantic[0, 0] == semantic[0, 5]  # frame 10 at 10 Hz = semantic frame 5
