@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from mulan_helpers import SAMPLE_RATE, TINY, ToneDataset
 
-from musiclm.conditioning.conditioning_rvq import ConditioningRVQ, MulanConditioner, main
+from musiclm.commands.fit_rvq import mulan_main as main
+from musiclm.conditioning.conditioning_rvq import ConditioningRVQ, MulanConditioner
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from musiclm.commands.prepare_audio import main as prepare_audio_main
 from musiclm.datamodules import prepare_audio as pa
 from musiclm.datamodules.shards import (
     IncompleteShards,
@@ -70,7 +71,7 @@ def test_read_manifest_errors_name_the_path(tmp_path):
 
 def test_prepare_audio_writes_shards_and_manifest(tmp_path, corpus):
     out = tmp_path / "shards"
-    code = pa.main(
+    code = prepare_audio_main(
         [
             "--source",
             "demo",
@@ -154,7 +155,7 @@ def test_ranks_write_disjoint_slices(tmp_path, corpus, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     assert (
-        pa.main(
+        prepare_audio_main(
             [
                 "--source",
                 "jsonl",
@@ -181,7 +182,7 @@ def test_ranks_write_disjoint_slices(tmp_path, corpus, monkeypatch):
     }
     monkeypatch.setenv("RANK", "0")
     assert (
-        pa.main(
+        prepare_audio_main(
             [
                 "--source",
                 "jsonl",
@@ -228,7 +229,7 @@ def test_truncated_shard_is_skipped_and_counted(tmp_path, corpus):
 
 def test_bad_arguments_are_reported(tmp_path, corpus, capsys):
     assert (
-        pa.main(
+        prepare_audio_main(
             [
                 "--source",
                 "demo",
@@ -243,7 +244,7 @@ def test_bad_arguments_are_reported(tmp_path, corpus, capsys):
     )
     assert "nope.jsonl" in capsys.readouterr().err
     assert (
-        pa.main(
+        prepare_audio_main(
             [
                 "--source",
                 "demo",
@@ -364,7 +365,7 @@ def test_rerun_with_other_settings_is_refused(tmp_path, corpus, capsys):
     pa.prepare_audio("demo", corpus, out, shard_size=4, progress=False)
     pa.prepare_audio("demo", corpus, out, shard_size=4, progress=False)  # same job: fine
     assert (
-        pa.main(
+        prepare_audio_main(
             [
                 "--source",
                 "demo",

@@ -1,21 +1,22 @@
-"""``musiclm prepare <job>``: the data-preparation jobs, each in the module that owns it."""
+"""``musiclm prepare <job>``: the data-preparation jobs; each job's command line is a module of
+``musiclm.commands`` over the library function that does the work."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-# job -> (module with main(argv) -> int, one-line help)
+# job -> ("module:function" taking argv and returning an exit status, one-line help)
 JOBS: dict[str, tuple[str, str]] = {
-    "audio": ("musiclm.datamodules.prepare_audio", "corpus -> WebDataset audio shards"),
-    "fit-codec": ("musiclm.tokenizers.fit_codec", "fit the offline codec on audio shards"),
+    "audio": ("musiclm.commands.prepare_audio:main", "corpus -> WebDataset audio shards"),
+    "fit-codec": ("musiclm.commands.fit_codec:main", "fit the offline codec on audio shards"),
     "fit-semantic": (
-        "musiclm.tokenizers.semantic.fit_kmeans",
+        "musiclm.commands.fit_semantic:main",
         "stream features over audio shards and fit the semantic k-means",
     ),
-    "mulan-rvq": ("musiclm.conditioning.conditioning_rvq", "fit the conditioning RVQ on MuLan"),
-    "melody-rvq": ("musiclm.conditioning.melody_tokens", "fit the melody-token RVQ"),
-    "tokens": ("musiclm.commands.prepare_tokens", "audio shards -> token shards"),
+    "mulan-rvq": ("musiclm.commands.fit_rvq:mulan_main", "fit the conditioning RVQ on MuLan"),
+    "melody-rvq": ("musiclm.commands.fit_rvq:melody_main", "fit the melody-token RVQ"),
+    "tokens": ("musiclm.commands.prepare_tokens:main", "audio shards -> token shards"),
 }
 
 
@@ -33,4 +34,5 @@ def main(argv: list[str]) -> int:
     if job not in JOBS:
         print(f"musiclm prepare: unknown job {job!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    return int(importlib.import_module(JOBS[job][0]).main(rest) or 0)
+    module, _, function = JOBS[job][0].partition(":")
+    return int(getattr(importlib.import_module(module), function)(rest) or 0)

@@ -333,70 +333,86 @@ def prepare_tokens(
 
         job = out / "job.json"
         if job.is_file():  # a rerun must resume with the same tokenizers, not mix two
-            prev = json.loads(job.read_text())
-            check_fingerprints(
-                prev,
-                codec=header["codec"]["fingerprint"],
-                semantic=header["semantic"]["fingerprint"],
-                mulan=header["mulan"]["fingerprint"] if m else None,
-                where=f"{out} (resuming an earlier run)",
-            )
-            prev_melody = (prev.get("melody") or {}).get("fingerprint")
-            if prev_melody != (mel.fingerprint() if mel else None):
-                raise ValueError(
-                    f"{out} (resuming an earlier run): melody fingerprint in the shards is "
-                    f"{prev_melody!r} but this run gives {mel.fingerprint() if mel else None!r}"
-                )
-            if prev.get("beats") != header.get("beats"):
-                raise ValueError(
-                    f"{out} (resuming an earlier run): beat clock in the shards is "
-                    f"{prev.get('beats')!r} but this run gives {header.get('beats')!r}"
-                )
+            _check_resume(json.loads(job.read_text()), header, f"{out} (resuming an earlier run)")
         elif _rank_world()[0] == 0 and os.environ.get("LOCAL_RANK", "0") == "0":
             atomic_write_json(job, header)
 
-        units, inputs = [], {}
-        for split_in, manifest in manifests_in.items():
-            split_out = out / (split_in.name if split_in != audio else audio.name)
-            (split_out / "progress").mkdir(parents=True, exist_ok=True)
-            files = [str(split_in / sh["file"]) for sh in manifest["shards"]]
-            inputs[split_out] = files
-            units += [(str(split_out), f, split_in.name) for f in files]
-
-        rates = {"codec": c.sample_rate, "semantic": s.sample_rate}
-        if m is not None:
-            rates["mulan"] = m.sample_rate
-        if mel is not None:
-            rates["melody"] = mel.sample_rate
-        vocab = {"a": c.codebook_size, "s": s.vocab_size, "m": m.codebook_size if m else 0}
-        vocab["l"] = mel.codebook_size if mel else 0
-        loader = DataLoader(
-            AudioShardBatches(units, rates, batch_size), batch_size=None, num_workers=num_workers
-        )
-        writer = TokenShardWriter(units, vocab)
-        trainer = Trainer(
-            accelerator=accelerator,
-            devices=devices,
-            num_nodes=num_nodes,
-            logger=False,
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            enable_progress_bar=progress,
-            callbacks=[writer],
-            use_distributed_sampler=False,
-        )
-        with warnings.catch_warnings():
-            # batches are whole-shard slices we index ourselves; Lightning's indices are unused
-            warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
-            trainer.predict(
-                Tokenize(c, s, m, mel, tracker), dataloaders=loader, return_predictions=False
-            )
-        trainer.strategy.barrier()
+        units, inputs = _work_units(manifests_in, audio, out)
+        trainer = _predict(
+            Tokenize(c, s, m, mel, tracker), units, batch_size, num_workers, progress,
+            accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+        )  # fmt: skip
         manifests = {}
         if trainer.global_rank == 0:
             for split_out, files in inputs.items():
                 manifests[split_out.name] = write_manifest(split_out, files, header)
         return manifests
+
+
+def _check_resume(prev: dict, header: dict, where: str) -> None:
+    """An earlier run's ``job.json`` must name the same tokenizers, conditioners and clock."""
+    check_fingerprints(
+        prev,
+        codec=header["codec"]["fingerprint"],
+        semantic=header["semantic"]["fingerprint"],
+        mulan=(header.get("mulan") or {}).get("fingerprint"),
+        where=where,
+    )
+    melody = [(d.get("melody") or {}).get("fingerprint") for d in (prev, header)]
+    beats = [d.get("beats") for d in (prev, header)]
+    for what, (was, now) in (("melody fingerprint", melody), ("beat clock", beats)):
+        if was != now:
+            raise ValueError(f"{where}: {what} in the shards is {was!r} but this run gives {now!r}")
+
+
+def _work_units(
+    manifests_in: dict[Path, dict], audio: Path, out: Path
+) -> tuple[list[tuple[str, str, str]], dict[Path, list[str]]]:
+    """(output split, input shard, input split) per shard, and each output split's inputs."""
+    units, inputs = [], {}
+    for split_in, manifest in manifests_in.items():
+        split_out = out / (split_in.name if split_in != audio else audio.name)
+        (split_out / "progress").mkdir(parents=True, exist_ok=True)
+        files = [str(split_in / sh["file"]) for sh in manifest["shards"]]
+        inputs[split_out] = files
+        units += [(str(split_out), f, split_in.name) for f in files]
+    return units, inputs
+
+
+def _predict(
+    module: Tokenize,
+    units: list[tuple[str, str, str]],
+    batch_size: int,
+    num_workers: int,
+    progress: bool,
+    **devices: Any,
+) -> Trainer:
+    """Tokenize every unit with Lightning's predict loop; the writer callback writes shards."""
+    c, s, m, mel = module.codec, module.semantic, module.mulan, module.melody
+    rates = {"codec": c.sample_rate, "semantic": s.sample_rate}
+    if m is not None:
+        rates["mulan"] = m.sample_rate
+    if mel is not None:
+        rates["melody"] = mel.sample_rate
+    vocab = {"a": c.codebook_size, "s": s.vocab_size, "m": m.codebook_size if m else 0}
+    vocab["l"] = mel.codebook_size if mel else 0
+    loader = DataLoader(
+        AudioShardBatches(units, rates, batch_size), batch_size=None, num_workers=num_workers
+    )
+    trainer = Trainer(
+        **devices,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress,
+        callbacks=[TokenShardWriter(units, vocab)],
+        use_distributed_sampler=False,
+    )
+    with warnings.catch_warnings():
+        # batches are whole-shard slices we index ourselves; Lightning's indices are unused
+        warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
+        trainer.predict(module, dataloaders=loader, return_predictions=False)
+    return trainer
 
 
 def _json_arg(p: argparse.ArgumentParser, text: str, flag: str) -> dict:

@@ -13,8 +13,6 @@ token preparation and generation call.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +22,6 @@ import torch
 
 from musiclm.datamodules.shards import atomic_write_json
 from musiclm.tokenizers import joint
-from musiclm.usage import number, run_command
 
 KIND = "mulan_rvq"
 
@@ -248,85 +245,3 @@ def embed_audio_shards(
     if not embs:
         raise ValueError(f"no audio clips found in {directory}")
     return torch.cat(embs)
-
-
-def rvq_job_parser(
-    prog: str,
-    description: str | None,
-    *,
-    network: str,
-    levels: int,
-    codebook_size: int,
-    checkpoint_required: bool = True,
-) -> argparse.ArgumentParser:
-    """The arguments shared by the jobs that fit an RVQ over a network's audio embeddings."""
-    p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument(
-        "--checkpoint", required=checkpoint_required, help=f"{network} checkpoint (.ckpt)"
-    )
-    p.add_argument("--audio", required=True, help="audio shard folder (the training split)")
-    p.add_argument("--out", required=True, help="output .safetensors (a .json sidecar beside)")
-    p.add_argument("--levels", type=number(int, low=1), default=levels)
-    p.add_argument("--codebook-size", type=number(int, low=1), default=codebook_size)
-    p.add_argument(
-        "--iters", type=number(int, low=1), default=20, help="k-means iterations per level"
-    )
-    p.add_argument("--batch-size", type=number(int, low=1), default=16)
-    p.add_argument("--max-clips", type=number(int, low=1), default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    return p
-
-
-def fit_save_report(
-    cls: type[ConditioningRVQ],
-    emb: torch.Tensor,
-    args: argparse.Namespace,
-    meta: dict,
-    *,
-    count: str,
-) -> int:
-    """Fit ``cls`` on ``emb`` with the job's arguments, save it and print a JSON summary."""
-    rvq = cls.fit(
-        emb, levels=args.levels, codebook_size=args.codebook_size, iters=args.iters,
-        seed=args.seed, meta=meta,
-    )  # fmt: skip
-    rvq.save(args.out)
-    errors = rvq.meta["quantization_mse"]
-    print(json.dumps({"out": args.out, count: emb.shape[0], "fingerprint": rvq.fingerprint(),
-                      "quantization_mse_by_levels": [round(e, 5) for e in errors]}))  # fmt: skip
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``musiclm prepare mulan-rvq``: fit the conditioning RVQ over a training shard folder
-    (the audio embeddings of a MuLan checkpoint, or of a joint-embedding plugin)."""
-    p = rvq_job_parser(
-        "musiclm prepare mulan-rvq", main.__doc__, network="MulanStage", levels=12,
-        codebook_size=1024, checkpoint_required=False,
-    )  # fmt: skip
-    joint.add_arguments(p, instead_of="--checkpoint")
-    args = p.parse_args(argv)
-    source = joint.from_arguments(p, args.checkpoint, args, flag="--checkpoint")
-    if source is None:
-        p.error("give --checkpoint (a MuLan checkpoint) or --joint-embedding NAME")
-    return run_command("musiclm prepare mulan-rvq", lambda: _run(args, source))
-
-
-def _run(args: argparse.Namespace, source: str | joint.JointEmbeddingSpec) -> int:
-    from musiclm.datamodules.shards import read_manifest
-
-    spec = joint.JointEmbeddingSpec.of(source)
-    spec.check()  # an unknown plugin or argument is refused before anything is read
-    read_manifest(args.audio)  # a missing or incomplete folder is refused before the load
-    mulan = spec.build(args.device)
-    emb = embed_audio_shards(
-        mulan, args.audio, batch_size=args.batch_size, max_clips=args.max_clips
-    )
-    meta: dict[str, Any] = {"mulan_fingerprint": mulan.fingerprint()}
-    if spec.checkpoint:
-        meta["mulan_checkpoint"] = os.path.abspath(spec.checkpoint)
-    else:
-        meta["joint_embedding"] = spec.to_block()
-    meta |= {"audio": os.path.abspath(args.audio), "seed": args.seed}
-    return fit_save_report(ConditioningRVQ, emb, args, meta, count="clips")

@@ -13,8 +13,6 @@ quantised; tokens are window-major (``w0l0 w0l1 .. w1l0 ..``).
 
 from __future__ import annotations
 
-import argparse
-import os
 from collections.abc import Iterator
 
 import torch
@@ -192,34 +190,3 @@ def embed_audio_shards(
     if not out:
         raise ValueError(f"no audio clips found in {directory}")
     return torch.cat(out)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``musiclm prepare melody-rvq``: fit the melody RVQ over a training shard folder."""
-    from musiclm.conditioning.conditioning_rvq import rvq_job_parser
-    from musiclm.usage import run_command
-
-    args = rvq_job_parser(
-        "musiclm prepare melody-rvq", main.__doc__, network="MelodyStage", levels=24,
-        codebook_size=512,
-    ).parse_args(argv)  # fmt: skip
-    return run_command("musiclm prepare melody-rvq", lambda: _run(args))
-
-
-def _run(args: argparse.Namespace) -> int:
-    from musiclm.conditioning.conditioning_rvq import fit_save_report
-    from musiclm.datamodules.shards import read_manifest
-    from musiclm.models.melody import load_melody
-
-    read_manifest(args.audio)  # a missing or incomplete folder is refused before the load
-    melody = load_melody(args.checkpoint, map_location=args.device)
-    emb = embed_audio_shards(
-        melody, args.audio, batch_size=args.batch_size, max_clips=args.max_clips
-    )
-    meta = {
-        "melody_fingerprint": melody_fingerprint(melody),
-        "melody_checkpoint": os.path.abspath(args.checkpoint),
-        "audio": os.path.abspath(args.audio),
-        "num_windows": melody.num_windows,
-    }
-    return fit_save_report(MelodyRVQ, emb, args, meta, count="windows")

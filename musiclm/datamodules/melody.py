@@ -29,6 +29,8 @@ import lightning as L
 import numpy as np
 import torch
 
+from musiclm.datamodules.shards import atomic_write_text
+
 DEMO_SPLITS_SEED = 0  # the demo corpus's default seed: its piece -> split assignment
 
 
@@ -408,46 +410,5 @@ def build_melody_pairs(
     else:
         rows = [r for job in jobs for r in _render_group(job)]
     manifest = out / "melodies.jsonl"
-    tmp = manifest.with_name(f".{manifest.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(manifest)
+    atomic_write_text(manifest, "".join(json.dumps(r) + "\n" for r in rows))
     return manifest
-
-
-def melody_pairs_main(argv: list[str]) -> int:
-    """``musiclm data melody-pairs``: same-melody groups from the demo tunes, as a manifest."""
-    import argparse
-    import os
-
-    from musiclm.usage import number, run_command
-
-    p = argparse.ArgumentParser(
-        prog="musiclm data melody-pairs",
-        description="Render groups of the same stretch of a demo tune played by different "
-        "instruments, tempi and octaves (train/valid/test pieces kept apart): writes "
-        "OUT/audio/*.wav and OUT/melodies.jsonl for MelodyDataModule(manifest=...).",
-    )
-    p.add_argument("--out", required=True)
-    count = number(int, low=0)
-    p.add_argument("--train", type=count, default=600, help="groups from training pieces")
-    p.add_argument("--valid", type=count, default=36, help="groups from validation pieces")
-    p.add_argument("--test", type=count, default=36, help="groups from test pieces")
-    p.add_argument("--views", type=number(int, low=2), default=2, help="instruments per group")
-    p.add_argument("--seconds", type=number(float, low=0, low_open=True), default=4.0)
-    p.add_argument("--sample-rate", type=number(int, low=1), default=16000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=number(int, low=1), default=min(4, os.cpu_count() or 1))
-    a = p.parse_args(argv)
-    counts = {k: v for k, v in (("train", a.train), ("valid", a.valid), ("test", a.test)) if v}
-    if not counts:
-        p.error("--train, --valid and --test are all 0: no groups to render")
-
-    def work() -> int:
-        manifest = build_melody_pairs(
-            a.out, groups=counts, views=a.views, sample_rate=a.sample_rate, seconds=a.seconds,
-            seed=a.seed, workers=a.workers,
-        )  # fmt: skip
-        print(f"wrote {sum(counts.values())} groups x {a.views} views to {manifest}")
-        return 0
-
-    return run_command("musiclm data melody-pairs", work)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,111 +37,96 @@ def markdown(metrics: dict[str, Any]) -> str:
     inputs = metrics.get("inputs", {})
     if inputs:
         lines += [f"- {k}: {_fmt(v)}" for k, v in inputs.items()] + [""]
-    structure = metrics.get("structure")
-    if structure:
-        lines += _structure_section(structure)
-    adh = metrics.get("adherence")
-    if adh:
-        lines += ["## Attribute adherence", ""]
-        lines += [
-            "Estimators fitted on real training clips only "
-            f"({adh.get('num_train_clips', '?')} clips); tempo correct within 8 % "
-            "(octave-aware: also at 2x, 1/2x, 3x, 1/3x). Chance: a guess drawn from the "
-            "training labels (prior), the best constant training label (majority), and the "
-            "generated clips scored against other prompts (shuffled; p: permutation test).",
-            "",
-        ]
-        gen, real, chance = adh.get("generated", {}), adh.get("real", {}), adh.get("chance", {})
-        shuffled = adh.get("shuffled", {})
-        names = list(dict.fromkeys([*gen, *real, *chance]))
-        rows = [
-            [
-                n,
-                _fmt(gen.get(n, {}).get("accuracy")),
-                _fmt(real.get(n, {}).get("accuracy")),
-                _fmt(chance.get(n, {}).get("prior")),
-                _fmt(chance.get(n, {}).get("majority")),
-                _fmt(shuffled.get(n, {}).get("accuracy")),
-                _fmt(shuffled.get(n, {}).get("p"), 4),
-                f"{gen.get(n, {}).get('n', 0)} / {real.get(n, {}).get('n', 0)}",
-            ]
-            for n in names
-        ]
-        lines += _table(
-            [
-                "attribute",
-                "generated",
-                "real held-out",
-                "chance (prior)",
-                "majority",
-                "shuffled",
-                "p",
-                "n gen / real",
-            ],
-            rows,
-        )
-    mcc = metrics.get("mcc")
-    if mcc:
-        lines += [
-            "## MuLan cycle consistency",
-            "",
-            "Cosine of MuLan text and audio embeddings.",
-            "",
-        ]
-        rows = []
-        for key, label in [
-            ("generated", "generated audio, its prompt"),
-            ("generated_mismatched", "generated audio, other prompts"),
-            ("real", "real held-out audio, its caption"),
-            ("real_mismatched", "real held-out audio, other captions"),
-        ]:
-            if key in mcc:
-                rows.append([label, _mean_sem(mcc[key]), str(mcc[key]["n"])])
-        lines += _table(["pairs", "MCC (mean ± s.e.m.)", "n"], rows)
-        for key in ("generated_pairwise_win_rate", "real_pairwise_win_rate"):
-            if key in mcc:
-                lines.append(f"- {key.replace('_', ' ')}: {_fmt(mcc[key]['mean'])}")
-        lines.append("")
-    fad = metrics.get("fad")
-    if fad:
-        lines += ["## Fréchet audio distance", ""]
-        rows = [
-            [
-                fad["embedding"],
-                _fmt(fad["generated_vs_reference"]),
-                _fmt(fad.get("reference_halves")),
-                f"{fad['frames_generated']} / {fad['frames_reference']}",
-                str(fad["dim"]),
-            ]
-        ]
-        lines += _table(
-            ["embedding", "FAD generated vs real", "FAD real half vs half", "frames", "dim"], rows
-        )
-    mem = metrics.get("memorization")
-    if mem:
-        lines += [
-            "## Memorization",
-            "",
-            f"Greedy semantic continuations of {mem['continuation_seconds']} s; approximate "
-            f"match: OT distance of token histograms <= {_fmt(mem['threshold'])} (the "
-            f"{mem['threshold_percentile']}th percentile of {mem['mismatched_pairs']} "
-            f"mismatched pairs, whose match rate is {_fmt(mem['mismatched_match_rate'])}).",
-            "",
-        ]
-        rows = [
-            [
-                _fmt(r["prompt_seconds"]),
-                str(r["n"]),
-                _fmt(r.get("exact_match_rate")),
-                _fmt(r.get("approximate_match_rate")),
-                _fmt(r.get("mean_ot_distance")),
-            ]
-            for r in mem["by_prompt_length"]
-        ]
-        lines += _table(["prompt (s)", "n", "exact", "approximate", "mean OT distance"], rows)
+    for key, section in SECTIONS:
+        if metrics.get(key):
+            lines += section(metrics[key])
     for note in metrics.get("notes", []):
         lines.append(f"- {note}")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _adherence_section(adh: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Attribute adherence",
+        "",
+        "Estimators fitted on real training clips only "
+        f"({adh.get('num_train_clips', '?')} clips); tempo correct within 8 % "
+        "(octave-aware: also at 2x, 1/2x, 3x, 1/3x). Chance: a guess drawn from the "
+        "training labels (prior), the best constant training label (majority), and the "
+        "generated clips scored against other prompts (shuffled; p: permutation test).",
+        "",
+    ]
+    gen, real, chance = adh.get("generated", {}), adh.get("real", {}), adh.get("chance", {})
+    shuffled = adh.get("shuffled", {})
+    names = list(dict.fromkeys([*gen, *real, *chance]))
+    rows = [
+        [
+            n,
+            _fmt(gen.get(n, {}).get("accuracy")),
+            _fmt(real.get(n, {}).get("accuracy")),
+            _fmt(chance.get(n, {}).get("prior")),
+            _fmt(chance.get(n, {}).get("majority")),
+            _fmt(shuffled.get(n, {}).get("accuracy")),
+            _fmt(shuffled.get(n, {}).get("p"), 4),
+            f"{gen.get(n, {}).get('n', 0)} / {real.get(n, {}).get('n', 0)}",
+        ]
+        for n in names
+    ]
+    header = ["attribute", "generated", "real held-out", "chance (prior)", "majority"]
+    return lines + _table([*header, "shuffled", "p", "n gen / real"], rows)
+
+
+def _mcc_section(mcc: dict[str, Any]) -> list[str]:
+    lines = ["## MuLan cycle consistency", "", "Cosine of MuLan text and audio embeddings.", ""]
+    rows = []
+    for key, label in [
+        ("generated", "generated audio, its prompt"),
+        ("generated_mismatched", "generated audio, other prompts"),
+        ("real", "real held-out audio, its caption"),
+        ("real_mismatched", "real held-out audio, other captions"),
+    ]:
+        if key in mcc:
+            rows.append([label, _mean_sem(mcc[key]), str(mcc[key]["n"])])
+    lines += _table(["pairs", "MCC (mean ± s.e.m.)", "n"], rows)
+    for key in ("generated_pairwise_win_rate", "real_pairwise_win_rate"):
+        if key in mcc:
+            lines.append(f"- {key.replace('_', ' ')}: {_fmt(mcc[key]['mean'])}")
+    return lines + [""]
+
+
+def _fad_section(fad: dict[str, Any]) -> list[str]:
+    row = [
+        fad["embedding"],
+        _fmt(fad["generated_vs_reference"]),
+        _fmt(fad.get("reference_halves")),
+        f"{fad['frames_generated']} / {fad['frames_reference']}",
+        str(fad["dim"]),
+    ]
+    header = ["embedding", "FAD generated vs real", "FAD real half vs half", "frames", "dim"]
+    return ["## Fréchet audio distance", "", *_table(header, [row])]
+
+
+def _memorization_section(mem: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Memorization",
+        "",
+        f"Greedy semantic continuations of {mem['continuation_seconds']} s; approximate "
+        f"match: OT distance of token histograms <= {_fmt(mem['threshold'])} (the "
+        f"{mem['threshold_percentile']}th percentile of {mem['mismatched_pairs']} "
+        f"mismatched pairs, whose match rate is {_fmt(mem['mismatched_match_rate'])}).",
+        "",
+    ]
+    rows = [
+        [
+            _fmt(r["prompt_seconds"]),
+            str(r["n"]),
+            _fmt(r.get("exact_match_rate")),
+            _fmt(r.get("approximate_match_rate")),
+            _fmt(r.get("mean_ot_distance")),
+        ]
+        for r in mem["by_prompt_length"]
+    ]
+    return lines + _table(["prompt (s)", "n", "exact", "approximate", "mean OT distance"], rows)
 
 
 def _structure_section(structure: dict[str, Any]) -> list[str]:
@@ -207,3 +193,13 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
+
+
+# metrics.json key -> its section of metrics.md, in the order they appear
+SECTIONS: list[tuple[str, Callable[[dict[str, Any]], list[str]]]] = [
+    ("structure", _structure_section),
+    ("adherence", _adherence_section),
+    ("mcc", _mcc_section),
+    ("fad", _fad_section),
+    ("memorization", _memorization_section),
+]

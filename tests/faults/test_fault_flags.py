@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 from musiclm.commands import generate
-from musiclm.datamodules import prepare_audio as pa
+from musiclm.commands import prepare_audio as pa
 from musiclm.generation.pipeline import Pipeline
 
 

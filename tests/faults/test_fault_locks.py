@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from musiclm.commands import generate
-from musiclm.datamodules import prepare_audio as pa
+from musiclm.commands import prepare_audio as pa
 from musiclm.folder_lock import FolderLocked, folder_lock, lock_path
 from musiclm.generation.pipeline import Pipeline
 

@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 from token_shards import write_synthetic_shards
 
-from musiclm.datamodules import prepare_audio as pa
+from musiclm.commands import prepare_audio as pa
 from musiclm.datamodules.audio_text import AudioTextDataModule
 from musiclm.datamodules.shards import IncompleteShards, iter_audio_samples, read_manifest
 from musiclm.datamodules.tokens import TokenDataModule

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import soundfile as sf
 
-from musiclm.datamodules import prepare_audio as pa
+from musiclm.commands import prepare_audio as pa
 from musiclm.datamodules.corpora import Entry, SkipItem, iter_items, load_entry
 
 SR = 8000
