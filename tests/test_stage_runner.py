@@ -108,3 +108,25 @@ def test_a_stage_reading_a_stream_no_stage_makes_is_refused(tmp_path):
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(PipelineFileError, match="no stage makes codec tokens"):
         load_pipeline_file(path)
+
+
+def test_stages_reading_each_others_streams_must_share_their_tokens(tmp_path):
+    from generation_helpers import save_checkpoint, tiny_spec, tiny_stage
+
+    from musiclm.generation.pipeline import Pipeline
+    from musiclm.generation.pipeline_file import PipelineFileError
+
+    spec = tiny_spec()
+    other = type(spec)(**{**spec.to_dict(), "semantic_vocab": 32})
+    save_checkpoint(tiny_stage("semantic", spec), tmp_path / "semantic.ckpt", seconds=2.0)
+    save_checkpoint(tiny_stage("coarse", other), tmp_path / "coarse.ckpt", seconds=1.0)
+    save_checkpoint(tiny_stage("fine", spec, coarse_levels=3), tmp_path / "fine.ckpt", seconds=1.0)
+    stages = {n: {"checkpoint": f"{n}.ckpt"} for n in ("semantic", "coarse", "fine")}
+    data = {"codec": {"name": "dac", "args": {"config": {}}}, "stages": stages}
+    path = tmp_path / "PIPELINE.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(PipelineFileError, match="stages semantic and coarse .* semantic_vocab"):
+        Pipeline.from_file(str(path))
+    save_checkpoint(tiny_stage("coarse", spec), tmp_path / "coarse.ckpt", seconds=1.0)
+    with pytest.raises(PipelineFileError, match="fine stage expects 3 coarse levels"):
+        Pipeline.from_file(str(path))
