@@ -15,6 +15,11 @@
       fine: {checkpoint: fine.ckpt, temperature: 0.4}   # optional: else coarse levels only
     device: cpu
 
+The stages are MusicLM's cascade (``semantic``, ``coarse``, optional ``fine``) or ``semantic``
+and ``delay`` (one LM over every codec level; ``delay`` alone when it was trained without
+semantic tokens). They run in the order listed, except that a stage runs after the stages
+whose tokens it reads.
+
 Relative paths (checkpoints, artifacts, and string plugin arguments naming an existing file)
 are resolved against the folder holding the pipeline file. ``context_seconds`` defaults to
 the crop length the stage was trained on (from its checkpoint), ``prefix_seconds`` to half of

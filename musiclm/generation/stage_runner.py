@@ -3,11 +3,12 @@
 Each stage kind (semantic, coarse, fine, delay) is a small ``StageKind``: which upstream
 streams it needs (made by earlier stages), which stream it produces, how many frames it
 makes, the timed conditioning of a window of its target frames, its codes of a clip to
-continue, and how it samples (``decode.sliding_generate`` for the flattened token stages).
-``LoadedStage`` adds the network, layout and sampling settings and builds the stage's prompt
-function ``conditioning(f0, f1, new)`` (``decode.Conditioning``) from the request's
-``Streams``; ``Pipeline.generate``, the preview callback and the memorization study all build
-prompts here (``window_prompt``).
+continue, and how it samples (``decode.sliding_generate`` for the flattened token stages,
+``delay_decode.sliding_delay_generate`` for the delay stage). ``LoadedStage`` adds the network,
+layout and sampling settings and builds the stage's prompt function ``conditioning(f0, f1,
+new)`` from the request's ``Streams``; ``Pipeline.generate``, the preview callback
+(``sample_example``) and the memorization study all build prompts here (``window_prompt`` for
+the token stages, ``DelayLayout.prefix`` and ``step_semantic`` for the delay stage).
 """
 
 from __future__ import annotations
