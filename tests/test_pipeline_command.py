@@ -229,3 +229,23 @@ def test_report_job_counts_skips_and_says_what_it_did_not_score(corpus, tmp_path
     assert "Skipped items: 3." in report and "empty.flac" in report
     assert "attribute adherence not scored" in report and "- MCC skipped: x" in report
     assert "adherence instrument" not in report
+
+
+def test_prepare_audio_captions_optional_shards_audio_only_items(tmp_path, capsys):
+    import soundfile as sf
+
+    from musiclm.commands import prepare_audio
+
+    root = tmp_path / "c"
+    root.mkdir()
+    for i, split in enumerate(["train", "valid", "test"]):
+        sf.write(root / f"x{i}.wav", [0.1, -0.1] * 8000, 16000)
+        (root / f"x{i}.json").write_text(json.dumps({"split": split}))
+    base = ["--source", "folder", "--input", str(root), "--quiet"]
+    assert prepare_audio.main([*base, "--out", str(tmp_path / "strict")]) == 0
+    assert "0 samples" in capsys.readouterr().out  # captions required: all skipped
+    assert prepare_audio.main([*base, "--out", str(tmp_path / "a"), "--captions", "optional"]) == 0
+    manifests = [json.loads((tmp_path / "a" / s / "manifest.json").read_text())
+                 for s in ("train", "valid", "test")]  # fmt: skip
+    assert [m["num_samples"] for m in manifests] == [1, 1, 1]
+    assert all(not m["skipped"] for m in manifests)

@@ -32,6 +32,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--world-size", type=int, help="number of slices (default: WORLD_SIZE env)")
     p.add_argument("--valid-fraction", type=float, default=0.05, help="for items without split")
     p.add_argument("--test-fraction", type=float, default=0.05, help="for items without split")
+    p.add_argument(
+        "--captions",
+        choices=("required", "optional"),
+        default="required",
+        help="optional: keep items without a caption (audio only, for a run whose MuLan is a "
+        "pretrained joint embedding); default: such items are skipped",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -59,6 +66,7 @@ def _run(args: argparse.Namespace) -> int:
         world_size=world,
         valid_fraction=args.valid_fraction,
         test_fraction=args.test_fraction,
+        captions=args.captions == "required",
         progress=not args.quiet,
     )
     took = time.perf_counter() - start

@@ -195,9 +195,12 @@ def prepare_audio(
     world_size: int = 1,
     valid_fraction: float = 0.05,
     test_fraction: float = 0.05,
+    captions: bool = True,
     progress: bool = True,
 ) -> dict[str, dict]:
-    """Write this rank's shards of every split and return the manifests by split."""
+    """Write this rank's shards of every split and return the manifests by split.
+
+    ``captions=False`` keeps items without a caption (an audio-only corpus)."""
     from tqdm import tqdm
 
     if not 0 <= rank < world_size:
@@ -223,6 +226,7 @@ def prepare_audio(
             audio_dir=audio_dir,
             valid_fraction=valid_fraction,
             test_fraction=test_fraction,
+            captions=captions,
         )
         source_info = {
             "kind": source,
