@@ -146,6 +146,32 @@ def test_folder_pipeline_quick_end_to_end_then_rerun_skips(tmp_path):
     assert before == after, "a rerun of a finished run must skip every step"
 
 
+@pytest.mark.slow
+def test_audio_without_captions_on_a_pretrained_clap(tmp_path):
+    """Sidecars without captions: every stage but MuLan trains, CLAP stands in for MuLan and
+    the prompts come from --prompts."""
+    import yaml
+    from joint_helpers import write_tiny_clap
+
+    from musiclm.commands import pipeline
+
+    corpus, out = tmp_path / "corpus", tmp_path / "run"
+    write_folder_corpus(corpus, clips=16, seconds=3.0)
+    for side in corpus.rglob("*.json"):
+        side.write_text(json.dumps({"split": json.loads(side.read_text())["split"]}))
+    (tmp_path / "prompts.txt").write_text("a slow organ melody\na fast bell tune\n")
+    clap = write_tiny_clap(tmp_path / "clap")
+    argv = ["--source", "folder", "--input", str(corpus), "--out", str(out), "--quick",
+            "--joint-embedding", "clap", "--joint-embedding-args", json.dumps({"model": str(clap)}),
+            "--prompts", str(tmp_path / "prompts.txt")]  # fmt: skip
+    assert pipeline.main(argv) == 0
+    assert not (out / "mulan" / "checkpoints").exists()
+    assert yaml.safe_load((out / "PIPELINE.yaml").read_text())["mulan"]["name"] == "clap"
+    assert len(list((out / "generated").glob("*.wav"))) == 2
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert {"mcc", "fad", "structure"} <= set(metrics)
+
+
 def run_files(run: Path) -> set[str]:
     """The files of a run folder, relative, without the runner's own bookkeeping (markers,
     logs, settings) and with TensorBoard's host-and-time event names made alike."""
