@@ -137,6 +137,13 @@ def test_folder_pipeline_quick_end_to_end_then_rerun_skips(tmp_path):
     report = (out / "report.md").read_text()
     assert f"Skipped items: {corrupt}." in report and "random_bytes.wav" in report
     assert "attribute adherence not scored" in report and "## Evaluation" in report
+    clip = subprocess.run(
+        [sys.executable, "-m", "musiclm.cli", "generate", "a slow organ melody", "--pipeline",
+         str(out / "PIPELINE.yaml"), "--out", str(tmp_path / "clips"), "--seconds", "1"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert clip.returncode == 0, clip.stderr[-2000:]
+    assert len(list((tmp_path / "clips").glob("*.wav"))) == 1
 
     before = {m.name: m.stat().st_mtime_ns for m in (out / "steps").glob("*.done")}
     start = time.perf_counter()

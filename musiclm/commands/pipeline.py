@@ -43,6 +43,10 @@ examples:
 
 Audio without captions trains every stage but MuLan: give a pretrained joint embedding
 (--joint-embedding clap --joint-embedding-args '{"model": "DIR"}') and --prompts FILE.
+
+The small jobs between the big commands are commands too (--print-commands shows them):
+musiclm pipeline write-yaml | prompts | other-prompts | attach-attributes | report --help.
+More: docs/pipeline.md.
 """
 
 
@@ -50,10 +54,11 @@ def build_parser(*, prog: str = "musiclm pipeline", demo: bool = False) -> argpa
     """The flags of ``musiclm pipeline`` (``demo``: those of ``musiclm demo``, its alias)."""
     p = argparse.ArgumentParser(
         prog=prog,
-        description="Run the whole system over a corpus: audio shards, MuLan and its RVQ, the "
-        "tokenizers, token shards, the semantic/coarse/fine stages (`musiclm fit`), "
-        "PIPELINE.yaml, generation for held-out captions, evaluation and report.md. Rerun "
-        "the same command to continue after an interruption.",
+        description="Run the whole system over a corpus: audio shards, MuLan and its RVQ, the\n"
+        "tokenizers, token shards, the semantic/coarse/fine stages (`musiclm fit`),\n"
+        "PIPELINE.yaml, generation for held-out captions, evaluation and report.md. Each\n"
+        "step is a plain `musiclm` command; rerun the same command to continue after an\n"
+        "interruption (finished steps are skipped).",
         epilog=None if demo else EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -68,8 +73,8 @@ def build_parser(*, prog: str = "musiclm pipeline", demo: bool = False) -> argpa
         "--conf", help="folder of mulan/semantic/coarse/fine.yaml (default: conf/demo, CPU sizes)"
     )
     p.add_argument("--quick", action="store_true", help="tiny models and step counts (minutes)")
-    p.add_argument("--clips", type=int, help="demo corpus size (default 1000; quick 30)")
-    p.add_argument("--seconds", type=float, help="demo clip length (default 10; quick 4)")
+    p.add_argument("--clips", type=int, help="demo only: corpus size (default 1000; quick 30)")
+    p.add_argument("--seconds", type=float, help="demo only: clip length (default 10; quick 4)")
     p.add_argument("--seed", type=int, help="seed of every job that draws (default 0)")
     p.add_argument(
         "--rerank",
