@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_pipeline_command_folder import write_folder_corpus
 
@@ -249,3 +250,47 @@ def test_prepare_audio_captions_optional_shards_audio_only_items(tmp_path, capsy
                  for s in ("train", "valid", "test")]  # fmt: skip
     assert [m["num_samples"] for m in manifests] == [1, 1, 1]
     assert all(not m["skipped"] for m in manifests)
+
+
+def test_melody_adds_its_steps_and_a_plain_semantic_lm(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["--source", "folder", "--input", str(corpus), "--out", str(out), "--quick"]
+    names, commands = _printed(capsys, [*base, "--melody"])
+    assert names == ["audio", "mulan", "melody", "melody-rvq", "mulan-rvq", "semantic-kmeans",
+                     "codec", "tokens", "semantic", "coarse", "fine", "semantic-plain",
+                     "pipeline", "generate", "evaluate", "melody-eval", "report"]  # fmt: skip
+    fits = [c for c in commands if c[0] == "fit"]
+    melody_fit, semantic, plain = fits[1], fits[2], fits[-1]
+    assert melody_fit[2].endswith("melody_fine.yaml")
+    assert "--model.init_args.melody=true" in semantic
+    assert plain[2].endswith("semantic.yaml") and "--model.init_args.melody=true" not in plain
+    assert f"--trainer.default_root_dir={out / 'semantic-plain'}" in plain
+    tokens = _find(commands, "prepare", "tokens")
+    assert tokens[tokens.index("--melody-rvq") + 1] == str(out / "melody" / "rvq.safetensors")
+    yamls = [c for c in commands if c[:2] == ["pipeline", "write-yaml"]]
+    assert "--melody" in yamls[0] and yamls[1][-2:] == ["--out", str(out / "PIPELINE_plain.yaml")]
+    with_melody = [c for c in commands if c[0] == "generate" and "--melody" in c]
+    assert len(with_melody) == 1 + 2  # the held-out prompts, then each figure clip
+    assert commands[-2][:2] == ["pipeline", "melody-figure"]
+
+
+def test_melody_figure_is_higher_for_the_followed_melody(tmp_path):
+    import soundfile as sf
+
+    from musiclm.demo import melody
+
+    sr, t = 16000, np.arange(32000) / 16000
+
+    def tone(hz: float) -> np.ndarray:
+        return (0.5 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+    clips, gen = tmp_path / "clips", tmp_path / "gen"
+    for i, (hz, other) in enumerate([(440.0, 311.1), (261.6, 370.0)]):
+        clips.mkdir(exist_ok=True)
+        sf.write(clips / f"melody_{i}.wav", tone(hz), sr)
+        for name, f in (("with", hz * 2), ("without", other)):  # an octave: same chroma
+            (gen / f"{name}_{i}").mkdir(parents=True)
+            sf.write(gen / f"{name}_{i}" / "a.wav", tone(f), sr)
+    fig = melody.write_figure(clips, gen, 2, tmp_path / "melody.json")
+    assert fig["with"] > 0.9 > 0.5 > fig["without"] and fig["improved"] == 2
+    assert json.loads((tmp_path / "melody.json").read_text())["clips"] == 2

@@ -109,6 +109,12 @@ def build_parser(*, prog: str = "musiclm pipeline", demo: bool = False) -> argpa
         p.add_argument(
             "--prompts", metavar="FILE", help="text file of prompts, one a line, generated too"
         )
+    p.add_argument(
+        "--melody",
+        action="store_true",
+        help="also train melody conditioning (CONF/melody_fine.yaml): PIPELINE.yaml then takes "
+        "`musiclm generate --melody CLIP`, and the report gives the chroma figure",
+    )
     return p
 
 
@@ -138,6 +144,7 @@ def _settings(args: argparse.Namespace):
         if args.rerank < 1:
             raise ValueError(f"--rerank {args.rerank}: need at least 1 candidate per prompt")
         s.rerank = args.rerank
+    s.melody = bool(getattr(args, "melody", False))
     return s
 
 
@@ -226,8 +233,8 @@ def run(args: argparse.Namespace, prog: str) -> int:
     conf = Path(args.conf) if args.conf else default_conf_dir()
     try:
         settings = _settings(args)
-        missing = [s for s in ("mulan", "semantic", "coarse", "fine")
-                   if not (conf / f"{s}.yaml").is_file()]  # fmt: skip
+        needed = ["mulan", "semantic", "coarse", "fine", *(["melody_fine"] * settings.melody)]
+        missing = [s for s in needed if not (conf / f"{s}.yaml").is_file()]
         if missing:
             raise ValueError(f"--conf {conf}: no {', '.join(m + '.yaml' for m in missing)}")
         corpus = _corpus(args, settings)

@@ -22,24 +22,35 @@ TEMPERATURES = {"semantic": 1.0, "coarse": 0.95, "fine": 0.4}
 HELD_OUT_SPLITS = ("test", "valid")
 
 
-def pipeline_dict(p: DemoPaths, joint: dict[str, Any] | None = None) -> dict[str, Any]:
+def pipeline_dict(
+    p: DemoPaths,
+    joint: dict[str, Any] | None = None,
+    *,
+    melody: bool = False,
+    semantic_run: str = "semantic",
+) -> dict[str, Any]:
     """PIPELINE.yaml content; paths relative to the run folder, so the folder can move.
 
-    ``joint``: a pretrained joint embedding ``{name, args}`` in place of the run's MuLan."""
+    ``joint``: a pretrained joint embedding ``{name, args}`` in place of the run's MuLan;
+    ``melody``: name the melody conditioner; ``semantic_run``: the semantic LM's run folder."""
 
     def rel(x: Path) -> str:
         return os.path.relpath(x, p.out)
 
     mulan = dict(joint) if joint else {"checkpoint": rel(p.last_ckpt("mulan"))}
-    return {
+    runs = {stage: semantic_run if stage == "semantic" else stage for stage in LM_STAGES}
+    out: dict[str, Any] = {
         "mulan": {**mulan, "rvq": rel(p.rvq)},
         "semantic_tokenizer": {"name": "music-features", "args": {"kmeans": rel(p.kmeans)}},
         "codec": {"name": "stft-rvq", "args": {"codebooks": rel(p.codec)}},
         "stages": {
-            stage: {"checkpoint": rel(p.last_ckpt(stage)), "temperature": TEMPERATURES[stage]}
+            stage: {"checkpoint": rel(p.last_ckpt(runs[stage])), "temperature": TEMPERATURES[stage]}
             for stage in LM_STAGES
         },
     }
+    if melody:
+        out["melody"] = {"checkpoint": rel(p.last_ckpt("melody")), "rvq": rel(p.melody_rvq)}
+    return out
 
 
 def write_pipeline(
@@ -48,18 +59,21 @@ def write_pipeline(
     cfg_scale: float = 1.0,
     temperatures: dict[str, float] | None = None,
     joint: dict[str, Any] | None = None,
+    melody: bool = False,
+    semantic_run: str = "semantic",
+    out: Path | None = None,
 ) -> Path:
     """Write PIPELINE.yaml naming every checkpoint and artifact of the run (validated by the
     generation package's own schema, so a missing file fails here, naming the key)."""
     from musiclm.generation.pipeline_file import write_pipeline_file
 
-    data = pipeline_dict(p, joint)
+    data = pipeline_dict(p, joint, melody=melody, semantic_run=semantic_run)
     for stage, value in (temperatures or {}).items():
         data["stages"][stage]["temperature"] = value
     if cfg_scale != 1.0:  # stages trained with conditioning dropout take guidance
         for stage in ("semantic", "coarse"):
             data["stages"][stage]["cfg_scale"] = cfg_scale
-    return write_pipeline_file(p.pipeline, data)
+    return write_pipeline_file(out or p.pipeline, data)
 
 
 def held_out_rows(

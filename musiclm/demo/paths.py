@@ -69,6 +69,23 @@ class DemoPaths:
     def eval_other(self) -> Path:
         return self.out / "eval_other"
 
+    @property
+    def pipeline_plain(self) -> Path:
+        """The pipeline whose semantic LM has no melody (``--melody`` runs)."""
+        return self.out / "PIPELINE_plain.yaml"
+
+    @property
+    def melody_rvq(self) -> Path:
+        return self.out / "melody" / "rvq.safetensors"
+
+    @property
+    def melody_clips(self) -> Path:
+        return self.out / "melody_clips"
+
+    @property
+    def melody_eval(self) -> Path:
+        return self.out / "melody_eval"
+
     def run_dir(self, stage: str) -> Path:
         return self.out / stage
 

@@ -12,163 +12,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from musiclm.demo import outputs, tools
 from musiclm.demo.paths import DemoPaths
+from musiclm.demo.settings import Corpus, DemoSettings, inspect_corpus
 from musiclm.demo.steps import Step, StepRunner, musiclm_argv
 from musiclm.stage_names import LM_STAGES
 
 Commands = Callable[[], list[list[str]]]
-
-
-@dataclass
-class DemoSettings:
-    """Sizes of one demo run (the full default, or ``quick()`` for the integration test)."""
-
-    # 1000 clips rather than 200: rendering, shards and tokens cost ~0.2 s a clip, the
-    # MuLan overfitted 160 training clips, and 1000 lifted instrument adherence
-    # from 0.30 to 0.52 and MCC from 0.30 to 0.44 over 400 (docs/decisions/demo-clips.md)
-    clips: int = 1000
-    seconds: float = 10.0
-    # One seed for everything the run draws: the corpus, every training job, generation and
-    # evaluation. Figures are quoted as mean and spread over seeds 0, 1, 2.
-    seed: int = 0
-    # MuLan: steps, batch, crop (seconds); the conditioning RVQ over its audio embeddings.
-    mulan_steps: int = 300
-    mulan_batch: int = 32
-    rvq_levels: int = 4
-    rvq_codebook: int = 32
-    # Offline codec (stft-rvq) and semantic tokenizer (music-features) sizes.
-    codec_levels: int = 6
-    codec_codebook: int = 256
-    codec_max_frames: int = 40_000
-    semantic_k: int = 256
-    # Token LMs: steps per stage and extra `musiclm fit` overrides shared by all three.
-    # The coarse LM is where the music stops moving: rendered from real semantic tokens its
-    # onsets barely follow them (onset-envelope correlation 0.2, the codec's 0.89) and its
-    # validation loss was still falling at 600 steps (1.43 -> 1.37), so it trains 1500
-    # (docs/decisions/coarse-training.md).
-    lm_steps: dict[str, int] = field(
-        default_factory=lambda: {"semantic": 400, "coarse": 1500, "fine": 120}
-    )
-    lm_overrides: list[str] = field(default_factory=list)
-    mulan_overrides: list[str] = field(default_factory=list)
-    # Generation: held-out prompts (test, then validation captions), clip length, sampling.
-    # Every test clip's caption (100 of the 1,000 clips): with 40, one prompt is 2.5 % and a
-    # tempo figure 0.06 above chance was p = 0.19 (docs/decisions/demo-clips.md)
-    prompts: int = 100
-    # Prompts in other words than the caption templates (no BPM number, synonyms, other
-    # order), this many per instrument, scored beside the templated ones.
-    other_prompts_per_instrument: int = 6
-    gen_seconds: float = 8.0
-    cfg_scale: float = 3.0
-    # Below the paper's 1.0 / 0.95 / 0.4: at demo scale cooler sampling makes the text heard
-    # (instrument, tempo) at the cost of note motion (docs/decisions/sampling-temperatures.md)
-    temperatures: dict[str, float] = field(
-        default_factory=lambda: {"semantic": 0.5, "coarse": 0.6, "fine": 0.3}
-    )
-    # Candidates per prompt, MuLan keeps the closest to the text (`generate --rerank`). Three
-    # lifted instrument adherence from 0.47 to 0.64 but not tempo, for 2.7x the generation
-    # time, and the MCC of kept candidates is chosen by the same MuLan (docs/results.md,
-    # re-ranking): one by default, `musiclm demo --rerank N` to ask for more.
-    rerank: int = 1
-    gen_args: list[str] = field(default_factory=list)
-    eval_args: list[str] = field(default_factory=list)
-    # A pretrained joint embedding {name, args} in MuLan's place (no MuLan training), and a
-    # text file of prompts added to the held-out captions (the only ones for audio without).
-    joint_embedding: dict[str, Any] | None = None
-    extra_prompts: str | None = None
-
-    @classmethod
-    def quick(cls) -> DemoSettings:
-        """A few minutes on 2 CPU cores: few clips, few steps, tiny models."""
-        tiny = [
-            "--model.init_args.dim=32",
-            "--model.init_args.depth=2",
-            "--model.init_args.heads=2",
-            "--data.init_args.batch_size=4",
-            "--data.init_args.val_batches=1",
-            "--model.init_args.warmup_steps=2",
-        ]
-        return cls(
-            clips=30,
-            seconds=4.0,
-            mulan_steps=8,
-            mulan_batch=8,
-            rvq_levels=2,
-            rvq_codebook=4,
-            codec_levels=3,
-            codec_codebook=16,
-            codec_max_frames=2000,
-            semantic_k=16,
-            lm_steps={"semantic": 6, "coarse": 6, "fine": 6},
-            lm_overrides=[*tiny, "--data.init_args.seconds=2.0", "--trainer.log_every_n_steps=1"],
-            mulan_overrides=[
-                "--data.init_args.crop_seconds=2.0",
-                "--model.init_args.window_s=2.0",
-                "--trainer.log_every_n_steps=1",
-            ],
-            prompts=3,
-            other_prompts_per_instrument=1,
-            gen_seconds=2.0,
-            cfg_scale=1.0,
-            rerank=2,  # the integration test covers re-ranking and its report line
-            eval_args=["--max-train-clips", "40"],
-        )
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class Corpus:
-    """Where a run's audio comes from, and what its metadata holds."""
-
-    source: str = "demo"  # demo | folder | jsonl | musiccaps (``musiclm prepare audio``)
-    input: Path | None = None  # None for the demo: rendered into RUN/corpus
-    audio_dir: Path | None = None  # musiccaps: the <ytid>.<ext> files
-    captions: bool = True  # items carry captions (MuLan trains on them)
-    attributes: bool = True  # items carry `attributes` (adherence is scored)
-
-    @property
-    def is_demo(self) -> bool:
-        return self.source == "demo"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "input": None if self.input is None else str(self.input),
-            "audio_dir": None if self.audio_dir is None else str(self.audio_dir),
-        }
-
-
-def inspect_corpus(source: str, input: str | Path, audio_dir: str | Path | None = None) -> Corpus:
-    """Read a corpus's listing (no audio) to learn whether it has captions and attributes."""
-    from musiclm.datamodules.corpora import SPLITS, list_entries
-
-    entries = list_entries(source, input, audio_dir=audio_dir, captions=False)
-    usable = [e for e in entries if e.error is None]
-    if not usable:
-        shown = "; ".join(f"{e.name}: {e.error}" for e in entries[:3]) or "no audio files"
-        raise ValueError(f"--input {input}: no usable item ({shown})")
-    for split in SPLITS:  # MuLan and the LMs validate on valid, evaluation scores test
-        if not any(e.split == split for e in usable):
-            raise ValueError(
-                f"--input {input}: no item in the {split!r} split ({len(usable)} items); give "
-                "some a 'split' in their metadata, or add items (5% go to valid and to test)"
-            )
-    return Corpus(
-        source=source,
-        input=Path(input),
-        audio_dir=Path(audio_dir) if audio_dir else None,
-        captions=any(e.caption for e in usable),
-        attributes=any(
-            isinstance(e.meta.get("attributes"), dict) and e.meta["attributes"] for e in usable
-        ),  # fmt: skip
-    )
+__all__ = ["Corpus", "DemoSettings", "build_steps", "inspect_corpus"]
 
 
 def default_conf_dir() -> Path:
@@ -207,11 +60,17 @@ def fit_missing(p: DemoPaths, stage: str, steps: int) -> list[str]:
 
 
 def fit_args(
-    p: DemoPaths, stage: str, data: dict[str, Path], extra: list[str], seed: int = 0
+    p: DemoPaths,
+    stage: str,
+    data: dict[str, Path],
+    extra: list[str],
+    seed: int = 0,
+    *,
+    config: str | None = None,
 ) -> list[str]:
-    """``musiclm fit`` arguments for one stage, resuming from ``last.ckpt`` when a run was
-    cut short."""
-    args = ["fit", "--config", str(p.conf / f"{stage}.yaml"),
+    """``musiclm fit`` arguments for one stage (trained into ``RUN/<stage>`` by
+    ``CONF/<config or stage>.yaml``), resuming from ``last.ckpt`` when a run was cut short."""
+    args = ["fit", "--config", str(p.conf / f"{config or stage}.yaml"),
             f"--trainer.default_root_dir={p.run_dir(stage)}"]  # fmt: skip
     args += [f"--data.init_args.{k}={v}" for k, v in data.items()]
     args += [f"--seed_everything={seed}", *extra]
@@ -289,19 +148,64 @@ def tokens_commands(p: DemoPaths, s: DemoSettings) -> list[list[str]]:
              "--codec", c["name"], "--codec-args", json.dumps(c["args"]),
              "--semantic", t["name"], "--semantic-args", json.dumps(t["args"]),
              *joint_flags(p, s, "--mulan"), "--mulan-rvq", str(p.rvq),
-             "--beats", "--no-progress"]]  # fmt: skip
+             *melody_token_flags(p, s), "--beats", "--no-progress"]]  # fmt: skip
 
 
 def lm_commands(p: DemoPaths, s: DemoSettings, stage: str) -> list[list[str]]:
-    n = s.lm_steps[stage]
+    """``musiclm fit`` of one token LM; ``semantic-plain`` is the semantic LM without the
+    melody that ``--melody`` gives ``semantic``."""
+    config = "semantic" if stage == PLAIN else stage
+    n = s.lm_steps[config]
     extra = [
         f"--trainer.max_steps={n}",
         f"--model.init_args.decay_steps={n}",
         f"--data.init_args.batches_per_epoch={max(1, min(100, n // 3))}",
         *s.lm_overrides,
     ]
+    if s.melody and stage == "semantic":
+        extra.append("--model.init_args.melody=true")
     data = {"train_dir": p.tokens / "train", "val_dir": p.tokens / "valid"}
-    return [fit_args(p, stage, data, extra, s.seed)]
+    return [fit_args(p, stage, data, extra, s.seed, config=config)]
+
+
+# ----------------------------------------------------------------------------- melody
+
+PLAIN = "semantic-plain"
+
+
+def melody_fit_commands(p: DemoPaths, s: DemoSettings) -> list[list[str]]:
+    extra = [f"--trainer.max_steps={s.melody_steps}", *s.melody_overrides]
+    return [fit_args(p, "melody", {}, extra, s.seed, config="melody_fine")]
+
+
+def melody_rvq_commands(p: DemoPaths, s: DemoSettings) -> list[list[str]]:
+    return [["prepare", "melody-rvq", "--checkpoint", str(p.last_ckpt("melody")),
+             "--audio", str(p.audio / "train"), "--out", str(p.melody_rvq),
+             "--levels", str(s.melody_levels), "--codebook-size", str(s.melody_codebook),
+             "--seed", str(s.seed)]]  # fmt: skip
+
+
+def melody_token_flags(p: DemoPaths, s: DemoSettings) -> list[str]:
+    if not s.melody:
+        return []
+    return ["--melody", str(p.last_ckpt("melody")), "--melody-rvq", str(p.melody_rvq)]
+
+
+def melody_eval_commands(p: DemoPaths, s: DemoSettings) -> list[list[str]]:
+    """Each held-out clip's melody under another clip's caption, through PIPELINE.yaml with
+    ``--melody`` and through the plain pipeline without; then the chroma figure."""
+    commands = []
+    for i in range(s.melody_clips):
+        clip, prompt = p.melody_clips / f"melody_{i}.wav", p.melody_clips / f"prompt_{i}.jsonl"
+        for name, pipeline, melody in (("with", p.pipeline, ["--melody", str(clip)]),
+                                       ("without", p.pipeline_plain, [])):  # fmt: skip
+            commands.append(["generate", "--prompts", str(prompt), "--pipeline", str(pipeline),
+                             *melody, "--seconds", str(s.gen_seconds), "--seed", str(s.seed),
+                             "--out", str(p.melody_eval / f"{name}_{i}")])  # fmt: skip
+    commands.append(["pipeline", "melody-figure", "--clips", str(p.melody_clips),
+                     "--generated", str(p.melody_eval), "--count", str(s.melody_clips),
+                     "--out", str(p.eval / "melody.json")])  # fmt: skip
+    return commands
 
 
 def pipeline_commands(p: DemoPaths, s: DemoSettings) -> list[list[str]]:
@@ -309,7 +213,10 @@ def pipeline_commands(p: DemoPaths, s: DemoSettings) -> list[list[str]]:
             "--temperatures", json.dumps(s.temperatures)]  # fmt: skip
     if s.joint_embedding:
         args += joint_flags(p, s, "")
-    return [args]
+    if not s.melody:
+        return [args]
+    plain = [*args, "--semantic-run", PLAIN, "--out", str(p.pipeline_plain)]
+    return [[*args, "--melody"], plain]
 
 
 def generate_commands(
@@ -331,7 +238,13 @@ def generate_commands(
                 "--seconds", str(s.gen_seconds), "--num-samples", "1", "--seed", str(s.seed),
                 "--out", str(out), "--rerank", str(s.rerank), *s.gen_args]  # fmt: skip
     attach = ["pipeline", "attach-attributes", "--prompts", str(prompts), "--generated", str(out)]
-    return [[*write, "--out", str(prompts)], generate, attach]
+    if not s.melody:
+        return [[*write, "--out", str(prompts)], generate, attach]
+    # a melody pipeline needs a melody: every prompt follows the first held-out clip's
+    clips = ["pipeline", "melody-clips", "--audio", str(p.audio), "--count",
+             str(s.melody_clips), "--out", str(p.melody_clips)]  # fmt: skip
+    generate += ["--melody", str(p.melody_clips / "melody_0.wav")]
+    return [[*write, "--out", str(prompts)], clips, generate, attach]
 
 
 def evaluate_commands(
@@ -392,6 +305,13 @@ def data_steps(runner: StepRunner, p: DemoPaths, s: DemoSettings, c: Corpus) -> 
         steps.append(_step(runner, "mulan", "train MuLan (musiclm fit)",
                            lambda: mulan_commands(p, s),
                            lambda: fit_missing(p, "mulan", s.mulan_steps)))  # fmt: skip
+    if s.melody:
+        steps.append(_step(runner, "melody", "train the melody embedding (musiclm fit)",
+                           lambda: melody_fit_commands(p, s),
+                           lambda: fit_missing(p, "melody", s.melody_steps)))  # fmt: skip
+        steps.append(_step(runner, "melody-rvq", "fit the melody-token RVQ",
+                           lambda: melody_rvq_commands(p, s),
+                           lambda: _missing(p.melody_rvq)))  # fmt: skip
     table = [
         ("mulan-rvq", "fit the conditioning RVQ", lambda: mulan_rvq_commands(p, s), [p.rvq]),
         ("semantic-kmeans", "fit the semantic k-means", lambda: kmeans_commands(p, s),
@@ -406,24 +326,27 @@ def data_steps(runner: StepRunner, p: DemoPaths, s: DemoSettings, c: Corpus) -> 
 
 
 def lm_steps(runner: StepRunner, p: DemoPaths, s: DemoSettings) -> list[Step]:
-    """The semantic, coarse and fine LMs, each a ``musiclm fit``."""
+    """The semantic, coarse and fine LMs, each a ``musiclm fit`` (with ``--melody``, also a
+    semantic LM without the melody, for the figure's "without")."""
+    stages = [*LM_STAGES, PLAIN] if s.melody else list(LM_STAGES)
     return [
         _step(
             runner,
             stage,
             f"train the {stage} LM (musiclm fit)",
             lambda stage=stage: lm_commands(p, s, stage),
-            lambda stage=stage: fit_missing(p, stage, s.lm_steps[stage]),
-        )  # fmt: skip
-        for stage in LM_STAGES
+            lambda stage=stage: fit_missing(p, stage, s.lm_steps[stage.split("-")[0]]),
+        )
+        for stage in stages
     ]
 
 
 def output_steps(runner: StepRunner, p: DemoPaths, s: DemoSettings, c: Corpus) -> list[Step]:
     """PIPELINE.yaml, generation, evaluation (the demo's also on prompts in other words),
     the report."""
+    pipelines = [p.pipeline, p.pipeline_plain] if s.melody else [p.pipeline]
     steps = [_step(runner, "pipeline", "write PIPELINE.yaml", lambda: pipeline_commands(p, s),
-                   lambda: _missing(p.pipeline))]  # fmt: skip
+                   lambda: _missing(*pipelines))]  # fmt: skip
     steps.append(_step(runner, "generate", "generate music for held-out prompts",
                        lambda: generate_commands(p, s, c),
                        lambda: outputs.missing_generated(p)))  # fmt: skip
@@ -439,6 +362,10 @@ def output_steps(runner: StepRunner, p: DemoPaths, s: DemoSettings, c: Corpus) -
         steps.append(_step(runner, "evaluate-other", "musiclm evaluate (other wording)",
                            lambda: evaluate_commands(p, s, c, other=True),
                            lambda: _missing(p.eval_other / "metrics.json")))  # fmt: skip
+    if s.melody:
+        steps.append(_step(runner, "melody-eval", "chroma of outputs with and without --melody",
+                           lambda: melody_eval_commands(p, s),
+                           lambda: _missing(p.eval / "melody.json")))  # fmt: skip
     steps.append(_step(runner, "report", "report.md and plots", lambda: report_commands(p, c),
                        lambda: _missing(p.out / "report.md")))  # fmt: skip
     return steps

@@ -241,6 +241,26 @@ def rerank_summary(generated: Path) -> dict[str, float] | None:
     }
 
 
+def melody_lines(path: Path) -> list[str]:
+    """The melody figure of a ``--melody`` run: chroma cosine with and without the melody."""
+    if not path.is_file():
+        return []
+    m = json.loads(path.read_text(encoding="utf-8"))
+    return [
+        "",
+        "## Melody",
+        "",
+        "Chroma cosine of each held-out clip's melody against music generated under another "
+        f"clip's caption, with `--melody` (PIPELINE.yaml) and without (PIPELINE_plain.yaml, "
+        f"the same run with a semantic LM trained without melody tokens); {m['clips']} clips.",
+        "",
+        "| with --melody | without | gain (s.e.m.) | clips improved |",
+        "|---|---|---|---|",
+        f"| {m['with']:.3f} | {m['without']:.3f} | {m['gain']:+.3f} ({m['gain_sem']:.3f}) | "
+        f"{m['improved']} / {m['clips']} |",
+    ]
+
+
 def corpus_lines(audio: Path) -> list[str]:
     """The corpus section: clips and seconds per split, and every item prepare skipped."""
     lines, skipped = [], []
@@ -316,6 +336,7 @@ def write_report(
             "|---|---|---|",
         ]
         lines += [f"| {a} | {b} | {c} |" for a, b, c in wording_table(metrics, other)]
+    lines += melody_lines(p.eval / "melody.json")
     lines += ["", "## Training", "", "![loss curves](plots/loss_curves.png)", ""]
     lines += ["| stage | curve | last value |", "|---|---|---|"]
     for stage, tags in losses.items():

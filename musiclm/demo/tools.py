@@ -17,7 +17,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from musiclm.demo import outputs
+from musiclm.demo import melody, outputs
 from musiclm.demo.paths import DemoPaths
 from musiclm.demo.report import write_report
 from musiclm.tokenizers import joint
@@ -36,6 +36,9 @@ def _write_yaml(a: argparse.Namespace) -> None:
         cfg_scale=a.cfg_scale,
         temperatures=temperatures,
         joint=spec.to_block() if isinstance(spec, joint.JointEmbeddingSpec) else None,
+        melody=a.melody,
+        semantic_run=a.semantic_run,
+        out=Path(a.out) if a.out else None,
     )
 
 
@@ -85,6 +88,9 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
     w.add_argument("--cfg-scale", type=float, default=1.0, help="guidance of semantic, coarse")
     w.add_argument("--temperatures", help='JSON {"semantic": T, "coarse": T, "fine": T}')
     joint.add_arguments(w, instead_of="the run's MuLan checkpoint")
+    w.add_argument("--melody", action="store_true", help="name RUN/melody's conditioner")
+    w.add_argument("--semantic-run", default="semantic", help="the semantic LM's run folder")
+    w.add_argument("--out", help="pipeline file to write (default RUN/PIPELINE.yaml)")
 
     p = parser("prompts", "Held-out captions -> a prompts JSONL for `musiclm generate`.")
     p.add_argument("--held-out", required=True, help="audio shard folder or JSONL manifest")
@@ -102,6 +108,19 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
     t.add_argument("--prompts", required=True, help="the prompts JSONL generation read")
     t.add_argument("--generated", required=True, help="folder of generated wav + JSON")
 
+    m = parser("melody-clips", "Held-out clips as melody_<i>.wav, each with prompt_<i>.jsonl "
+               "holding another clip's caption.")  # fmt: skip
+    m.add_argument("--audio", required=True, help="the run's audio shard folder")
+    m.add_argument("--count", type=int, required=True)
+    m.add_argument("--out", required=True, help="folder to write")
+
+    f = parser("melody-figure", "Chroma cosine of each melody clip against the clips generated "
+               "with and without it -> JSON.")  # fmt: skip
+    f.add_argument("--clips", required=True, help="the melody-clips folder")
+    f.add_argument("--generated", required=True, help="folder of with_<i>/ and without_<i>/")
+    f.add_argument("--count", type=int, required=True)
+    f.add_argument("--out", required=True, help="JSON to write")
+
     r = parser("report", "RUN/report.md: steps, corpus, training curves, clips, evaluation.")
     r.add_argument("--run", required=True, help="run folder")
     r.add_argument("--title", default="musiclm pipeline", help="the report's heading")
@@ -110,11 +129,17 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
         "prompts": (p, _prompts),
         "other-prompts": (o, _other_prompts),
         "attach-attributes": (t, _attach),
+        "melody-clips": (m, lambda a: melody.write_clips(Path(a.audio), a.count, Path(a.out))),
+        "melody-figure": (
+            f,
+            lambda a: melody.write_figure(Path(a.clips), Path(a.generated), a.count, Path(a.out)),
+        ),  # fmt: skip
         "report": (r, _report),
     }
 
 
-JOBS = ("write-yaml", "prompts", "other-prompts", "attach-attributes", "report")
+JOBS = ("write-yaml", "prompts", "other-prompts", "attach-attributes", "melody-clips",
+        "melody-figure", "report")  # fmt: skip
 
 
 def run(argv: list[str]) -> None:
