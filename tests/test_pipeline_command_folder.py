@@ -179,6 +179,30 @@ def test_audio_without_captions_on_a_pretrained_clap(tmp_path):
     assert {"mcc", "fad", "structure"} <= set(metrics)
 
 
+@pytest.mark.slow
+def test_melody_run_generates_with_a_melody_and_reports_the_figure(tmp_path):
+    """`--melody`: generate --melody works on the run's PIPELINE.yaml; the report has both
+    chroma figures."""
+    from musiclm.commands import pipeline
+
+    corpus, out = tmp_path / "corpus", tmp_path / "run"
+    write_folder_corpus(corpus, clips=16, seconds=3.0)
+    argv = ["--source", "folder", "--input", str(corpus), "--out", str(out), "--quick"]
+    assert pipeline.main([*argv, "--melody"]) == 0
+    figure = json.loads((out / "eval" / "melody.json").read_text())
+    assert figure["clips"] == 2 and {"with", "without", "gain"} <= set(figure)
+    report = (out / "report.md").read_text()
+    assert "## Melody" in report and f"| {figure['with']:.3f} | {figure['without']:.3f} |" in report
+    clip = subprocess.run(
+        [sys.executable, "-m", "musiclm.cli", "generate", "a bell tune", "--melody",
+         str(out / "melody_clips" / "melody_1.wav"), "--pipeline", str(out / "PIPELINE.yaml"),
+         "--out", str(tmp_path / "clips"), "--seconds", "1"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert clip.returncode == 0, clip.stderr[-2000:]
+    assert pipeline.main(argv) == 2, "a melody run folder refuses a run without --melody"
+
+
 def run_files(run: Path) -> set[str]:
     """The files of a run folder, relative, without the runner's own bookkeeping (markers,
     logs, settings) and with TensorBoard's host-and-time event names made alike."""
