@@ -374,3 +374,53 @@ def test_other_wording_check_and_table():
     assert wording_check(m(0.6), {})[1] is None
     rows = {r[0]: r[1:] for r in wording_table(m(0.6), m(0.4))}
     assert rows["adherence instrument"] == ["0.600", "0.400"]
+
+
+def test_acoustic_delay_trains_one_stage_in_place_of_coarse_and_fine(tmp_path):
+    """`--acoustic delay`: the plan trains semantic + delay, the pipeline file names them
+    with the delay stage's temperature and guidance, and the run's settings record only its
+    own stages (so a cascade run's settings.json is unchanged by the delay entries)."""
+    import dataclasses
+
+    from musiclm.generation.pipeline_file import load_pipeline_file
+
+    s = dataclasses.replace(DemoSettings.quick(), acoustic="delay")
+    p = DemoPaths(out=tmp_path / "run", conf=tmp_path)
+    names = [x.name for x in build_steps(StepRunner(p.out), p, s)]
+    assert "delay" in names and "coarse" not in names and "fine" not in names
+    assert names.index("semantic") < names.index("delay") < names.index("pipeline")
+    assert set(s.to_json()["lm_steps"]) == {"semantic", "delay"}
+    assert set(DemoSettings().to_json()["temperatures"]) == {"semantic", "coarse", "fine"}
+
+    for path in [p.rvq, p.codec, p.kmeans, *(p.last_ckpt(x) for x in ("mulan", "semantic"))]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    with pytest.raises(Exception, match="stages.delay.checkpoint"):
+        outputs.write_pipeline(p, acoustic="delay")
+    p.last_ckpt("delay").parent.mkdir(parents=True)
+    p.last_ckpt("delay").write_bytes(b"x")
+    outputs.write_pipeline(p, cfg_scale=3.0, temperatures={"delay": 0.9}, acoustic="delay")
+    stages = load_pipeline_file(p.pipeline).stages
+    assert set(stages) == {"semantic", "delay"}
+    assert stages["delay"].sampling.temperature == 0.9
+    assert stages["delay"].sampling.cfg_scale == 3.0
+    with pytest.raises(ValueError, match="temperature for stage 'coarse'"):
+        outputs.write_pipeline(p, temperatures={"coarse": 0.6}, acoustic="delay")
+
+
+@pytest.mark.slow
+def test_quick_demo_with_the_delay_stage_end_to_end(tmp_path):
+    """`musiclm demo --quick --acoustic delay` from nothing: a delay checkpoint, no coarse or
+    fine run, generated clips scored, and `musiclm generate` on its PIPELINE.yaml."""
+    from musiclm.commands import demo, generate
+
+    out = tmp_path / "demo"
+    assert demo.main(["--out", str(out), "--quick", "--acoustic", "delay"]) == 0
+    assert (out / "delay" / "checkpoints" / "last.ckpt").is_file()
+    assert not (out / "coarse").exists() and not (out / "fine").exists()
+    assert len(sorted((out / "generated").glob("*.wav"))) == DemoSettings.quick().prompts
+    assert "structure" in json.loads((out / "eval" / "metrics.json").read_text())
+    assert (out / "plots" / "loss_curves.png").is_file()
+    argv = ["a calm piano melody", "--pipeline", str(out / "PIPELINE.yaml"), "--seconds", "1"]
+    assert generate.main([*argv, "--out", str(tmp_path / "clips")]) == 0
+    assert list((tmp_path / "clips").glob("*.wav"))

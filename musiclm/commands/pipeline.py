@@ -110,6 +110,13 @@ def build_parser(*, prog: str = "musiclm pipeline", demo: bool = False) -> argpa
             "--prompts", metavar="FILE", help="text file of prompts, one a line, generated too"
         )
     p.add_argument(
+        "--acoustic",
+        choices=("cascade", "delay"),
+        default="cascade",
+        help="acoustic stages: MusicLM's coarse + fine LMs (default), or one delay-pattern LM "
+        "over every codec level (MusicGen; CONF/delay.yaml)",
+    )
+    p.add_argument(
         "--melody",
         action="store_true",
         help="also train melody conditioning (CONF/melody_fine.yaml): PIPELINE.yaml then takes "
@@ -145,6 +152,7 @@ def _settings(args: argparse.Namespace):
             raise ValueError(f"--rerank {args.rerank}: need at least 1 candidate per prompt")
         s.rerank = args.rerank
     s.melody = bool(getattr(args, "melody", False))
+    s.acoustic = getattr(args, "acoustic", "cascade")
     return s
 
 
@@ -233,7 +241,7 @@ def run(args: argparse.Namespace, prog: str) -> int:
     conf = Path(args.conf) if args.conf else default_conf_dir()
     try:
         settings = _settings(args)
-        needed = ["mulan", "semantic", "coarse", "fine", *(["melody_fine"] * settings.melody)]
+        needed = ["mulan", *settings.lm_stages, *(["melody_fine"] * settings.melody)]
         missing = [s for s in needed if not (conf / f"{s}.yaml").is_file()]
         if missing:
             raise ValueError(f"--conf {conf}: no {', '.join(m + '.yaml' for m in missing)}")

@@ -15,10 +15,14 @@ from typing import Any
 
 from musiclm.datamodules.shards import atomic_write_json, atomic_write_text, shard_paths
 from musiclm.demo.paths import DemoPaths
-from musiclm.stage_names import LM_STAGES
+from musiclm.demo.settings import ACOUSTIC
+from musiclm.stage_names import SEMANTIC
 
-# Paper's sampling temperatures per stage (semantic 1.0, coarse 0.95, fine 0.4).
-TEMPERATURES = {"semantic": 1.0, "coarse": 0.95, "fine": 0.4}
+# Papers' sampling temperatures per stage: MusicLM's semantic 1.0, coarse 0.95, fine 0.4;
+# MusicGen samples its delay-pattern LM at 1.0.
+TEMPERATURES = {"semantic": 1.0, "coarse": 0.95, "fine": 0.4, "delay": 1.0}
+# stages trained with conditioning dropout, which take guidance
+GUIDED = ("semantic", "coarse", "delay")
 HELD_OUT_SPLITS = ("test", "valid")
 
 
@@ -28,24 +32,29 @@ def pipeline_dict(
     *,
     melody: bool = False,
     semantic_run: str = "semantic",
+    acoustic: str = "cascade",
 ) -> dict[str, Any]:
     """PIPELINE.yaml content; paths relative to the run folder, so the folder can move.
 
     ``joint``: a pretrained joint embedding ``{name, args}`` in place of the run's MuLan;
-    ``melody``: name the melody conditioner; ``semantic_run``: the semantic LM's run folder."""
+    ``melody``: name the melody conditioner; ``semantic_run``: the semantic LM's run folder;
+    ``acoustic``: ``cascade`` (coarse + fine) or ``delay``."""
 
     def rel(x: Path) -> str:
         return os.path.relpath(x, p.out)
 
     mulan = dict(joint) if joint else {"checkpoint": rel(p.last_ckpt("mulan"))}
-    runs = {stage: semantic_run if stage == "semantic" else stage for stage in LM_STAGES}
+    if acoustic not in ACOUSTIC:
+        raise ValueError(f"acoustic stages {acoustic!r}: not one of {sorted(ACOUSTIC)}")
+    stages = (SEMANTIC, *ACOUSTIC[acoustic])
+    runs = {stage: semantic_run if stage == SEMANTIC else stage for stage in stages}
     out: dict[str, Any] = {
         "mulan": {**mulan, "rvq": rel(p.rvq)},
         "semantic_tokenizer": {"name": "music-features", "args": {"kmeans": rel(p.kmeans)}},
         "codec": {"name": "stft-rvq", "args": {"codebooks": rel(p.codec)}},
         "stages": {
             stage: {"checkpoint": rel(p.last_ckpt(runs[stage])), "temperature": TEMPERATURES[stage]}
-            for stage in LM_STAGES
+            for stage in stages
         },
     }
     if melody:
@@ -61,18 +70,23 @@ def write_pipeline(
     joint: dict[str, Any] | None = None,
     melody: bool = False,
     semantic_run: str = "semantic",
+    acoustic: str = "cascade",
     out: Path | None = None,
 ) -> Path:
     """Write PIPELINE.yaml naming every checkpoint and artifact of the run (validated by the
     generation package's own schema, so a missing file fails here, naming the key)."""
     from musiclm.generation.pipeline_file import write_pipeline_file
 
-    data = pipeline_dict(p, joint, melody=melody, semantic_run=semantic_run)
+    data = pipeline_dict(p, joint, melody=melody, semantic_run=semantic_run, acoustic=acoustic)
+    stages = data["stages"]
     for stage, value in (temperatures or {}).items():
-        data["stages"][stage]["temperature"] = value
-    if cfg_scale != 1.0:  # stages trained with conditioning dropout take guidance
-        for stage in ("semantic", "coarse"):
-            data["stages"][stage]["cfg_scale"] = cfg_scale
+        if stage not in stages:
+            raise ValueError(f"temperature for stage {stage!r}: the run has {sorted(stages)}")
+        stages[stage]["temperature"] = value
+    if cfg_scale != 1.0:
+        for stage in GUIDED:
+            if stage in stages:
+                stages[stage]["cfg_scale"] = cfg_scale
     return write_pipeline_file(out or p.pipeline, data)
 
 

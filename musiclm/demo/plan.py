@@ -18,7 +18,6 @@ from musiclm.demo import outputs, tools
 from musiclm.demo.paths import DemoPaths
 from musiclm.demo.settings import Corpus, DemoSettings, inspect_corpus
 from musiclm.demo.steps import Step, StepRunner, musiclm_argv
-from musiclm.stage_names import LM_STAGES
 
 Commands = Callable[[], list[list[str]]]
 __all__ = ["Corpus", "DemoSettings", "build_steps", "inspect_corpus"]
@@ -209,8 +208,11 @@ def melody_eval_commands(p: DemoPaths, s: DemoSettings) -> list[list[str]]:
 
 
 def pipeline_commands(p: DemoPaths, s: DemoSettings) -> list[list[str]]:
+    temperatures = {k: v for k, v in s.temperatures.items() if k in s.lm_stages}
     args = ["pipeline", "write-yaml", "--run", str(p.out), "--cfg-scale", str(s.cfg_scale),
-            "--temperatures", json.dumps(s.temperatures)]  # fmt: skip
+            "--temperatures", json.dumps(temperatures)]  # fmt: skip
+    if s.acoustic != "cascade":
+        args += ["--acoustic", s.acoustic]
     if s.joint_embedding:
         args += joint_flags(p, s, "")
     if not s.melody:
@@ -328,7 +330,7 @@ def data_steps(runner: StepRunner, p: DemoPaths, s: DemoSettings, c: Corpus) -> 
 def lm_steps(runner: StepRunner, p: DemoPaths, s: DemoSettings) -> list[Step]:
     """The semantic, coarse and fine LMs, each a ``musiclm fit`` (with ``--melody``, also a
     semantic LM without the melody, for the figure's "without")."""
-    stages = [*LM_STAGES, PLAIN] if s.melody else list(LM_STAGES)
+    stages = [*s.lm_stages, PLAIN] if s.melody else list(s.lm_stages)
     return [
         _step(
             runner,

@@ -10,7 +10,7 @@ import numpy as np
 
 from musiclm.datamodules.shards import atomic_write_text
 from musiclm.demo.paths import DemoPaths
-from musiclm.stage_names import LM_STAGES
+from musiclm.stage_names import COARSE, DELAY, LM_STAGES, SEMANTIC
 
 STAGES = ("mulan", *LM_STAGES)
 
@@ -41,9 +41,12 @@ def plot_losses(p: DemoPaths, png: Path) -> dict[str, dict[str, float]]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(STAGES), figsize=(4 * len(STAGES), 3.2))
+    # a run with the delay stage has no coarse or fine LM to show
+    delay = p.run_dir(DELAY).is_dir() and not p.run_dir(COARSE).is_dir()
+    stages = ("mulan", SEMANTIC, DELAY) if delay else STAGES
+    fig, axes = plt.subplots(1, len(stages), figsize=(4 * len(stages), 3.2))
     last: dict[str, dict[str, float]] = {}
-    for ax, stage in zip(axes, STAGES, strict=True):
+    for ax, stage in zip(axes, stages, strict=True):
         events = p.run_dir(stage) / "tensorboard" / "run"
         ax.set_title(stage)
         ax.set_xlabel("step")

@@ -6,6 +6,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from musiclm.stage_names import COARSE, DELAY, FINE, SEMANTIC
+
+# `--acoustic` -> the stages that make the codec tokens
+ACOUSTIC: dict[str, tuple[str, ...]] = {"cascade": (COARSE, FINE), "delay": (DELAY,)}
+
 
 @dataclass
 class DemoSettings:
@@ -34,8 +39,10 @@ class DemoSettings:
     # onsets barely follow them (onset-envelope correlation 0.2, the codec's 0.89) and its
     # validation loss was still falling at 600 steps (1.43 -> 1.37), so it trains 1500
     # (docs/decisions/coarse-training.md).
+    # The delay stage (`--acoustic delay`) replaces coarse + fine with one LM over every codec
+    # level; 1500 steps like the coarse LM it replaces (docs/decisions/delay-stage.md).
     lm_steps: dict[str, int] = field(
-        default_factory=lambda: {"semantic": 400, "coarse": 1500, "fine": 120}
+        default_factory=lambda: {"semantic": 400, "coarse": 1500, "fine": 120, "delay": 1500}
     )
     lm_overrides: list[str] = field(default_factory=list)
     mulan_overrides: list[str] = field(default_factory=list)
@@ -50,9 +57,14 @@ class DemoSettings:
     cfg_scale: float = 3.0
     # Below the paper's 1.0 / 0.95 / 0.4: at demo scale cooler sampling makes the text heard
     # (instrument, tempo) at the cost of note motion (docs/decisions/sampling-temperatures.md)
+    # The delay stage samples hotter: at 0.6 its onsets fall to 0.38 / s (real 1.75), at 0.9
+    # they reach 1.31 / s with more note motion (docs/decisions/delay-stage.md).
     temperatures: dict[str, float] = field(
-        default_factory=lambda: {"semantic": 0.5, "coarse": 0.6, "fine": 0.3}
+        default_factory=lambda: {"semantic": 0.5, "coarse": 0.6, "fine": 0.3, "delay": 0.9}
     )
+    # The acoustic stages: MusicLM's coarse + fine cascade, or MusicGen's delay-pattern LM
+    # over every codec level (`--acoustic delay`), both from the same token shards.
+    acoustic: str = "cascade"
     # Candidates per prompt, MuLan keeps the closest to the text (`generate --rerank`). Three
     # lifted instrument adherence from 0.47 to 0.64 but not tempo, for 2.7x the generation
     # time, and the MCC of kept candidates is chosen by the same MuLan (docs/results.md,
@@ -96,7 +108,7 @@ class DemoSettings:
             codec_codebook=16,
             codec_max_frames=2000,
             semantic_k=16,
-            lm_steps={"semantic": 6, "coarse": 6, "fine": 6},
+            lm_steps={"semantic": 6, "coarse": 6, "fine": 6, "delay": 6},
             lm_overrides=[*tiny, "--data.init_args.seconds=2.0", "--trainer.log_every_n_steps=1"],
             mulan_overrides=[
                 "--data.init_args.crop_seconds=2.0",
@@ -125,8 +137,18 @@ class DemoSettings:
             melody_clips=2,
         )
 
+    @property
+    def lm_stages(self) -> tuple[str, ...]:
+        """The token LMs this run trains, in generation order."""
+        return (SEMANTIC, *ACOUSTIC[self.acoustic])
+
     def to_json(self) -> dict:
-        return asdict(self)
+        """The settings a run folder keeps: steps and temperatures of its own stages only,
+        so a cascade run's record stays what it was before the delay stage existed."""
+        out = asdict(self)
+        for key in ("lm_steps", "temperatures"):
+            out[key] = {k: v for k, v in out[key].items() if k in self.lm_stages}
+        return out
 
 
 @dataclass

@@ -20,6 +20,7 @@ from pathlib import Path
 from musiclm.demo import melody, outputs
 from musiclm.demo.paths import DemoPaths
 from musiclm.demo.report import write_report
+from musiclm.demo.settings import ACOUSTIC
 from musiclm.tokenizers import joint
 from musiclm.usage import run_command
 
@@ -38,6 +39,7 @@ def _write_yaml(a: argparse.Namespace) -> None:
         joint=spec.to_block() if isinstance(spec, joint.JointEmbeddingSpec) else None,
         melody=a.melody,
         semantic_run=a.semantic_run,
+        acoustic=a.acoustic,
         out=Path(a.out) if a.out else None,
     )
 
@@ -85,8 +87,14 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
 
     w = parser("write-yaml", "Write RUN/PIPELINE.yaml naming the run's checkpoints and artifacts.")
     w.add_argument("--run", required=True, help="run folder")
-    w.add_argument("--cfg-scale", type=float, default=1.0, help="guidance of semantic, coarse")
+    w.add_argument(
+        "--cfg-scale", type=float, default=1.0, help="guidance of semantic, coarse (or delay)"
+    )
     w.add_argument("--temperatures", help='JSON {"semantic": T, "coarse": T, "fine": T}')
+    w.add_argument(
+        "--acoustic", choices=sorted(ACOUSTIC), default="cascade",
+        help="acoustic stages of the run: coarse + fine, or the delay stage",
+    )  # fmt: skip
     joint.add_arguments(w, instead_of="the run's MuLan checkpoint")
     w.add_argument("--melody", action="store_true", help="name RUN/melody's conditioner")
     w.add_argument("--semantic-run", default="semantic", help="the semantic LM's run folder")
