@@ -1,7 +1,8 @@
 """Plugin registry over ``importlib.metadata`` entry points.
 
-Built-in codecs, semantic tokenizers, text encoders and joint embeddings register through the same
-``pyproject.toml`` entry points as third-party plugins, so there is no if/elif chain here.
+Built-in codecs, semantic tokenizers, text encoders, joint embeddings and conditioning streams
+register through the same ``pyproject.toml`` entry points as third-party plugins, so there is
+no if/elif chain here.
 Discovery reads names only; a plugin module is imported when it is chosen.
 """
 
@@ -17,6 +18,7 @@ GROUPS: dict[str, str] = {
     "semantic_tokenizers": "musiclm.semantic_tokenizers",
     "text_encoders": "musiclm.text_encoders",
     "joint_embeddings": "musiclm.joint_embeddings",
+    "conditioning_streams": "musiclm.conditioning_streams",
 }
 
 

@@ -6,7 +6,9 @@ Each sample holds ``semantic.npy`` ``[F_s]``, ``acoustic.npy`` ``[Q, F_a]``, opt
 ``seconds`` per sample, the same time window in every stream, ``-1`` where a clip is shorter.
 Shards with ``melody.npy`` ``[W_clip, L]`` (a melody token set every ``melody_hop`` seconds)
 add ``"melody": (B, W * L)``: the crop then starts on the melody window grid and takes the
-``W`` windows from its start (``-1`` past the clip's end).
+``W`` windows from its start (``-1`` past the clip's end). Streams that the manifest does not
+declare (a conditioning stream from a plugin) are read by ``readers``: callables given by the
+stage that ``(sample, where, crop) -> {name: array}``, so this module names no stream class.
 
 Training reads resampled shards (every rank and worker draws shards at random, seeded by
 (seed, data epoch, rank, worker)), so every rank yields exactly ``batches_per_epoch`` batches
@@ -24,7 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import partial
 from itertools import islice
 from pathlib import Path
@@ -51,17 +54,40 @@ from musiclm.datamodules.stream_position import (
 from musiclm.datamodules.token_spec import TokenSpec
 
 
+@dataclass(frozen=True)
+class Crop:
+    """The time window of one cropped sample, for a stream reader."""
+
+    start: float  # seconds from the clip's start
+    seconds: float  # crop length
+    semantic_start: int  # first semantic frame and the frame count of the crop
+    semantic_frames: int
+    acoustic_start: int  # first codec frame and the frame count of the crop
+    acoustic_frames: int
+    train: bool  # a random crop (False: validation's fixed crop from the start)
+
+
+# a conditioning stream's reader: (raw sample, where it is for errors, crop) -> arrays
+Reader = Callable[[dict, str, Crop], dict[str, np.ndarray]]
+
+
 def _seed(*parts: int) -> int:
     digest = hashlib.sha256(",".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
 
 def crop_sample(
-    sample: dict, *, spec: TokenSpec, seconds: float, rng: np.random.Generator | None
+    sample: dict,
+    *,
+    spec: TokenSpec,
+    seconds: float,
+    rng: np.random.Generator | None,
+    readers: Sequence[Reader] = (),
 ) -> dict:
     """Decode a raw WebDataset token sample and crop all streams to one time window.
 
     ``rng=None`` crops from the start (validation). Bad samples raise naming key and shard.
+    ``readers`` add the arrays of streams the manifest does not declare.
     """
     where = f"sample {sample.get('__key__')!r} in {sample.get('__url__')}"
     for field in ("semantic.npy", "acoustic.npy"):
@@ -109,6 +135,9 @@ def crop_sample(
         out["tempo"] = tempo
         if spec.tempo_input_dim:
             out["mulan_embedding"] = _tempo_input(sample, where, spec)
+    crop = Crop(start, seconds, s0, n_s, a0, n_a, rng is not None)
+    for read in readers:
+        out |= read(sample, where, crop)
     return out
 
 
@@ -171,8 +200,9 @@ def _window(arr: np.ndarray, start: int, length: int) -> np.ndarray:
 
 def collate(samples: list[dict]) -> dict[str, Any]:
     batch: dict[str, Any] = {"key": [s["key"] for s in samples]}
-    for name in ("semantic", "acoustic", "mulan", "melody", "beat", "tempo", "mulan_embedding"):
-        if name in samples[0]:
+    for name, value in samples[0].items():
+        # arrays of numbers (the streams, from the manifest and from readers); ids stay lists
+        if name != "key" and np.asarray(value).dtype.kind in "biuf":
             batch[name] = torch.from_numpy(np.stack([s[name] for s in samples]))
     return batch
 
@@ -217,9 +247,10 @@ class TokenStream(IterableDataset):
         seed: int,
         shuffle_buffer: int,
         max_consecutive_skips: int = 1000,
+        readers: Sequence[Reader] = (),
     ) -> None:
         super().__init__()
-        self.urls, self.spec, self.seconds = urls, spec, seconds
+        self.urls, self.spec, self.seconds, self.readers = urls, spec, seconds, tuple(readers)
         self.batch_size, self.seed, self.shuffle_buffer = batch_size, seed, shuffle_buffer
         self.max_consecutive_skips = max_consecutive_skips
         self.epoch = 0  # set by StepSeededLoader before each pass
@@ -245,6 +276,7 @@ class TokenStream(IterableDataset):
                     spec=self.spec,
                     seconds=self.seconds,
                     rng=np.random.default_rng(seed),
+                    readers=self.readers,
                 ),
                 handler=skips.handler,
             ),
@@ -315,6 +347,12 @@ class TokenDataModule(LightningDataModule):
             self.val_urls = shard_paths(val_dir, val_manifest)
             check_shards_exist(val_dir, val_manifest)
             probe_shards(self.val_urls, self.spec, val_dir)
+        self.readers: tuple[Reader, ...] = ()
+
+    def set_readers(self, readers: Sequence[Reader]) -> None:
+        """Readers of the streams a stage conditions on that the manifest does not declare
+        (set by the stage at setup, before any loader is made)."""
+        self.readers = tuple(readers)
 
     def _batches_done(self) -> int:
         return batches_trained(self.trainer)
@@ -341,6 +379,7 @@ class TokenDataModule(LightningDataModule):
             seed=hp.seed,
             shuffle_buffer=hp.shuffle_buffer,
             max_consecutive_skips=hp.max_consecutive_skips,
+            readers=self.readers,
         )
         loader = wds.WebLoader(
             stream,
@@ -362,7 +401,9 @@ class TokenDataModule(LightningDataModule):
             wds.SimpleShardList(self.val_urls),
             wds.tarfile_to_samples(handler=skips.handler),
             wds.map(
-                partial(crop_sample, spec=self.spec, seconds=hp.seconds, rng=None),
+                partial(
+                    crop_sample, spec=self.spec, seconds=hp.seconds, rng=None, readers=self.readers
+                ),
                 handler=skips.handler,
             ),
             wds.batched(hp.batch_size, collation_fn=collate, partial=True),

@@ -2,23 +2,25 @@
 
 Each stage kind (semantic, coarse, fine, delay) is a small ``StageKind``: which upstream
 streams it needs (made by earlier stages), which stream it produces, how many frames it
-makes, the timed conditioning of a window of its target frames, its codes of a clip to
-continue, and how it samples (``decode.sliding_generate`` for the flattened token stages,
-``delay_decode.sliding_delay_generate`` for the delay stage). ``LoadedStage`` adds the network,
-layout and sampling settings and builds the stage's prompt function ``conditioning(f0, f1,
-new)`` from the request's ``Streams``; ``Pipeline.generate``, the preview callback
-(``sample_example``) and the memorization study all build prompts here (``window_prompt`` for
-the token stages, ``DelayLayout.prefix`` and ``step_semantic`` for the delay stage).
+makes, the streams of a window of its target frames (for the token stages, each of the
+layout's conditioning streams makes its own: ``ConditioningStream.window_codes``), its codes
+of a clip to continue, and how it samples (``decode.sliding_generate`` for the flattened token
+stages, ``delay_decode.sliding_delay_generate`` for the delay stage). ``LoadedStage`` adds the
+network, layout and sampling settings and builds the stage's prompt function
+``conditioning(f0, f1, new)`` from the request's ``Streams``; ``Pipeline.generate``, the
+preview callback (``sample_example``) and the memorization study all build prompts here
+(``window_prompt`` for the token stages, ``DelayLayout.prefix`` and ``step_semantic`` for the
+delay stage).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
+from musiclm.conditioning.stream import RequestWindow
 from musiclm.generation.decode import (
     Conditioning,
     generate_window,
@@ -39,8 +41,9 @@ Codes = dict[str, torch.Tensor]  # stream name -> codes made so far (beat, seman
 
 @dataclass
 class Streams:
-    """The untimed conditioning of one generation request: each row's MuLan tokens over time
-    and the melody windows, shared by every stage."""
+    """The untimed inputs of one generation request, shared by every stage: each row's prompt
+    schedule, MuLan tokens of each text, the melody windows (what a conditioning stream's
+    ``window_codes`` reads as ``RequestWindow.request``)."""
 
     rows: list[Schedule]
     mulan: dict[str, torch.Tensor]  # text -> MuLan tokens (Q_m,)
@@ -52,19 +55,9 @@ class Streams:
         texts = [next(text for start, text in reversed(s) if start <= t + 1e-9) for s in self.rows]
         return torch.stack([self.mulan[text] for text in texts])
 
-    def window(
-        self, layout: Any, t: float, start: float, timed: dict[str, torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
-        """The streams ``layout`` reads for a window from ``start`` seconds whose new frames
-        begin at ``t`` seconds, with its ``timed`` conditioning."""
-        out = {"mulan": self.mulan_at(t)} if layout.uses_mulan else {}
-        if getattr(layout, "melody", False):
-            from musiclm.conditioning.melody_tokens import tokens_at
-
-            spec = layout.spec
-            out["melody"] = tokens_at(self.melody, start, spec.melody_hop, spec.melody_windows)
-        out |= timed
-        return out or {"_batch": torch.empty(len(self.rows), 0, device=self.device)}
+    def batch_of(self, window: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``window``, or a stand-in that carries the batch size when a stage reads nothing."""
+        return window or {"_batch": torch.empty(len(self.rows), 0, device=self.device)}
 
 
 def window_prompt(
@@ -102,8 +95,11 @@ class StageKind(Protocol):
         """Target frames to make for an output of ``seconds``."""
         ...
 
-    def timed(self, stage: LoadedStage, codes: Codes, f0: int, f1: int) -> Codes:
-        """The timed conditioning of target frames ``f0 .. f1 - 1``."""
+    def window(
+        self, stage: LoadedStage, streams: Streams, codes: Codes, f0: int, f1: int, new: int
+    ) -> Codes:
+        """The streams the stage reads for target frames ``f0 .. f1 - 1`` whose new frames
+        begin at frame ``new``."""
         ...
 
     def prompt(self, layout: Any, window: Codes) -> Any:
@@ -155,6 +151,15 @@ class TokenStageKind:
 
     def frames(self, stage: LoadedStage, codes: Codes, seconds: float) -> int:
         return stage.frames(seconds)
+
+    def window(
+        self, stage: LoadedStage, streams: Streams, codes: Codes, f0: int, f1: int, new: int
+    ) -> Codes:
+        request = RequestWindow(streams, codes, f0, f1, stage.rate, new / stage.rate)
+        out: Codes = {}
+        for stream in stage.layout.conditioning_streams:
+            out |= stream.window_codes(request)
+        return streams.batch_of(out)
 
     def prompt(self, layout: Any, window: Codes) -> torch.Tensor:
         return window_prompt(layout, window)
@@ -214,18 +219,12 @@ class SemanticKind(TokenStageKind):
     def output(self, sampled: torch.Tensor) -> torch.Tensor:
         return sampled[:, 0]  # (rows, F): one token per frame
 
-    def timed(self, stage: LoadedStage, codes: Codes, f0: int, f1: int) -> Codes:
-        return {"beat": codes["beat"][:, f0:f1]} if stage.layout.beats else {}
-
 
 class CoarseKind(TokenStageKind):
     """M [+ melody] + semantic tokens -> the first codec levels."""
 
     needs = (SEMANTIC,)
     produces = COARSE
-
-    def timed(self, stage: LoadedStage, codes: Codes, f0: int, f1: int) -> Codes:
-        return {"semantic": semantic_window(stage, codes[SEMANTIC], f0, f1)}
 
 
 class FineKind(TokenStageKind):
@@ -236,17 +235,6 @@ class FineKind(TokenStageKind):
 
     def frames(self, stage: LoadedStage, codes: Codes, seconds: float) -> int:
         return codes[COARSE].shape[-1]
-
-    def timed(self, stage: LoadedStage, codes: Codes, f0: int, f1: int) -> Codes:
-        return {"acoustic": codes[COARSE][..., f0:f1]}
-
-
-def semantic_window(stage: LoadedStage, semantic: torch.Tensor, f0: int, f1: int) -> torch.Tensor:
-    """The semantic tokens ``(rows, F_s')`` under target frames ``f0 .. f1 - 1`` of an
-    acoustic stage."""
-    ratio = stage.layout.spec.semantic_rate / stage.rate
-    s0, s1 = math.floor(f0 * ratio), min(semantic.shape[1], math.ceil(f1 * ratio))
-    return semantic[:, s0:s1]
 
 
 class DelayKind:
@@ -263,11 +251,15 @@ class DelayKind:
     def frames(self, stage: LoadedStage, codes: Codes, seconds: float) -> int:
         return stage.frames(seconds)
 
-    def timed(self, stage: LoadedStage, codes: Codes, f0: int, f1: int) -> Codes:
-        if not stage.layout.semantic:
-            return {}
-        steps = stage.layout.pattern.steps(f1 - f0, stage.layout.num_levels)
-        return {"step_semantic": stage.layout.step_semantic(codes[SEMANTIC], steps, f0)}
+    def window(
+        self, stage: LoadedStage, streams: Streams, codes: Codes, f0: int, f1: int, new: int
+    ) -> Codes:
+        layout = stage.layout
+        out = {"mulan": streams.mulan_at(new / stage.rate)} if layout.uses_mulan else {}
+        if layout.semantic:
+            steps = layout.pattern.steps(f1 - f0, layout.num_levels)
+            out["step_semantic"] = layout.step_semantic(codes[SEMANTIC], steps, f0)
+        return streams.batch_of(out)
 
     def prompt(self, layout: Any, window: Codes) -> DelayPrompt:
         return DelayPrompt(layout.prefix(window), window.get("step_semantic"))
@@ -345,14 +337,12 @@ class LoadedStage:
 
     @property
     def needs(self) -> tuple[str, ...]:
-        """Every stream this stage reads: the request's (mulan, melody, beat) and upstream."""
+        """Every stream this stage reads: its conditioning streams (the request's: mulan,
+        melody, beat, ...) and the upstream ones."""
         layout = self.layout
-        own = [
-            ("mulan", layout.uses_mulan),
-            ("melody", getattr(layout, "melody", False)),
-            ("beat", getattr(layout, "beats", False)),
-        ]
-        return tuple(n for n, used in own if used) + self.upstream
+        streams = getattr(layout, "conditioning_streams", None)
+        own = [s.name for s in streams] if streams is not None else ["mulan"] * layout.uses_mulan
+        return tuple(dict.fromkeys([*own, *self.upstream]))
 
     @property
     def produces(self) -> str:
@@ -371,9 +361,7 @@ class LoadedStage:
         kind = self.kind
 
         def prompt(f0: int, f1: int, new: int) -> torch.Tensor:
-            timed = kind.timed(self, codes, f0, f1)
-            window = streams.window(self.layout, new / self.rate, f0 / self.rate, timed)
-            return kind.prompt(self.layout, window)
+            return kind.prompt(self.layout, kind.window(self, streams, codes, f0, f1, new))
 
         return prompt
 

@@ -53,6 +53,15 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 
+from musiclm.conditioning.registry import build_stream
+from musiclm.conditioning.stream import (
+    ALIGNED,
+    FRAME_SUM,
+    PREFIX,
+    ConditioningStream,
+    Fuse,
+    parse_conditioning,
+)
 from musiclm.datamodules.token_spec import TokenSpec
 from musiclm.stage_names import COARSE, FINE, LM_STAGES, SEMANTIC
 from musiclm.stages.interleaving import Flatten, Interleaving, get_interleaving
@@ -71,7 +80,14 @@ class LMSequence(NamedTuple):
 
 @dataclass(frozen=True)
 class TokenLayout:
-    """One stage's sequence layout over a ``TokenSpec``."""
+    """One stage's sequence layout over a ``TokenSpec``.
+
+    ``conditioning`` lists the streams the stage reads and how it fuses each
+    (``musiclm.conditioning.stream.Fuse``), untimed streams first, at most one timed stream
+    last. Without it the list follows from the switches of older configs and checkpoints
+    (``fine_sees_mulan``, ``melody``, ``beats``, ``frame_conditioning``,
+    ``aligned_positions``); with it those switches are read-only views of the list.
+    """
 
     stage: Literal["semantic", "coarse", "fine"]
     spec: TokenSpec
@@ -84,6 +100,7 @@ class TokenLayout:
     # (semantic stage: its beat clock id with ``beats``, else the MuLan tokens)
     beats: bool = False  # semantic stage: conditioned on the beat clock B
     interleaving: str = "flatten"  # how levels share the sequence (``stages.interleaving``)
+    conditioning: tuple[Fuse, ...] | None = None  # None: from the switches above
 
     def __post_init__(self) -> None:
         if get_interleaving(self.interleaving).grouped:  # an unknown name lists the known ones
@@ -93,31 +110,11 @@ class TokenLayout:
             )
         if self.stage not in LM_STAGES:
             raise ValueError(f"unknown stage {self.stage!r}; stages: {', '.join(LM_STAGES)}")
-        if self.melody and self.stage == FINE:
-            raise ValueError("melody conditioning is for the semantic and coarse stages")
-        if self.melody and not self.spec.melody_levels:
-            raise ValueError(
-                f"{self.stage} stage is built with melody conditioning but the token shards "
-                "carry no melody tokens: run `musiclm prepare tokens ... --melody CKPT "
-                "--melody-rvq RVQ`, or set melody: false"
-            )
-        if self.beats and self.stage != SEMANTIC:
-            raise ValueError("beat conditioning is for the semantic stage")
-        if self.beats and not self.spec.beat_phase_bins:
-            raise ValueError(
-                "semantic stage is built with beat conditioning but the token shards carry no "
-                "beat clock: run `musiclm prepare tokens ... --beats`, or set beats: false"
-            )
-        if (
-            self.frame_conditioning
-            and self.stage == SEMANTIC
-            and not self.beats
-            and not self.uses_mulan
-        ):
-            raise ValueError(
-                "frame_conditioning on the semantic stage adds the MuLan tokens to every input, "
-                "but the token shards carry no MuLan tokens"
-            )
+        if self.conditioning is None:
+            fuses = legacy_conditioning(self)
+        else:
+            fuses = parse_conditioning(self.conditioning)
+            object.__setattr__(self, "conditioning", fuses)
         q = self.spec.num_quantizers
         if self.stage != SEMANTIC and not 1 <= self.coarse_levels <= q:
             raise ValueError(f"coarse_levels={self.coarse_levels} not in 1..{q} codec levels")
@@ -126,6 +123,56 @@ class TokenLayout:
                 f"fine stage needs 1..{q - self.coarse_levels} levels above coarse_levels="
                 f"{self.coarse_levels} (codec has {q}), got {self.num_fine}"
             )
+        streams = tuple(
+            build_stream(f.stream, self.spec, coarse_levels=self.coarse_levels) for f in fuses
+        )
+        object.__setattr__(self, "_fuses", fuses)
+        object.__setattr__(self, "_cond", streams)
+        self._check_conditioning()
+
+    def _check_conditioning(self) -> None:
+        fuses, streams = self._fuses, self._cond
+        for stream in streams:
+            if stream.name == self.target_stream:
+                raise ValueError(f"{self.stage} stage cannot be conditioned on its own targets")
+            try:
+                stream.check(self.spec)
+            except ValueError as exc:
+                raise ValueError(f"{self.stage} stage: {exc}") from None
+        timed = [i for i, s in enumerate(streams) if s.rate is not None]
+        if len(timed) > 1 or (timed and timed[0] != len(streams) - 1):
+            raise ValueError(
+                f"{self.stage} stage conditioning {[s.name for s in streams]}: at most one timed "
+                "stream, listed after the untimed ones"
+            )
+        for fuse, stream in zip(fuses, streams, strict=True):
+            if fuse.aligned and stream.rate is None:
+                raise ValueError(f"fuse 'aligned' is for a timed stream; {stream.name} has no time")
+        if self.conditioning is None:
+            return
+        derived = {
+            "fine_sees_mulan": self.stage == FINE and self.uses_mulan,
+            "melody": any(s.name == "melody" for s in streams),
+            "beats": any(s.name == "beat" for s in streams),
+            "frame_conditioning": any(f.frame_sum for f in fuses),
+            "aligned_positions": any(f.aligned for f in fuses),
+        }
+        for key, value in derived.items():
+            if getattr(self, key) not in (False, value):
+                raise ValueError(
+                    f"{self.stage} stage: {key}={getattr(self, key)} disagrees with its "
+                    "conditioning list; set the list only"
+                )
+            object.__setattr__(self, key, value)
+
+    @property
+    def fuses(self) -> tuple[Fuse, ...]:
+        """How the stage fuses each conditioning stream, in vocabulary and prompt order."""
+        return self._fuses
+
+    @property
+    def conditioning_streams(self) -> tuple[ConditioningStream, ...]:
+        return self._cond
 
     @property
     def pattern(self) -> Interleaving:
@@ -142,27 +189,12 @@ class TokenLayout:
 
     @property
     def uses_mulan(self) -> bool:
-        if self.spec.mulan_levels == 0:
-            return False
-        return self.stage != FINE or self.fine_sees_mulan
+        return any(s.name == "mulan" for s in self._cond)
 
     def streams(self) -> list[tuple[str, int, int]]:
         """``(name, levels, size per level)`` of the input streams, target stream last."""
-        k = self.spec.codebook_size
-        out = (
-            [("mulan", self.spec.mulan_levels, self.spec.mulan_codebook)] if self.uses_mulan else []
-        )
-        if self.melody:
-            out.append(("melody", self.spec.melody_levels, self.spec.melody_codebook))
-        if self.beats:
-            out.append(("beat", 1, self.spec.beat_phase_bins))
-        if self.stage in ("semantic", "coarse"):
-            out.append(("semantic", 1, self.spec.semantic_vocab))
-        if self.stage in (COARSE, FINE):
-            out.append(("coarse", self.coarse_levels, k))
-        if self.stage == FINE:
-            out.append(("fine", self.num_fine, k))
-        return out
+        out = [(s.name, s.levels, s.codebook) for s in self._cond]
+        return [*out, (self.target_stream, self.target_level_count, self.target_level_size)]
 
     def offsets(self) -> dict[str, int]:
         """First input id of each stream."""
@@ -215,43 +247,26 @@ class TokenLayout:
 
     def _stream(self, streams: dict[str, torch.Tensor], name: str) -> torch.Tensor:
         """Raw codes ``(B, L, F)`` of stream ``name`` picked out of the sample's arrays."""
-        if name == "melody":
-            return self._melody(streams)
+        cond = {c.name: c for c in self._cond}
         try:
-            if name == "mulan":
-                return streams["mulan"].long().unsqueeze(-1)  # (B, Q_m, 1)
-            if name in ("semantic", "beat"):
-                return streams[name].long().unsqueeze(1)  # (B, 1, F_s)
+            if name in cond:
+                return cond[name].codes(streams)
+            if name == SEMANTIC:
+                return streams["semantic"].long().unsqueeze(1)  # (B, 1, F_s)
             acoustic = streams["acoustic"].long()
         except KeyError as err:
             raise KeyError(
                 f"{self.stage} stage needs stream {err.args[0]!r} in the batch"
             ) from None
-        lo = 0 if name == "coarse" else self.coarse_levels
-        hi = self.coarse_levels if name == "coarse" else self.coarse_levels + self.num_fine
+        except ValueError as exc:  # a stream's message goes on from its stage's name
+            raise ValueError(f"{self.stage} stage {exc}") from None
+        lo, hi = self.acoustic_span or (0, 0)
         if acoustic.shape[1] < hi:
             raise ValueError(
                 f"{self.stage} stage needs codec levels {lo}..{hi - 1}, batch has "
                 f"{acoustic.shape[1]}"
             )
         return acoustic[:, lo:hi]
-
-    def _melody(self, streams: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Melody tokens ``(B, W * L)`` window-major -> ``(B, L, W)``."""
-        if streams.get("melody") is None:
-            raise ValueError(
-                f"{self.stage} stage was trained with melody conditioning and needs melody "
-                "tokens: token shards from `musiclm prepare tokens --melody`, or "
-                "`musiclm generate --melody CLIP`"
-            )
-        tokens = streams["melody"].long()
-        w, l = self.spec.melody_windows, self.spec.melody_levels
-        if tokens.dim() != 2 or tokens.shape[1] != w * l:
-            raise ValueError(
-                f"{self.stage} stage expects melody tokens (B, {w} windows x {l} levels), got "
-                f"{tuple(tokens.shape)}"
-            )
-        return tokens.view(-1, w, l).transpose(1, 2)
 
     def target_codes(self, streams: dict[str, torch.Tensor]) -> torch.Tensor:
         """Raw codes ``(B, L, F)`` of the target stream in a sample's arrays."""
@@ -274,29 +289,33 @@ class TokenLayout:
         return LMSequence(tokens, self.codes_to_targets(codes), prefix.shape[1])
 
     def drop_conditioning(self, tokens: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
-        """Replace the MuLan ids (and the melody ids, which follow them) of rows where
-        ``drop`` is true by NULL (a copy).
-
-        Melody is dropped with the text so that classifier-free guidance, which contrasts
-        the prompt with this unconditional one, strengthens the melody as well as the text.
-        """
-        if not self.uses_mulan:
+        """Replace the ids of the guided streams (MuLan tokens, and melody, which is dropped
+        with the text so that classifier-free guidance strengthens it too) of rows where
+        ``drop`` is true by NULL (a copy)."""
+        spans = self._untimed_spans()
+        guided = [spans[s.name] for s in self._cond if s.guided]
+        if not guided:
             return tokens
-        melody = self.spec.melody_windows * self.spec.melody_levels if self.melody else 0
-        span = slice(1, 1 + self.spec.mulan_levels + melody)
         out = tokens.clone()
-        out[:, span] = torch.where(drop.view(-1, 1), NULL, tokens[:, span])
+        for span in guided:
+            out[:, span] = torch.where(drop.view(-1, 1), NULL, tokens[:, span])
         return out
 
     # --- timed conditioning -------------------------------------------------------------
 
+    def _untimed_spans(self) -> dict[str, slice]:
+        """Prompt positions of each untimed stream (after BOS, in list order)."""
+        out, at = {}, 1
+        for stream in self._cond:
+            if stream.rate is None:
+                out[stream.name] = slice(at, at + stream.levels * stream.frames)
+                at += stream.levels * stream.frames
+        return out
+
     @property
     def untimed_len(self) -> int:
-        """Tokens before the timed conditioning: BOS, MuLan, melody."""
-        n = 1 + (self.spec.mulan_levels if self.uses_mulan else 0)
-        if self.melody:
-            n += self.spec.melody_windows * self.spec.melody_levels
-        return n
+        """Tokens before the timed conditioning: BOS and the untimed streams (MuLan, melody)."""
+        return 1 + sum(s.levels * s.frames for s in self._cond if s.rate is None)
 
     @property
     def target_rate(self) -> float:
@@ -304,44 +323,53 @@ class TokenLayout:
         return self.spec.semantic_rate if self.stage == SEMANTIC else self.spec.acoustic_rate
 
     def _timed(self) -> tuple[int, float] | None:
-        """``(levels, frame rate)`` of the timed conditioning stream (None for semantic
-        without beats)."""
-        if self.beats:
-            return 1, self.spec.semantic_rate
-        if self.stage == COARSE:
-            return 1, self.spec.semantic_rate
-        if self.stage == FINE:
-            return self.coarse_levels, self.spec.acoustic_rate
+        """``(levels, frame rate)`` of the timed conditioning stream (the beat clock, semantic
+        tokens for coarse, coarse levels for fine; None without one)."""
+        for stream in self._cond:
+            if stream.rate is not None:
+                return stream.levels, stream.rate
         return None
 
     def frame_ids(self, tokens: torch.Tensor, cond_len: int) -> torch.Tensor | None:
-        """Ids ``(B, N, C)`` to embed and add to the inputs of ``tokens`` (B, N): at the input
-        that predicts target ``j`` (position ``cond_len - 1 + j``), the ``C`` timed
-        conditioning tokens (semantic token for coarse, coarse levels for fine, beat clock
-        for semantic with ``beats``) of target ``j``'s own frame, and for the semantic stage
-        without beats its MuLan tokens; ``-1`` at the other positions and for padding.
+        """Ids ``(B, N, C)`` to embed and add to the inputs of ``tokens`` (B, N), from the
+        streams fused with ``frame_sum``: at the input that predicts target ``j`` (position
+        ``cond_len - 1 + j``), a timed stream's tokens of target ``j``'s own frame (semantic
+        token for coarse, coarse levels for fine, the beat clock), an untimed stream's tokens
+        (e.g. the semantic stage's MuLan tokens); ``-1`` at the other positions and for
+        padding. None without such a stream.
 
         ``cond_len``: length of ``[BOS] + conditioning`` (without any targets kept in a
         prompt). SoundStorm conditions this way (semantic and acoustic embeddings of a
         frame summed): each prediction reads its moment's conditioning directly instead of
         finding it by attention, which a small model on little data fails to learn.
         """
-        if not self.frame_conditioning:
+        summed = [s for f, s in zip(self._fuses, self._cond, strict=True) if f.frame_sum]
+        if not summed:
             return None
+        spans = self._untimed_spans()
+        parts = [
+            self._timed_frame_ids(tokens, cond_len)
+            if stream.rate is not None
+            else self._untimed_frame_ids(tokens, cond_len, spans[stream.name])
+            for stream in summed
+        ]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+    def _untimed_frame_ids(self, tokens: torch.Tensor, cond_len: int, span: slice) -> torch.Tensor:
+        # the stream reaches every step directly, not only through attention to the prefix
+        # (at demo scale the LM then overfits the tokens; docs/decisions/frame-conditioning.md)
         b, n = tokens.shape
         first = cond_len - 1  # the input predicting target 0
-        timed = self._timed()
-        if timed is None:
-            # semantic: no timed stream, so every target's input embeds the clip's MuLan
-            # tokens: the text reaches each step directly, not only through attention to the
-            # prefix (at demo scale the LM then overfits the tokens;
-            # docs/decisions/frame-conditioning.md)
-            c = self.spec.mulan_levels
-            out = torch.full((b, n, c), -1, dtype=torch.long, device=tokens.device)
-            if n > first:
-                out[:, first:] = tokens[:, None, 1 : 1 + c]
-            return out
-        cond_levels, cond_rate = timed
+        c = span.stop - span.start
+        out = torch.full((b, n, c), -1, dtype=torch.long, device=tokens.device)
+        if n > first:
+            out[:, first:] = tokens[:, None, span]
+        return out
+
+    def _timed_frame_ids(self, tokens: torch.Tensor, cond_len: int) -> torch.Tensor:
+        b, n = tokens.shape
+        first = cond_len - 1
+        cond_levels, cond_rate = self._timed() or (0, 0.0)
         n_frames = (cond_len - self.untimed_len) // cond_levels
         if n_frames < 1:
             raise ValueError(
@@ -436,13 +464,57 @@ class TokenLayout:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (for checkpoint hyper-parameters)."""
-        out = dataclasses.asdict(self)
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["spec"] = self.spec.to_dict()
+        if self.conditioning is not None:
+            out["conditioning"] = [f.to_dict() for f in self.conditioning]
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TokenLayout:
         return cls(**{**data, "spec": TokenSpec(**data["spec"])})
+
+
+def legacy_conditioning(layout: TokenLayout) -> tuple[Fuse, ...]:
+    """The conditioning list that the switches of older configs and checkpoints describe:
+    MuLan tokens (left out when the shards carry none, and by the fine stage unless
+    ``fine_sees_mulan``), melody, the beat clock, then the upstream stream; ``frame_sum`` and
+    ``aligned`` on the timed stream (on the semantic stage's MuLan tokens without one)."""
+    stage, spec = layout.stage, layout.spec
+    if layout.melody and stage == FINE:
+        raise ValueError("melody conditioning is for the semantic and coarse stages")
+    if layout.melody and not spec.melody_levels:
+        raise ValueError(
+            f"{stage} stage is built with melody conditioning but the token shards "
+            "carry no melody tokens: run `musiclm prepare tokens ... --melody CKPT "
+            "--melody-rvq RVQ`, or set melody: false"
+        )
+    if layout.beats and stage != SEMANTIC:
+        raise ValueError("beat conditioning is for the semantic stage")
+    if layout.beats and not spec.beat_phase_bins:
+        raise ValueError(
+            "semantic stage is built with beat conditioning but the token shards carry no "
+            "beat clock: run `musiclm prepare tokens ... --beats`, or set beats: false"
+        )
+    summed = (FRAME_SUM,) if layout.frame_conditioning else ()
+    timed = (PREFIX, *summed, *((ALIGNED,) if layout.aligned_positions else ()))
+    out = []
+    if spec.mulan_levels and (stage != FINE or layout.fine_sees_mulan):
+        mulan_summed = stage == SEMANTIC and not layout.beats
+        out.append(Fuse("mulan", (PREFIX, *summed) if mulan_summed else (PREFIX,)))
+    elif layout.frame_conditioning and stage == SEMANTIC and not layout.beats:
+        raise ValueError(
+            "frame_conditioning on the semantic stage adds the MuLan tokens to every input, "
+            "but the token shards carry no MuLan tokens"
+        )
+    if layout.melody:
+        out.append(Fuse("melody"))
+    if layout.beats:
+        out.append(Fuse("beat", timed))
+    upstream = {COARSE: "semantic", FINE: "coarse"}.get(stage)
+    if upstream:
+        out.append(Fuse(upstream, timed))
+    return tuple(out)
 
 
 def _first_tensor(streams: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -51,6 +51,7 @@ class TokenLMStage(LightningModule):
         aligned_positions: bool = False,
         frame_conditioning: bool = False,
         beats: bool = False,
+        conditioning: list[dict[str, Any]] | None = None,
         cond_dropout: float = 0.0,
         target_noise: float = 0.0,
         lr: float = 3e-4,
@@ -82,6 +83,13 @@ class TokenLMStage(LightningModule):
                 (``prepare tokens --beats``) and train a ``TempoPredictor`` (MuLan embedding
                 -> tempo bin) beside the LM, which generation uses to build the clock. Not in
                 MusicLM; see ``musiclm.tokenizers.beats``.
+            conditioning: the streams the stage reads and how it fuses each, in order, e.g.
+                ``[{stream: mulan, fuse: prefix}, {stream: beat, fuse: [frame_sum, aligned]}]``
+                (streams by name from ``musiclm.conditioning_streams``; fuse modes ``prefix``,
+                ``frame_sum``, ``aligned``: ``musiclm.conditioning.stream``). None: the list
+                that ``fine_sees_mulan``, ``melody``, ``beats``, ``frame_conditioning`` and
+                ``aligned_positions`` describe (older configs and checkpoints); set one or
+                the other.
             cond_dropout: probability of replacing a sample's MuLan tokens by NULL in
                 training, for classifier-free guidance at sampling.
             target_noise: probability of replacing each target token *input* (not its label)
@@ -132,6 +140,7 @@ class TokenLMStage(LightningModule):
             aligned_positions=hp.aligned_positions,
             frame_conditioning=hp.frame_conditioning,
             beats=hp.get("beats", False),
+            conditioning=hp.get("conditioning"),
         )
 
     def _build(self, spec: TokenSpec) -> None:
@@ -169,10 +178,15 @@ class TokenLMStage(LightningModule):
                 raise ValueError(
                     f"{self.stage} stage was built for {self.layout.spec} but {where} holds {spec}"
                 )
-            if self.layout is None:
-                self._layout(spec)  # the network itself is built in configure_model
+            # the network itself is built in configure_model
+            layout = self.layout if self.layout is not None else self._layout(spec)
         except ValueError as exc:
             raise SetupError(f"{self.stage} stage config vs {where}: {one_line(exc)}") from exc
+        if hasattr(datamodule, "set_readers"):
+            # each conditioning stream reads its own part of a sample (the manifest's streams
+            # are read by the datamodule itself: their readers add nothing)
+            streams = getattr(layout, "conditioning_streams", ())  # the delay layout has none
+            datamodule.set_readers([s.read for s in streams])
         self.hparams["spec"] = spec.to_dict()
 
     def configure_model(self) -> None:
@@ -422,14 +436,18 @@ def layout_from_hparams(hp: dict[str, Any]) -> TokenLayout | DelayLayout:
         aligned_positions=hp.get("aligned_positions", False),
         frame_conditioning=hp.get("frame_conditioning", False),
         beats=hp.get("beats", False),
+        conditioning=hp.get("conditioning"),
     )
 
 
 def tempo_predictor(layout: TokenLayout) -> TempoPredictor | None:
-    """The tempo network a layout trains beside its LM (beat-conditioned semantic stage)."""
-    if not layout.beats or not layout.spec.tempo_input_dim:
-        return None
-    return TempoPredictor(input_dim=layout.spec.tempo_input_dim, bins=layout.spec.tempo_bins)
+    """The tempo network a layout trains beside its LM: its beat clock stream's auxiliary
+    network (a beat-conditioned semantic stage over shards with MuLan embeddings)."""
+    for stream in getattr(layout, "conditioning_streams", ()):
+        auxiliary = getattr(stream, "auxiliary", None)
+        if auxiliary is not None:
+            return auxiliary()
+    return None
 
 
 def load_tempo(checkpoint: str, layout: TokenLayout) -> TempoPredictor | None:

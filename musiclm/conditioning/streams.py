@@ -1,0 +1,186 @@
+"""The built-in conditioning streams: MuLan tokens, melody windows, the beat clock (with its
+tempo predictor), and the upstream semantic tokens and coarse codec levels that the coarse and
+fine stages read. Each registers through the ``musiclm.conditioning_streams`` entry points,
+like a third-party stream.
+
+The datamodule reads these streams' arrays itself, from what the token manifest declares
+(``musiclm.datamodules.tokens``), so their ``read`` adds nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from musiclm.conditioning.melody_tokens import tokens_at
+from musiclm.conditioning.stream import RequestWindow
+from musiclm.datamodules.token_spec import TokenSpec
+from musiclm.datamodules.tokens import Crop
+from musiclm.models.tempo import TempoPredictor
+
+
+class ManifestStream:
+    """A stream whose arrays the datamodule reads from the manifest's declaration."""
+
+    name = ""
+    guided = False
+    manifest_section: str | None = None
+    frames = 0  # prompt frames of an untimed stream (a timed one's follow the window)
+
+    def __init__(self, spec: TokenSpec, *, coarse_levels: int = 4) -> None:
+        self.spec = spec
+
+    def check(self, spec: TokenSpec) -> None:
+        """Shards without this stream raise; every built-in stream's shards say so here."""
+
+    def read(self, sample: dict, where: str, crop: Crop) -> dict[str, np.ndarray]:
+        return {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(levels={self.levels}, codebook={self.codebook})"
+
+
+class MulanStream(ManifestStream):
+    """The MuLan RVQ tokens of the clip (``Q_m`` levels, one frame): the text at generation."""
+
+    name, guided, manifest_section, rate = "mulan", True, "mulan", None
+
+    def __init__(self, spec: TokenSpec, *, coarse_levels: int = 4) -> None:
+        super().__init__(spec)
+        self.levels, self.codebook, self.frames = spec.mulan_levels, spec.mulan_codebook, 1
+
+    def check(self, spec: TokenSpec) -> None:
+        if not spec.mulan_levels:
+            raise ValueError(
+                "the conditioning names the mulan stream but the token shards carry no MuLan "
+                "tokens: run `musiclm prepare tokens ... --mulan CKPT --mulan-rvq RVQ`"
+            )
+
+    def codes(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        return batch["mulan"].long().unsqueeze(-1)  # (B, Q_m, 1)
+
+    def window_codes(self, window: RequestWindow) -> dict[str, torch.Tensor]:
+        return {"mulan": window.request.mulan_at(window.new_seconds)}
+
+
+class MelodyStream(ManifestStream):
+    """Melody tokens: ``W`` windows x ``L`` levels, window-major (MusicLM's appendix); dropped
+    with the text for guidance, so guidance strengthens the melody as well as the text."""
+
+    name, guided, manifest_section, rate = "melody", True, "melody", None
+
+    def __init__(self, spec: TokenSpec, *, coarse_levels: int = 4) -> None:
+        super().__init__(spec)
+        self.levels, self.codebook = spec.melody_levels, spec.melody_codebook
+        self.frames = spec.melody_windows
+
+    def check(self, spec: TokenSpec) -> None:
+        if not spec.melody_levels:
+            raise ValueError(
+                "the token shards carry no melody tokens: run `musiclm prepare tokens ... "
+                "--melody CKPT --melody-rvq RVQ`, or set melody: false"
+            )
+
+    def codes(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Melody tokens ``(B, W * L)`` window-major -> ``(B, L, W)``."""
+        if batch.get("melody") is None:
+            raise ValueError(
+                "was trained with melody conditioning and needs melody tokens: token shards "
+                "from `musiclm prepare tokens --melody`, or `musiclm generate --melody CLIP`"
+            )
+        tokens = batch["melody"].long()
+        w, l = self.spec.melody_windows, self.spec.melody_levels
+        if tokens.dim() != 2 or tokens.shape[1] != w * l:
+            raise ValueError(
+                f"expects melody tokens (B, {w} windows x {l} levels), got {tuple(tokens.shape)}"
+            )
+        return tokens.view(-1, w, l).transpose(1, 2)
+
+    def window_codes(self, window: RequestWindow) -> dict[str, torch.Tensor]:
+        spec = self.spec
+        melody = window.request.melody
+        return {
+            "melody": tokens_at(melody, window.start_seconds, spec.melody_hop, spec.melody_windows)
+        }
+
+
+class BeatStream(ManifestStream):
+    """The beat clock: one phase id per semantic frame (``musiclm.tokenizers.beats``). Its
+    ``auxiliary`` network, the tempo predictor (MuLan embedding -> tempo bin), is trained beside
+    the LM and sets the clock's tempo at generation."""
+
+    name, manifest_section = "beat", "beats"
+
+    def __init__(self, spec: TokenSpec, *, coarse_levels: int = 4) -> None:
+        super().__init__(spec)
+        self.levels, self.codebook, self.rate = 1, spec.beat_phase_bins, spec.semantic_rate
+
+    def check(self, spec: TokenSpec) -> None:
+        if not spec.beat_phase_bins:
+            raise ValueError(
+                "the token shards carry no beat clock: run `musiclm prepare tokens ... --beats`, "
+                "or set beats: false"
+            )
+
+    def codes(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        return batch["beat"].long().unsqueeze(1)  # (B, 1, F_s)
+
+    def window_codes(self, window: RequestWindow) -> dict[str, torch.Tensor]:
+        return {"beat": window.made["beat"][:, window.f0 : window.f1]}
+
+    def auxiliary(self) -> TempoPredictor | None:
+        """The tempo predictor trained beside the LM (None: shards without MuLan embeddings)."""
+        if not self.spec.tempo_input_dim:
+            return None
+        return TempoPredictor(input_dim=self.spec.tempo_input_dim, bins=self.spec.tempo_bins)
+
+
+class SemanticStream(ManifestStream):
+    """Semantic tokens made by the semantic stage: the coarse stage's timed conditioning."""
+
+    name, manifest_section = "semantic", "semantic"
+
+    def __init__(self, spec: TokenSpec, *, coarse_levels: int = 4) -> None:
+        super().__init__(spec)
+        self.levels, self.codebook, self.rate = 1, spec.semantic_vocab, spec.semantic_rate
+
+    def codes(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        return batch["semantic"].long().unsqueeze(1)  # (B, 1, F_s)
+
+    def window_codes(self, window: RequestWindow) -> dict[str, torch.Tensor]:
+        """The semantic tokens under the window's target frames."""
+        semantic = window.made["semantic"]
+        ratio = self.rate / window.rate
+        s0 = math.floor(window.f0 * ratio)
+        s1 = min(semantic.shape[1], math.ceil(window.f1 * ratio))
+        return {"semantic": semantic[:, s0:s1]}
+
+
+class CoarseStream(ManifestStream):
+    """The first ``coarse_levels`` codec levels made by the coarse stage: the fine stage's
+    timed conditioning."""
+
+    name, manifest_section = "coarse", "codec"
+
+    def __init__(self, spec: TokenSpec, *, coarse_levels: int = 4) -> None:
+        super().__init__(spec)
+        self.levels, self.codebook, self.rate = (
+            coarse_levels,
+            spec.codebook_size,
+            spec.acoustic_rate,
+        )
+
+    def codes(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        acoustic = batch["acoustic"].long()
+        if acoustic.shape[1] < self.levels:
+            raise ValueError(
+                f"needs codec levels 0..{self.levels - 1}, batch has {acoustic.shape[1]}"
+            )
+        return acoustic[:, : self.levels]
+
+    def window_codes(self, window: RequestWindow) -> dict[str, torch.Tensor]:
+        return {"acoustic": window.made["coarse"][..., window.f0 : window.f1]}
