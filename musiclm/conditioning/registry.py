@@ -49,9 +49,17 @@ def stream_class(name: str) -> type:
     """The class registered as ``name`` (imported only now)."""
     if name in _IN_PROCESS:
         return _IN_PROCESS[name]
-    if name not in registry.discover(KIND):
+    found = registry.discover(KIND)
+    if name not in found:
+        hint = (
+            ""
+            if found
+            else " (no built-in stream is registered: the package's entry points predate "
+            "them; reinstall it, e.g. `pip install -e .`)"
+        )
+        names = ", ".join(available_streams()) or "none"
         raise registry.PluginError(
-            f"no conditioning stream named {name!r}; available: {', '.join(available_streams())}"
+            f"no conditioning stream named {name!r}; available: {names}{hint}"
         )
     return registry.load(KIND, name)
 

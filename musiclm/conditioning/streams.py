@@ -20,7 +20,7 @@ from musiclm.conditioning.melody_tokens import tokens_at
 from musiclm.conditioning.stream import RequestWindow
 from musiclm.datamodules.token_spec import TokenSpec
 from musiclm.datamodules.tokens import Crop
-from musiclm.models.tempo import TempoPredictor
+from musiclm.models.tempo import TempoPredictor, tempo_loss
 
 
 class ManifestStream:
@@ -137,6 +137,22 @@ class BeatStream(ManifestStream):
         if not self.spec.tempo_input_dim:
             return None
         return TempoPredictor(input_dim=self.spec.tempo_input_dim, bins=self.spec.tempo_bins)
+
+    def auxiliary_loss(
+        self, net: TempoPredictor, batch: Mapping[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The tempo predictor's loss on a batch and the metrics to log (its bin accuracy);
+        0 and none for a batch without tempo labels."""
+        logits = net(batch["mulan_embedding"].float())
+        target = batch["tempo"].long()
+        known = target >= 0
+        if not known.any():
+            # no label in this batch: a zero that still touches the predictor's parameters,
+            # so DDP's gradient reduction finds every one of them used
+            return logits.sum() * 0.0, {}
+        loss = tempo_loss(logits, target)
+        hit = (logits.argmax(-1) == target)[known].float().mean()
+        return loss, {"tempo_loss": loss, "tempo_accuracy": hit}
 
 
 class SemanticStream(ManifestStream):

@@ -53,15 +53,9 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 
+from musiclm.conditioning.legacy import legacy_conditioning
 from musiclm.conditioning.registry import build_stream
-from musiclm.conditioning.stream import (
-    ALIGNED,
-    FRAME_SUM,
-    PREFIX,
-    ConditioningStream,
-    Fuse,
-    parse_conditioning,
-)
+from musiclm.conditioning.stream import ConditioningStream, Fuse, parse_conditioning
 from musiclm.datamodules.token_spec import TokenSpec
 from musiclm.stage_names import COARSE, FINE, LM_STAGES, SEMANTIC
 from musiclm.stages.interleaving import Flatten, Interleaving, get_interleaving
@@ -111,7 +105,15 @@ class TokenLayout:
         if self.stage not in LM_STAGES:
             raise ValueError(f"unknown stage {self.stage!r}; stages: {', '.join(LM_STAGES)}")
         if self.conditioning is None:
-            fuses = legacy_conditioning(self)
+            fuses = legacy_conditioning(
+                self.stage,
+                self.spec,
+                fine_sees_mulan=self.fine_sees_mulan,
+                melody=self.melody,
+                beats=self.beats,
+                frame_conditioning=self.frame_conditioning,
+                aligned_positions=self.aligned_positions,
+            )
         else:
             fuses = parse_conditioning(self.conditioning)
             object.__setattr__(self, "conditioning", fuses)
@@ -473,48 +475,6 @@ class TokenLayout:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TokenLayout:
         return cls(**{**data, "spec": TokenSpec(**data["spec"])})
-
-
-def legacy_conditioning(layout: TokenLayout) -> tuple[Fuse, ...]:
-    """The conditioning list that the switches of older configs and checkpoints describe:
-    MuLan tokens (left out when the shards carry none, and by the fine stage unless
-    ``fine_sees_mulan``), melody, the beat clock, then the upstream stream; ``frame_sum`` and
-    ``aligned`` on the timed stream (on the semantic stage's MuLan tokens without one)."""
-    stage, spec = layout.stage, layout.spec
-    if layout.melody and stage == FINE:
-        raise ValueError("melody conditioning is for the semantic and coarse stages")
-    if layout.melody and not spec.melody_levels:
-        raise ValueError(
-            f"{stage} stage is built with melody conditioning but the token shards "
-            "carry no melody tokens: run `musiclm prepare tokens ... --melody CKPT "
-            "--melody-rvq RVQ`, or set melody: false"
-        )
-    if layout.beats and stage != SEMANTIC:
-        raise ValueError("beat conditioning is for the semantic stage")
-    if layout.beats and not spec.beat_phase_bins:
-        raise ValueError(
-            "semantic stage is built with beat conditioning but the token shards carry no "
-            "beat clock: run `musiclm prepare tokens ... --beats`, or set beats: false"
-        )
-    summed = (FRAME_SUM,) if layout.frame_conditioning else ()
-    timed = (PREFIX, *summed, *((ALIGNED,) if layout.aligned_positions else ()))
-    out = []
-    if spec.mulan_levels and (stage != FINE or layout.fine_sees_mulan):
-        mulan_summed = stage == SEMANTIC and not layout.beats
-        out.append(Fuse("mulan", (PREFIX, *summed) if mulan_summed else (PREFIX,)))
-    elif layout.frame_conditioning and stage == SEMANTIC and not layout.beats:
-        raise ValueError(
-            "frame_conditioning on the semantic stage adds the MuLan tokens to every input, "
-            "but the token shards carry no MuLan tokens"
-        )
-    if layout.melody:
-        out.append(Fuse("melody"))
-    if layout.beats:
-        out.append(Fuse("beat", timed))
-    upstream = {COARSE: "semantic", FINE: "coarse"}.get(stage)
-    if upstream:
-        out.append(Fuse(upstream, timed))
-    return tuple(out)
 
 
 def _first_tensor(streams: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -21,7 +21,7 @@ from lightning.pytorch import LightningModule
 
 from musiclm.checkpoint_file import read_checkpoint
 from musiclm.datamodules.token_spec import TokenSpec
-from musiclm.models.tempo import TempoPredictor, tempo_loss
+from musiclm.models.tempo import TempoPredictor
 from musiclm.models.token_lm import TokenLM
 from musiclm.stage_names import DELAY
 from musiclm.stages.delay_layout import DelayLayout
@@ -229,21 +229,14 @@ class TokenLMStage(LightningModule):
         return loss, logits, seq
 
     def _tempo_loss(self, batch: dict[str, Any], split: str) -> torch.Tensor | None:
-        """The tempo predictor's loss, logged with its bin accuracy (beat-conditioned
-        semantic stage; None for any other, 0 for a batch without tempo labels)."""
+        """The loss of the network a conditioning stream trains beside the LM (the beat
+        clock's tempo predictor), its metrics logged; None without one."""
         if self.tempo is None:
             return None
-        logits = self.tempo(batch["mulan_embedding"].float())
-        target = batch["tempo"].long()
-        known = target >= 0
-        if not known.any():
-            # no label in this batch: a zero that still touches the predictor's parameters,
-            # so DDP's gradient reduction finds every one of them used
-            return logits.sum() * 0.0
-        loss = tempo_loss(logits, target)
-        hit = (logits.argmax(-1) == target)[known].float().mean()
-        self.log(f"{split}/tempo_loss", loss, sync_dist=split == "val")
-        self.log(f"{split}/tempo_accuracy", hit, sync_dist=split == "val")
+        stream = auxiliary_stream(self.layout)
+        loss, metrics = stream.auxiliary_loss(self.tempo, batch)
+        for name, value in metrics.items():
+            self.log(f"{split}/{name}", value, sync_dist=split == "val")
         return loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -440,14 +433,19 @@ def layout_from_hparams(hp: dict[str, Any]) -> TokenLayout | DelayLayout:
     )
 
 
+def auxiliary_stream(layout: Any) -> Any:
+    """The conditioning stream that trains a network beside the LM (``auxiliary()`` and
+    ``auxiliary_loss(net, batch)``: the beat clock's tempo predictor), or None. Its network
+    keeps the ``tempo.`` prefix in checkpoints."""
+    streams = getattr(layout, "conditioning_streams", ())
+    return next((s for s in streams if hasattr(s, "auxiliary")), None)
+
+
 def tempo_predictor(layout: TokenLayout) -> TempoPredictor | None:
-    """The tempo network a layout trains beside its LM: its beat clock stream's auxiliary
-    network (a beat-conditioned semantic stage over shards with MuLan embeddings)."""
-    for stream in getattr(layout, "conditioning_streams", ()):
-        auxiliary = getattr(stream, "auxiliary", None)
-        if auxiliary is not None:
-            return auxiliary()
-    return None
+    """The network a layout trains beside its LM (a beat-conditioned semantic stage over
+    shards with MuLan embeddings: the tempo predictor)."""
+    stream = auxiliary_stream(layout)
+    return None if stream is None else stream.auxiliary()
 
 
 def load_tempo(checkpoint: str, layout: TokenLayout) -> TempoPredictor | None:
