@@ -7,6 +7,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+import yaml
 from genre_stream import GENRES, genre_of_key, genre_of_text
 from token_shards import write_synthetic_shards
 
@@ -23,6 +24,7 @@ from musiclm.datamodules.tokens import TokenDataModule
 from musiclm.generation.pipeline_file import StageEntry
 from musiclm.generation.sampling import SamplingConfig
 from musiclm.generation.stage_runner import Streams, load_stage
+from musiclm.lightning_cli import MusicLMCLI
 from musiclm.stages.semantic import SemanticStage
 from musiclm.stages.token_layout import TokenLayout
 from musiclm.stages.token_lm_stage import layout_from_hparams, load_network
@@ -227,3 +229,47 @@ def test_a_genre_changes_only_its_own_prompt_token():
     a = layout.prefix(batch() | {"genre": torch.tensor([0, 2])})
     c = layout.prefix(batch() | {"genre": torch.tensor([1, 2])})
     assert (a != c).nonzero().tolist() == [[0, 1 + SPEC.mulan_levels]]
+
+
+def test_a_config_file_names_the_streams_and_their_fuse_modes(tmp_path):
+    """The list is config: ``musiclm fit --config`` takes it as the stage's argument."""
+    write_synthetic_shards(tmp_path / "train", sizes=[4], seconds=3.0)
+    config = {
+        "trainer": {
+            "default_root_dir": str(tmp_path / "run"),
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_steps": 2,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+        },
+        "model": {
+            "class_path": "musiclm.stages.semantic.SemanticStage",
+            "init_args": {
+                "dim": 32,
+                "depth": 2,
+                "heads": 4,
+                "warmup_steps": 1,
+                "conditioning": [
+                    {"stream": "mulan"},
+                    {"stream": "genre", "fuse": ["prefix", "frame_sum"]},
+                ],
+            },
+        },
+        "data": {
+            "class_path": "musiclm.datamodules.tokens.TokenDataModule",
+            "init_args": {
+                "train_dir": str(tmp_path / "train"),
+                "seconds": 2.0,
+                "batch_size": 2,
+                "num_workers": 0,
+                "batches_per_epoch": 2,
+            },
+        },
+    }
+    path = tmp_path / "genre.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cli = MusicLMCLI(args=["--config", str(path)], run=False)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    assert cli.model.layout.fuses == (Fuse("mulan"), Fuse("genre", ("prefix", "frame_sum")))
+    assert cli.trainer.global_step == 2
