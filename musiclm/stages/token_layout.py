@@ -9,34 +9,37 @@ Every stage trains the same ``TokenLM`` on ``[BOS] + conditioning prefix + targe
 | fine     | coarse levels (``F_a * Q_c``); M if asked   | codec levels ``Q_c..Q_c+Q_f-1``  |
 
 Acoustic levels are interleaved by the layout's named pattern (``musiclm.stages.interleaving``;
-default ``flatten``: frame by frame, ``f0q0 f0q1 .. f1q0 ..``). M is left out when
-the shards carry none. With ``melody=True`` (semantic and coarse stages) the melody tokens
-(``W`` windows x ``L`` levels, window-major, see ``musiclm.conditioning.melody_tokens``) follow
-M in the prefix; such a layout requires them in every batch. With ``beats=True`` (semantic
-stage) the beat clock B (one phase id per semantic frame, ``musiclm.tokenizers.beats``) is
-the semantic stage's timed conditioning, as S is the coarse stage's. Ids: one unified *input*
-vocabulary where each stream level owns a disjoint range (``PAD=0, BOS=1, NULL=2`` first,
-then the streams in the order used by the stage), and a smaller *target* vocabulary
-(``level * K + code``) that the output head covers.
+default ``flatten``: frame by frame, ``f0q0 f0q1 .. f1q0 ..``). The conditioning is the
+stage's ``conditioning`` list: stream objects by name (``musiclm.conditioning``: MuLan tokens,
+melody windows, the beat clock, upstream semantic / coarse tokens, or a plugin's stream) and
+how each is fused (``prefix``, ``frame_sum``, ``aligned``); building a sequence never
+branches on a conditioning stream's name. Untimed streams (M, melody) come first in the
+prompt, then at most one timed stream (B, S or coarse levels) on its own clock. Older
+configs and checkpoints give switches instead (``melody``, ``beats``,
+``frame_conditioning``, ``aligned_positions``, ``fine_sees_mulan``), translated by
+``musiclm.conditioning.legacy``; there M is left out when the shards carry none.
+
+Ids: one unified *input* vocabulary where each stream level owns a disjoint range
+(``PAD=0, BOS=1, NULL=2`` first, then the streams in list order, the target stream last),
+and a smaller *target* vocabulary (``level * K + code``) that the output head covers.
 
 API used by training and generation (kept stable):
 
 - ``TokenSpec.from_manifest(manifest)`` (``musiclm.datamodules.token_spec``): sizes, rates,
   fingerprints from a token manifest;
-- ``TokenLayout(stage=, spec=, coarse_levels=, fine_levels=, fine_sees_mulan=)``;
+- ``TokenLayout(stage=, spec=, coarse_levels=, fine_levels=, conditioning=)``;
   ``num_tokens`` / ``num_targets`` size the network;
 - ``layout.sequence(streams)`` -> ``LMSequence(tokens, labels, prefix_len)`` from raw
   streams ``{"mulan": (B, Q_m), "semantic": (B, F_s), "acoustic": (B, Q, F_a)}``
   (``-1`` marks padding: input PAD, label ``IGNORE``);
 - ``layout.prefix(streams)``: ``[BOS] + conditioning`` ids only (the generation prompt);
-- ``layout.drop_conditioning(tokens, drop)``: MuLan (+ melody) ids of rows ``drop`` -> NULL
-  (CFG);
+- ``layout.drop_conditioning(tokens, drop)``: ids of the guided streams (MuLan, melody) of
+  rows ``drop`` -> NULL (CFG);
 - ``layout.positions(prefix_len, length)``: rotary positions (one clock for the timed
   conditioning and the targets with ``aligned_positions``);
-- ``layout.frame_ids(tokens, cond_len)``: with ``frame_conditioning``, the ids of the timed
-  conditioning of each target's own frame (semantic stage: the MuLan tokens), to be
-  embedded and added to the input that predicts it (``(B, N, C)``, ``-1`` elsewhere; None
-  without the option);
+- ``layout.frame_ids(tokens, cond_len)``: the ids of the ``frame_sum`` streams at each
+  target's own frame (an untimed stream's at every target), to be embedded and added to the
+  input that predicts it (``(B, N, C)``, ``-1`` elsewhere; None without such a stream);
 - ``layout.target_levels(n, offset)``: level of each target position;
 - ``layout.allowed_targets(n, offset)``: bool ``(n, num_targets)``, which ids each target
   position may take (sampling masks the rest);
