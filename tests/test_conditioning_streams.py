@@ -4,6 +4,8 @@ under ``tests/`` (``genre_stream.py``) that a stage trains and generates with.""
 
 from __future__ import annotations
 
+import dataclasses
+
 import lightning as L
 import pytest
 import torch
@@ -18,7 +20,7 @@ from musiclm.conditioning.registry import (
     register_stream,
     stream_class,
 )
-from musiclm.conditioning.stream import ConditioningStream, Fuse
+from musiclm.conditioning.stream import ConditioningStream, Fuse, RequestWindow
 from musiclm.datamodules.token_spec import TokenSpec
 from musiclm.datamodules.tokens import TokenDataModule
 from musiclm.generation.pipeline_file import StageEntry
@@ -273,3 +275,33 @@ def test_a_config_file_names_the_streams_and_their_fuse_modes(tmp_path):
     cli.trainer.fit(cli.model, cli.datamodule)
     assert cli.model.layout.fuses == (Fuse("mulan"), Fuse("genre", ("prefix", "frame_sum")))
     assert cli.trainer.global_step == 2
+
+
+FULL = dataclasses.replace(
+    SPEC, melody_windows=2, melody_levels=3, melody_codebook=4, melody_hop=1.0
+)
+
+
+@pytest.mark.parametrize("name", sorted({*registry.available("conditioning_streams"), "genre"}))
+def test_every_registered_stream_keeps_its_contract(name):
+    """What a stream makes for a generation window, it reads back as ``(B, levels, F)`` codes
+    within its vocabulary, as from a training batch."""
+    stream = build_stream(name, FULL, coarse_levels=2)
+    assert isinstance(stream, ConditioningStream) and stream.name == name
+    assert stream.levels >= 1 and stream.codebook >= 1
+    assert (stream.rate is None) == (stream.frames >= 1)
+    stream.check(FULL)
+    rows = [[(0.0, "calm jazz")], [(0.0, "rock"), (0.5, "folk at dawn")]]
+    texts = {t for r in rows for _, t in r}
+    mulan = {t: torch.arange(FULL.mulan_levels) % FULL.mulan_codebook for t in texts}
+    melody = torch.randint(0, FULL.melody_codebook, (2, 5, FULL.melody_levels))
+    made = {
+        "beat": torch.randint(0, FULL.beat_phase_bins, (2, 10)),
+        "semantic": torch.randint(0, FULL.semantic_vocab, (2, 10)),
+        "coarse": torch.randint(0, FULL.codebook_size, (2, 2, 20)),
+    }
+    window = RequestWindow(Streams(rows, mulan, melody, "cpu"), made, 4, 12, 10.0, 1.0)
+    codes = stream.codes(stream.window_codes(window))
+    frames = stream.frames if stream.rate is None else codes.shape[-1]
+    assert codes.shape == (2, stream.levels, frames)
+    assert 0 <= int(codes.min()) and int(codes.max()) < stream.codebook
