@@ -223,9 +223,10 @@ def test_generation_follows_a_given_or_predicted_tempo(tmp_path):
     assert slow.bpm == [60.0, 60.0] and fast.bpm == [200.0, 200.0]
     # the clock reaches the LM: same seed, different tempo, different tokens
     assert not torch.equal(slow.codes["semantic"], fast.codes["semantic"])
-    clock, bpms = pipe._beat_clock(pipe.stages["semantic"], ["x"], 10, 150.0, None)
-    assert bpms == [150.0]
-    assert clock[0].tolist() == spec.beat_spec.clock(150.0, 10, spec.semantic_rate).tolist()
+    clock, bpms = pipe._beat_clock(pipe.stages["semantic"], ["x"], 1.0, 150.0, None)
+    frames = pipe.stages["semantic"].frames(1.0)  # the clock covers the request's seconds
+    assert bpms == [150.0] and clock.shape[-1] == frames
+    assert clock[0].tolist() == spec.beat_spec.clock(150.0, frames, spec.semantic_rate).tolist()
 
     # without a tempo: the predictor's most likely bin, from the MuLan text embedding
     predicted = pipe.generate(prompts, seconds=2.0, seed=0)
