@@ -74,6 +74,13 @@ def test_sequence_sums_a_steps_levels_and_ignores_special_slots():
     assert seq.ids.max() < layout.num_tokens
     dropped = layout.drop_conditioning(seq.ids, torch.tensor([True, False]))
     assert (dropped[0, 1:4, 0] == NULL).all() and torch.equal(dropped[1], seq.ids[1])
+    assert torch.equal(dropped[0, :, -1], seq.ids[0, :, -1])  # semantic tokens stay
+    # guide_semantic: guidance's unconditional rows lose the semantic tokens too
+    guided = DelayLayout(spec=spec, guide_semantic=True).drop_conditioning(
+        seq.ids, torch.tensor([True, False])
+    )
+    assert (guided[0, 1:4, 0] == NULL).all() and (guided[0, :, -1] == -1).all()
+    assert torch.equal(guided[0, :, :-1], dropped[0, :, :-1]) and torch.equal(guided[1], seq.ids[1])
 
 
 def test_training_forward_equals_generation_logits_at_every_step():
@@ -108,12 +115,15 @@ def test_training_forward_equals_generation_logits_at_every_step():
     ],
     ids=["greedy", "sampled-cfg", "greedy-cfg"],
 )
-def test_cached_decoding_equals_the_full_forward_at_every_step(pattern, sampling):
+@pytest.mark.parametrize("guide_semantic", [False, True], ids=["guide-mulan", "guide-semantic"])
+def test_cached_decoding_equals_the_full_forward_at_every_step(pattern, sampling, guide_semantic):
     """Over sliding windows (each window after the first keeps frames of the last), with
     classifier-free guidance's stacked rows; float64 so no tie flips a token."""
     torch.set_default_dtype(torch.float64)
     try:
-        module = tiny_delay(tiny_spec(num_quantizers=4), interleaving=pattern)
+        module = tiny_delay(
+            tiny_spec(num_quantizers=4), interleaving=pattern, guide_semantic=guide_semantic
+        )
     finally:
         torch.set_default_dtype(torch.float32)
     layout, net = module.layout, module.net

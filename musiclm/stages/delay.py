@@ -39,6 +39,7 @@ class DelayStage(TokenLMStage):
         levels: int | None = None,
         interleaving: str = "delay",
         semantic: bool = True,
+        guide_semantic: bool = False,
         cond_dropout: float = 0.0,
         lr: float = 3e-4,
         weight_decay: float = 0.01,
@@ -58,6 +59,8 @@ class DelayStage(TokenLMStage):
                 (every level of a frame at once), from ``musiclm.stages.interleaving``.
             semantic: condition on the semantic tokens too, each input summing the one under
                 the frame it predicts (semantic -> acoustic in one stage); false: MuLan only.
+            guide_semantic: conditioning dropout and guidance drop the semantic tokens with
+                the MuLan tokens, so that guidance also pushes toward following them.
             cond_dropout: probability of replacing a sample's MuLan tokens by NULL in
                 training, for classifier-free guidance at sampling.
             lr, weight_decay, warmup_steps, decay_steps: as for the other token stages.

@@ -55,6 +55,7 @@ class DelayLayout:
     levels: int | None = None  # codec levels modelled (None: all of the codec's)
     interleaving: str = "delay"  # a grouped pattern: ``delay`` or ``parallel``
     semantic: bool = True  # condition on the semantic tokens, frame-aligned
+    guide_semantic: bool = False  # guidance drops the semantic tokens with the MuLan tokens
     stage: str = DELAY
 
     def __post_init__(self) -> None:
@@ -219,6 +220,8 @@ class DelayLayout:
         out = ids.clone()
         span = slice(1, 1 + self.spec.mulan_levels)
         out[:, span, 0] = torch.where(drop.view(-1, 1), NULL, ids[:, span, 0])
+        if self.semantic and self.guide_semantic:
+            out[..., -1] = torch.where(drop.view(-1, 1), -1, ids[..., -1])
         return out
 
     def prompt(self, streams: dict[str, torch.Tensor], steps: int) -> DelayPrompt:
@@ -237,6 +240,7 @@ class DelayLayout:
             levels=hp.get("levels"),
             interleaving=hp.get("interleaving", "delay"),
             semantic=hp.get("semantic", True),
+            guide_semantic=hp.get("guide_semantic", False),
         )
 
     def to_dict(self) -> dict[str, Any]:
