@@ -251,7 +251,7 @@ def test_quick_steps_are_the_documented_order(tmp_path):
     names = [s.name for s in build_steps(StepRunner(tmp_path), p, DemoSettings.quick())]
     assert names == [
         "corpus", "audio", "mulan", "mulan-rvq", "semantic-kmeans", "codec", "tokens",
-        "semantic", "coarse", "fine", "pipeline", "generate", "generate-other", "evaluate",
+        "semantic", "delay", "pipeline", "generate", "generate-other", "evaluate",
         "evaluate-other", "report",
     ]  # fmt: skip
 
@@ -286,7 +286,7 @@ def test_quick_demo_end_to_end_and_resume(tmp_path):
     assert len(wavs) == DemoSettings.quick().prompts
     assert (out / "plots" / "loss_curves.png").is_file()
     assert (out / "plots" / "spectrograms.png").is_file()
-    for stage in ("mulan", "semantic", "coarse", "fine"):
+    for stage in ("mulan", "semantic", "delay"):
         assert (out / stage / "checkpoints" / "last.ckpt").is_file()
         assert list((out / stage / "tensorboard" / "run").glob("events.out.tfevents.*"))
 
@@ -354,10 +354,10 @@ def test_seed_reaches_every_command_that_draws(tmp_path):
     s = DemoSettings.quick()
     s.seed = 7
     for step in build_steps(Recorder(tmp_path), p, s):
-        if step.name in ("corpus", "mulan", "semantic", "coarse", "fine", "evaluate"):
+        if step.name in ("corpus", "mulan", "semantic", "delay", "evaluate"):
             step.run(step)
     assert calls["corpus"][calls["corpus"].index("--seed") + 1] == "7"
-    for stage in ("mulan", "semantic", "coarse", "fine"):
+    for stage in ("mulan", "semantic", "delay"):
         assert "--seed_everything=7" in calls[stage], stage
     assert calls["evaluate"][calls["evaluate"].index("--seed") + 1] == "7"
 
@@ -377,9 +377,9 @@ def test_other_wording_check_and_table():
 
 
 def test_acoustic_delay_trains_one_stage_in_place_of_coarse_and_fine(tmp_path):
-    """`--acoustic delay`: the plan trains semantic + delay, the pipeline file names them
-    with the delay stage's temperature and guidance, and the run's settings record only its
-    own stages (so a cascade run's settings.json is unchanged by the delay entries)."""
+    """The delay stage (the default) trains in place of coarse + fine: the pipeline file
+    names semantic and delay with the delay stage's temperature and guidance, and a run's
+    settings record only its own stages (a cascade run's settings.json is as before)."""
     import dataclasses
 
     from musiclm.generation.pipeline_file import load_pipeline_file
@@ -390,7 +390,10 @@ def test_acoustic_delay_trains_one_stage_in_place_of_coarse_and_fine(tmp_path):
     assert "delay" in names and "coarse" not in names and "fine" not in names
     assert names.index("semantic") < names.index("delay") < names.index("pipeline")
     assert set(s.to_json()["lm_steps"]) == {"semantic", "delay"}
-    assert set(DemoSettings().to_json()["temperatures"]) == {"semantic", "coarse", "fine"}
+    cascade = DemoSettings(acoustic="cascade")
+    assert set(cascade.to_json()["temperatures"]) == {"semantic", "coarse", "fine"}
+    names = [x.name for x in build_steps(StepRunner(p.out), p, cascade)]
+    assert names[names.index("semantic") :][:4] == ["semantic", "coarse", "fine", "pipeline"]
 
     for path in [p.rvq, p.codec, p.kmeans, *(p.last_ckpt(x) for x in ("mulan", "semantic"))]:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -409,15 +412,16 @@ def test_acoustic_delay_trains_one_stage_in_place_of_coarse_and_fine(tmp_path):
 
 
 @pytest.mark.slow
-def test_quick_demo_with_the_delay_stage_end_to_end(tmp_path):
-    """`musiclm demo --quick --acoustic delay` from nothing: a delay checkpoint, no coarse or
-    fine run, generated clips scored, and `musiclm generate` on its PIPELINE.yaml."""
+def test_quick_demo_with_the_cascade_end_to_end(tmp_path):
+    """`musiclm demo --quick --acoustic cascade` from nothing: coarse and fine checkpoints, no
+    delay run, generated clips scored, and `musiclm generate` on its PIPELINE.yaml."""
     from musiclm.commands import demo, generate
 
     out = tmp_path / "demo"
-    assert demo.main(["--out", str(out), "--quick", "--acoustic", "delay"]) == 0
-    assert (out / "delay" / "checkpoints" / "last.ckpt").is_file()
-    assert not (out / "coarse").exists() and not (out / "fine").exists()
+    assert demo.main(["--out", str(out), "--quick", "--acoustic", "cascade"]) == 0
+    for stage in ("coarse", "fine"):
+        assert (out / stage / "checkpoints" / "last.ckpt").is_file()
+    assert not (out / "delay").exists()
     assert len(sorted((out / "generated").glob("*.wav"))) == DemoSettings.quick().prompts
     assert "structure" in json.loads((out / "eval" / "metrics.json").read_text())
     assert (out / "plots" / "loss_curves.png").is_file()

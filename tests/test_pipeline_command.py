@@ -18,7 +18,7 @@ from musiclm.datamodules.corpora import list_entries
 from musiclm.demo import tools
 
 FOLDER_STEPS = ["audio", "mulan", "mulan-rvq", "semantic-kmeans", "codec", "tokens", "semantic",
-                "coarse", "fine", "pipeline", "generate", "evaluate", "report"]  # fmt: skip
+                "delay", "pipeline", "generate", "evaluate", "report"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +257,7 @@ def test_melody_adds_its_steps_and_a_plain_semantic_lm(corpus, tmp_path, capsys)
     base = ["--source", "folder", "--input", str(corpus), "--out", str(out), "--quick"]
     names, commands = _printed(capsys, [*base, "--melody"])
     assert names == ["audio", "mulan", "melody", "melody-rvq", "mulan-rvq", "semantic-kmeans",
-                     "codec", "tokens", "semantic", "coarse", "fine", "semantic-plain",
+                     "codec", "tokens", "semantic", "delay", "semantic-plain",
                      "pipeline", "generate", "evaluate", "melody-eval", "report"]  # fmt: skip
     fits = [c for c in commands if c[0] == "fit"]
     melody_fit, semantic, plain = fits[1], fits[2], fits[-1]

@@ -22,7 +22,8 @@ from musiclm.datamodules.corpora import SOURCES
 
 EPILOG = """\
 steps (in order): corpus (demo only), audio, mulan (not with --joint-embedding), mulan-rvq,
-semantic-kmeans, codec, tokens, semantic, coarse, fine, pipeline, generate, [generate-other],
+semantic-kmeans, codec, tokens, semantic, delay (or coarse, fine with --acoustic cascade),
+pipeline, generate, [generate-other],
 evaluate, [evaluate-other], report.
 
 your own corpus:
@@ -38,7 +39,7 @@ examples:
   musiclm pipeline --source folder --input my_music --out runs/mine --quick
   musiclm pipeline --source folder --input my_music --out runs/mine --list
   musiclm pipeline --source folder --input my_music --out runs/mine --print-commands > run.sh
-  musiclm pipeline --source folder --input my_music --out runs/mine --force coarse
+  musiclm pipeline --source folder --input my_music --out runs/mine --force delay
   musiclm generate "calm piano, slow" --pipeline runs/mine/PIPELINE.yaml --out clips
 
 Audio without captions trains every stage but MuLan: give a pretrained joint embedding
@@ -55,7 +56,7 @@ def build_parser(*, prog: str = "musiclm pipeline", demo: bool = False) -> argpa
     p = argparse.ArgumentParser(
         prog=prog,
         description="Run the whole system over a corpus: audio shards, MuLan and its RVQ, the\n"
-        "tokenizers, token shards, the semantic/coarse/fine stages (`musiclm fit`),\n"
+        "tokenizers, token shards, the semantic and acoustic stages (`musiclm fit`),\n"
         "PIPELINE.yaml, generation for held-out captions, evaluation and report.md. Each\n"
         "step is a plain `musiclm` command; rerun the same command to continue after an\n"
         "interruption (finished steps are skipped).",
@@ -70,7 +71,7 @@ def build_parser(*, prog: str = "musiclm pipeline", demo: bool = False) -> argpa
         "--out", required=not demo, default="runs/demo" if demo else None, help="run folder"
     )
     p.add_argument(
-        "--conf", help="folder of mulan/semantic/coarse/fine.yaml (default: conf/demo, CPU sizes)"
+        "--conf", help="folder of mulan/semantic/delay (or coarse/fine).yaml (default: conf/demo)"
     )
     p.add_argument("--quick", action="store_true", help="tiny models and step counts (minutes)")
     p.add_argument("--clips", type=int, help="demo only: corpus size (default 1000; quick 30)")
@@ -111,10 +112,10 @@ def build_parser(*, prog: str = "musiclm pipeline", demo: bool = False) -> argpa
         )
     p.add_argument(
         "--acoustic",
-        choices=("cascade", "delay"),
-        default="cascade",
-        help="acoustic stages: MusicLM's coarse + fine LMs (default), or one delay-pattern LM "
-        "over every codec level (MusicGen; CONF/delay.yaml)",
+        choices=("delay", "cascade"),
+        help="acoustic stages: one delay-pattern LM over every codec level (MusicGen, guided "
+        "by the semantic tokens; CONF/delay.yaml; the default), or MusicLM's coarse + fine LMs "
+        "(CONF/coarse.yaml, CONF/fine.yaml)",
     )
     p.add_argument(
         "--melody",
@@ -152,7 +153,8 @@ def _settings(args: argparse.Namespace):
             raise ValueError(f"--rerank {args.rerank}: need at least 1 candidate per prompt")
         s.rerank = args.rerank
     s.melody = bool(getattr(args, "melody", False))
-    s.acoustic = getattr(args, "acoustic", "cascade")
+    if getattr(args, "acoustic", None):
+        s.acoustic = args.acoustic
     return s
 
 

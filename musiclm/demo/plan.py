@@ -328,8 +328,9 @@ def data_steps(runner: StepRunner, p: DemoPaths, s: DemoSettings, c: Corpus) -> 
 
 
 def lm_steps(runner: StepRunner, p: DemoPaths, s: DemoSettings) -> list[Step]:
-    """The semantic, coarse and fine LMs, each a ``musiclm fit`` (with ``--melody``, also a
-    semantic LM without the melody, for the figure's "without")."""
+    """The semantic LM and the acoustic ones (delay, or coarse and fine), each a ``musiclm
+    fit`` (with ``--melody``, also a semantic LM without the melody, for the figure's
+    "without")."""
     stages = [*s.lm_stages, PLAIN] if s.melody else list(s.lm_stages)
     return [
         _step(

@@ -57,14 +57,16 @@ class DemoSettings:
     cfg_scale: float = 3.0
     # Below the paper's 1.0 / 0.95 / 0.4: at demo scale cooler sampling makes the text heard
     # (instrument, tempo) at the cost of note motion (docs/decisions/sampling-temperatures.md)
-    # The delay stage samples hotter: at 0.6 its onsets fall to 0.38 / s (real 1.75), at 0.9
-    # they reach 1.31 / s with more note motion (docs/decisions/delay-stage.md).
+    # The semantically guided delay stage at 0.7: at 0.9 it overshoots real pitch variety
+    # (entropy 1.13x) and doubles FAD; at 0.7 it has neither (docs/decisions/delay-stage.md).
     temperatures: dict[str, float] = field(
-        default_factory=lambda: {"semantic": 0.5, "coarse": 0.6, "fine": 0.3, "delay": 0.9}
+        default_factory=lambda: {"semantic": 0.5, "coarse": 0.6, "fine": 0.3, "delay": 0.7}
     )
-    # The acoustic stages: MusicLM's coarse + fine cascade, or MusicGen's delay-pattern LM
-    # over every codec level (`--acoustic delay`), both from the same token shards.
-    acoustic: str = "cascade"
+    # The acoustic stages: MusicGen's delay-pattern LM over every codec level, guided by the
+    # semantic tokens (the default: over seeds 0-2 it keeps the note motion, onsets, tempo and
+    # text that the coarse + fine cascade loses; docs/results.md, cascade and delay stage),
+    # or MusicLM's coarse + fine cascade (`--acoustic cascade`), both from the same shards.
+    acoustic: str = "delay"
     # Candidates per prompt, MuLan keeps the closest to the text (`generate --rerank`). Three
     # lifted instrument adherence from 0.47 to 0.64 but not tempo, for 2.7x the generation
     # time, and the MCC of kept candidates is chosen by the same MuLan (docs/results.md,
