@@ -78,6 +78,16 @@ STREAM_FIELDS = {
 }
 
 
+def _windows(stage: LoadedStage) -> dict[str, Any]:
+    """A stage's sliding windows (context and kept prefix, in its frames) and sampling, from
+    its pipeline-file entry: the same for every kind of stage."""
+    return {
+        "context_frames": stage.frames(stage.context_seconds),
+        "prefix_frames": stage.frames(stage.prefix_seconds) if stage.prefix_seconds else 0,
+        "sampling": stage.sampling,
+    }
+
+
 class StageKind(Protocol):
     """What one kind of stage reads, makes and how it samples."""
 
@@ -202,9 +212,7 @@ class TokenStageKind:
             layout=stage.layout,
             conditioning=conditioning,
             total_frames=total,
-            context_frames=stage.frames(stage.context_seconds),
-            prefix_frames=stage.frames(stage.prefix_seconds) if stage.prefix_seconds else 0,
-            sampling=stage.sampling,
+            **_windows(stage),
             generator=generator,
             existing=existing,
             batch=batch,
@@ -278,9 +286,7 @@ class DelayKind:
             net, layout, prompt, frames, sampling=sampling, generator=generator
         )
 
-    def prompt_codes(self, stage: LoadedStage, clip: Codes, seconds: float) -> torch.Tensor:
-        codes = stage.layout.target_codes(clip)
-        return codes[..., : min(codes.shape[-1], stage.frames(seconds))]
+    prompt_codes = TokenStageKind.prompt_codes  # the first frames of the clip's codes
 
     def sample(
         self,
@@ -296,9 +302,7 @@ class DelayKind:
             layout=stage.layout,
             conditioning=conditioning,
             total_frames=total,
-            context_frames=stage.frames(stage.context_seconds),
-            prefix_frames=stage.frames(stage.prefix_seconds) if stage.prefix_seconds else 0,
-            sampling=stage.sampling,
+            **_windows(stage),
             generator=generator,
             existing=existing,
             batch=batch,
