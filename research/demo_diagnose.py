@@ -8,8 +8,9 @@ score, for every held-out clip (first ``--seconds`` of it, its caption as the pr
 * ``real``: the real clip;
 * ``codec-all`` / ``codec-coarse``: the clip through the codec (all levels; coarse levels only);
 * ``real-coarse->fine``: the real coarse codes, fine levels sampled by the fine LM;
-* ``real-semantic->coarse->fine``: the real clip's semantic tokens, then the coarse and fine
-  LMs (conditioned on the caption's MuLan tokens) and the codec;
+* ``real-semantic->coarse->fine`` (or ``real-semantic->delay``): the real clip's semantic
+  tokens, then the pipeline's acoustic stages (conditioned on the caption's MuLan tokens) and
+  the codec;
 * ``text->all``: the whole chain from the caption (what ``musiclm generate`` does);
 * ``text->all:true-bpm``: the same with the clip's true BPM as the beat clock's tempo (a
   semantic stage trained with ``beats`` only): what the chain does with the tempo right;
@@ -100,7 +101,13 @@ def _pulse(env: np.ndarray, rate: float) -> float:
 
 
 # links that re-render the real clip from (part of) its own tokens
-FOLLOWS_REAL = ("codec-all", "codec-coarse", "real-coarse->fine", "real-semantic->coarse->fine")
+FOLLOWS_REAL = (
+    "codec-all",
+    "codec-coarse",
+    "real-coarse->fine",
+    "real-semantic->coarse->fine",
+    "real-semantic->delay",
+)
 
 
 def onset_envelope(audio: np.ndarray, sr: int) -> np.ndarray:
@@ -131,23 +138,20 @@ def onset_alignment(env: list[np.ndarray], real: list[np.ndarray]) -> dict[str, 
             "best_lag_frames": float(np.median(lags))}  # fmt: skip
 
 
-def acoustic_from_semantic(pipe, semantic: torch.Tensor, texts: list[str], gen) -> torch.Tensor:
-    """Coarse then fine codes (B, Q, F) from semantic tokens (B, F_s), as ``Pipeline.generate``."""
-    mulan = pipe.mulan_tokens(texts)
-    cond = torch.stack([mulan[t] for t in texts]) if mulan else None
-    sem, coarse = pipe.stages["semantic"], pipe.stages["coarse"]
-    ratio = sem.rate / coarse.rate
-    frames = coarse.frames(semantic.shape[1] / sem.rate)
+def acoustic_from_semantic(
+    pipe, semantic: torch.Tensor, texts: list[str], seconds: float, gen
+) -> torch.Tensor:
+    """Codec codes (B, Q, F) from semantic tokens (B, F_s): the pipeline file's acoustic stages
+    (coarse + fine, or the delay stage) run as ``Pipeline.generate`` runs them, after
+    ``semantic`` instead of the semantic stage's output."""
+    from musiclm.stage_names import SEMANTIC
 
-    def coarse_prompt(f0: int, f1: int, new: int) -> torch.Tensor:
-        s0, s1 = math.floor(f0 * ratio), min(semantic.shape[1], math.ceil(f1 * ratio))
-        streams = {"semantic": semantic[:, s0:s1]}
-        if coarse.layout.uses_mulan:
-            streams["mulan"] = cond
-        return coarse.layout.prefix(streams)
-
-    codes = pipe._run(coarse, coarse_prompt, frames, None, len(texts), gen)
-    return fine_from_coarse(pipe, codes, cond, gen)
+    rows = [[(0.0, t)] for t in texts]
+    streams, codes, _ = pipe._request(rows, rows, seconds, None, None, None)
+    codes[SEMANTIC] = semantic
+    for stage in pipe.acoustic_stages:
+        codes[stage.produces] = stage.run(streams, codes, seconds, None, gen)
+    return torch.cat([codes[s.produces] for s in pipe.acoustic_stages], dim=1)
 
 
 def fine_from_coarse(pipe, codes: torch.Tensor, cond, gen) -> torch.Tensor:
@@ -276,15 +280,17 @@ def main() -> int:
 
     real_env = [onset_envelope(w.reshape(-1).numpy(), sr) for w in wav]
     codes = codec.encode(wav)
-    levels = pipe.stages["coarse"].layout.coarse_levels
     real_sem = tok.tokenize(wav)  # (B, F_s)
     timed("real", lambda: wav)
     timed("codec-all", lambda: codec.decode(codes))
-    timed("codec-coarse", lambda: codec.decode(codes[:, :levels]))
-    timed("real-coarse->fine", lambda: codec.decode(fine_from_coarse(pipe, codes[:, :levels],
-                                                                     None, gen)))  # fmt: skip
-    timed("real-semantic->coarse->fine",
-          lambda: codec.decode(acoustic_from_semantic(pipe, real_sem, texts, gen)))  # fmt: skip
+    if "coarse" in pipe.stages:
+        levels = pipe.stages["coarse"].layout.coarse_levels
+        timed("codec-coarse", lambda: codec.decode(codes[:, :levels]))
+        timed("real-coarse->fine", lambda: codec.decode(
+            fine_from_coarse(pipe, codes[:, :levels], None, gen)))  # fmt: skip
+    acoustic = "->".join(s.name for s in pipe.acoustic_stages)
+    timed(f"real-semantic->{acoustic}", lambda: codec.decode(
+        acoustic_from_semantic(pipe, real_sem, texts, args.seconds, gen)))  # fmt: skip
 
     sem_gen: dict[str, torch.Tensor] = {}
 
