@@ -3,23 +3,26 @@ rule across levels, checkpoints and a `semantic, delay` pipeline through `musicl
 
 from __future__ import annotations
 
+import inspect
 import json
 
+import lightning as L
 import pytest
 import soundfile as sf
 import torch
 import yaml
 from generation_helpers import TINY_DAC, save_checkpoint, tiny_spec, tiny_stage
+from jsonargparse import ArgumentParser
 
 from musiclm.commands.generate import main as generate_main
 from musiclm.datamodules.token_spec import TokenSpec
 from musiclm.generation.delay_decode import generate_delay_window, sliding_delay_generate
 from musiclm.generation.pipeline import Pipeline
 from musiclm.generation.sampling import SamplingConfig
-from musiclm.stages.delay import DelayStage
+from musiclm.stages.delay import CHECKPOINT_EXTRAS, DelayStage
 from musiclm.stages.delay_layout import DelayLayout, delay_logits
 from musiclm.stages.token_layout import IGNORE, NULL
-from musiclm.stages.token_lm_stage import load_network
+from musiclm.stages.token_lm_stage import TokenLMStage, load_network
 
 
 @pytest.fixture(autouse=True)
@@ -239,6 +242,47 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
         torch.testing.assert_close(
             delay_logits(net, layout, ids, 4), delay_logits(module.net, layout, ids, 4)
         )
+    # Lightning passes every hyper-parameter back, the stage's name and the cascade's fixed
+    # layout arguments too
+    assert {"stage", "coarse_levels", "target_noise"} <= module.hparams.keys()
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, accelerator="cpu")
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "lightning.ckpt")
+    reloaded = DelayStage.load_from_checkpoint(tmp_path / "lightning.ckpt", weights_only=True)
+    assert reloaded.layout == module.layout and reloaded.hparams == module.hparams
+
+
+def test_config_schema_is_the_delay_arguments_and_the_shared_ones():
+    """LightningCLI reads ``**kwargs`` through the ``super().__init__`` call: the base class's
+    arguments with their defaults, but for the cascade's layout arguments."""
+    parser = ArgumentParser()
+    parser.add_class_arguments(DelayStage, "model")
+    defaults = parser.get_defaults().model.as_dict()
+    assert defaults == {
+        "levels": None,
+        "interleaving": "delay",
+        "semantic": True,
+        "guide_semantic": False,
+        "dim": 1024,
+        "depth": 24,
+        "heads": 16,
+        "ff_mult": 4,
+        "dropout": 0.0,
+        "cond_dropout": 0.0,
+        "lr": 3e-4,
+        "weight_decay": 0.01,
+        "warmup_steps": 1000,
+        "decay_steps": 0,
+        "codec": None,
+        "semantic_tokenizer": None,
+        "mulan": None,
+        "spec": None,
+        "compile": False,
+    }
+    shared = inspect.signature(TokenLMStage.__init__).parameters.keys() - {"self"}
+    assert shared - defaults.keys() == set(CHECKPOINT_EXTRAS) - {"stage"}
+    with pytest.raises(TypeError, match="target_noise"):
+        DelayStage(target_noise=0.1)
 
 
 def test_semantic_delay_pipeline_generates_through_the_command(tmp_path, monkeypatch):

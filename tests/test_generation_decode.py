@@ -3,11 +3,13 @@ sampling filters and classifier-free guidance."""
 
 import pytest
 import torch
-from generation_helpers import random_input, tiny_stage, window_checker
+from generation_helpers import random_input, tiny_spec, tiny_stage, window_checker
 
 from musiclm.generation import sampling as sampling_mod
 from musiclm.generation.decode import generate_window, sliding_generate, targets_to_codes
+from musiclm.generation.delay_decode import sliding_delay_generate
 from musiclm.generation.sampling import SamplingConfig, filter_logits, guide, sample
+from musiclm.stages.delay import DelayStage
 
 TOL = 1e-4
 
@@ -137,6 +139,43 @@ def test_sliding_generation_continues_existing_codes_and_validates():
             sampling=SamplingConfig(),
             batch=1,
         )
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (
+            {"context_frames": 3, "prefix_frames": 3, "batch": 1},
+            "{stage}: prefix_frames=3 must be in 0..context_frames-1 (context_frames=3)",
+        ),
+        (
+            {"context_frames": 6, "prefix_frames": 2},
+            "give `batch` when there are no existing codes",
+        ),
+        (
+            {"context_frames": 6, "prefix_frames": 2, "existing": torch.zeros(1, 5, 3).long()},
+            "{stage}: existing codes must be (B, {levels}, F), got (1, 5, 3)",
+        ),
+    ],
+)
+def test_both_sliding_paths_refuse_bad_windows_alike(bad, message):
+    """The cascade's and the delay stage's sliding generation check their arguments with one
+    function: the same error, naming the stage."""
+    cascade = tiny_stage("coarse")
+    delay = DelayStage(spec=tiny_spec().to_dict(), dim=32, depth=2, heads=4).eval()
+    for module, generate in ((cascade, sliding_generate), (delay, sliding_delay_generate)):
+        layout = module.layout
+        with pytest.raises(ValueError) as raised:
+            generate(
+                module.net,
+                layout=layout,
+                conditioning=lambda f0, f1, new: pytest.fail("no window before the checks"),
+                total_frames=8,
+                sampling=SamplingConfig(),
+                **bad,
+            )
+        levels = layout.target_level_count
+        assert str(raised.value) == message.format(stage=layout.stage, levels=levels)
 
 
 def _generate(module, sampling, seed, prompt):

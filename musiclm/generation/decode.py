@@ -152,22 +152,16 @@ def sliding_generate(
     window starts ``prefix_frames`` before the end of what exists and keeps those frames as
     forced targets, so it adds ``context_frames - prefix_frames`` new frames (the stride).
     """
-    if not 0 <= prefix_frames < context_frames:
-        raise ValueError(
-            f"{layout.stage}: prefix_frames={prefix_frames} must be in 0..context_frames-1 "
-            f"(context_frames={context_frames})"
-        )
     levels = layout.target_level_count
-    if existing is None:
-        if batch is None:
-            raise ValueError("give `batch` when there are no existing codes")
-        existing = torch.zeros(batch, levels, 0, dtype=torch.long)
-    if existing.dim() != 3 or existing.shape[1] != levels:
-        raise ValueError(
-            f"{layout.stage}: existing codes must be (B, {levels}, F), got {tuple(existing.shape)}"
-        )
-    codes = existing
-    for start, done, end in windows(codes.shape[-1], total_frames, context_frames, prefix_frames):
+    codes, spans = sliding_windows(
+        layout,
+        total_frames=total_frames,
+        context_frames=context_frames,
+        prefix_frames=prefix_frames,
+        existing=existing,
+        batch=batch,
+    )
+    for start, done, end in spans:
         kept = codes[..., start:done]
         kept_ids = layout.target_to_input(layout.codes_to_targets(kept)) if done > start else None
         prompt = conditioning(start, end, done)
@@ -186,6 +180,39 @@ def sliding_generate(
         )
         codes = torch.cat([codes, targets_to_codes(layout, new).to(codes.device)], dim=-1)
     return codes
+
+
+def sliding_windows(
+    layout: Any,
+    *,
+    total_frames: int,
+    context_frames: int,
+    prefix_frames: int,
+    existing: torch.Tensor | None,
+    batch: int | None,
+) -> tuple[torch.Tensor, list[tuple[int, int, int]]]:
+    """The codes to continue (``existing`` ``(B, L, F)``, else empty ``(batch, L, 0)``) and the
+    ``(start, done, end)`` of each window that takes them to ``total_frames`` (``windows``).
+
+    The one check of the arguments ``sliding_generate`` and ``sliding_delay_generate`` share;
+    ``layout``: any stage's (its ``stage`` names it in errors, ``target_level_count`` is L).
+    """
+    if not 0 <= prefix_frames < context_frames:
+        raise ValueError(
+            f"{layout.stage}: prefix_frames={prefix_frames} must be in 0..context_frames-1 "
+            f"(context_frames={context_frames})"
+        )
+    levels = layout.target_level_count
+    if existing is None:
+        if batch is None:
+            raise ValueError("give `batch` when there are no existing codes")
+        existing = torch.zeros(batch, levels, 0, dtype=torch.long)
+    if existing.dim() != 3 or existing.shape[1] != levels:
+        raise ValueError(
+            f"{layout.stage}: existing codes must be (B, {levels}, F), got {tuple(existing.shape)}"
+        )
+    spans = windows(existing.shape[-1], total_frames, context_frames, prefix_frames)
+    return existing, list(spans)
 
 
 def windows(done: int, total: int, context: int, prefix: int) -> Iterator[tuple[int, int, int]]:

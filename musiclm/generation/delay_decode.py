@@ -8,7 +8,8 @@ ones and share the forward pass), sample the ``Q`` levels, keep only the slots w
 new (a slot of a kept frame keeps its code, one outside the window gets the special id), and
 feed the step back. ``use_cache=False`` recomputes the whole sequence at every step with the
 same forward pass training uses (the reference the tests hold the cache to).
-``sliding_delay_generate`` covers any length with the cascade's windows (``decode.windows``).
+``sliding_delay_generate`` covers any length with the cascade's windows, its arguments checked
+by the same function (``decode.sliding_windows``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from musiclm.generation.decode import windows
+from musiclm.generation.decode import sliding_windows
 from musiclm.generation.sampling import SamplingConfig, guide, sample
 from musiclm.models.token_lm import TokenLM
 from musiclm.stages.delay_layout import DelayLayout, DelayPrompt
@@ -121,20 +122,15 @@ def sliding_delay_generate(
 ) -> torch.Tensor:
     """Codes ``(B, Q, total_frames)`` window by window: each window after the first keeps the
     last ``prefix_frames`` frames made and adds up to ``context_frames - prefix_frames``."""
-    if not 0 <= prefix_frames < context_frames:
-        raise ValueError(
-            f"delay: prefix_frames={prefix_frames} must be in 0..context_frames-1 "
-            f"(context_frames={context_frames})"
-        )
-    q = layout.num_levels
-    if existing is None:
-        if batch is None:
-            raise ValueError("give `batch` when there are no existing codes")
-        existing = torch.zeros(batch, q, 0, dtype=torch.long)
-    if existing.dim() != 3 or existing.shape[1] != q:
-        raise ValueError(f"delay: existing codes must be (B, {q}, F), got {tuple(existing.shape)}")
-    codes = existing
-    for start, done, end in windows(codes.shape[-1], total_frames, context_frames, prefix_frames):
+    codes, spans = sliding_windows(
+        layout,
+        total_frames=total_frames,
+        context_frames=context_frames,
+        prefix_frames=prefix_frames,
+        existing=existing,
+        batch=batch,
+    )
+    for start, done, end in spans:
         new = generate_delay_window(
             model,
             layout,

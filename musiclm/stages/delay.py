@@ -22,6 +22,21 @@ from musiclm.stages.interleaving import get_interleaving
 from musiclm.stages.token_layout import IGNORE
 from musiclm.stages.token_lm_stage import TokenLMStage
 
+# what a delay checkpoint's hyper-parameters hold beyond this stage's arguments: the stage's
+# name and the cascade's layout arguments that ``DelayStage.__init__`` fixes
+CHECKPOINT_EXTRAS = (
+    "stage",
+    "coarse_levels",
+    "fine_levels",
+    "fine_sees_mulan",
+    "melody",
+    "aligned_positions",
+    "frame_conditioning",
+    "beats",
+    "conditioning",
+    "target_noise",
+)
+
 
 class DelayStage(TokenLMStage):
     """M [+ S] -> all codec levels, interleaved by a grouped pattern."""
@@ -31,29 +46,14 @@ class DelayStage(TokenLMStage):
     def __init__(
         self,
         *,
-        dim: int = 1024,
-        depth: int = 24,
-        heads: int = 16,
-        ff_mult: int = 4,
-        dropout: float = 0.0,
         levels: int | None = None,
         interleaving: str = "delay",
         semantic: bool = True,
         guide_semantic: bool = False,
-        cond_dropout: float = 0.0,
-        lr: float = 3e-4,
-        weight_decay: float = 0.01,
-        warmup_steps: int = 1000,
-        decay_steps: int = 0,
-        codec: str | None = None,
-        semantic_tokenizer: str | None = None,
-        mulan: str | None = None,
-        spec: dict[str, Any] | None = None,
-        compile: bool = False,
+        **kwargs: Any,
     ) -> None:
         """
         Args:
-            dim, depth, heads, ff_mult, dropout: the decoder (MusicGen small: 1024, 24, 16).
             levels: codec levels modelled (None: all of the shards' codec levels).
             interleaving: ``delay`` (level ``q`` shifted by ``q`` steps) or ``parallel``
                 (every level of a frame at once), from ``musiclm.stages.interleaving``.
@@ -61,13 +61,12 @@ class DelayStage(TokenLMStage):
                 the frame it predicts (semantic -> acoustic in one stage); false: MuLan only.
             guide_semantic: conditioning dropout and guidance drop the semantic tokens with
                 the MuLan tokens, so that guidance also pushes toward following them.
-            cond_dropout: probability of replacing a sample's MuLan tokens by NULL in
-                training, for classifier-free guidance at sampling.
-            lr, weight_decay, warmup_steps, decay_steps: as for the other token stages.
-            codec, semantic_tokenizer, mulan: expected name or fingerprint of what made the
-                shards (None: accept any).
-            spec: resolved manifest values (filled in at setup; set in checkpoints).
-            compile: wrap the network with ``torch.compile``.
+            **kwargs: the other arguments of ``TokenLMStage`` but those of the cascade's
+                layout: the decoder (``dim``, ``depth``, ``heads``, ``ff_mult``, ``dropout``;
+                the defaults 1024, 24, 16 are MusicGen small's too), ``cond_dropout``, the
+                optimiser and schedule (``lr``, ``weight_decay``, ``warmup_steps``,
+                ``decay_steps``), the expected tokenizers (``codec``, ``semantic_tokenizer``,
+                ``mulan``), ``spec`` and ``compile``.
         """
         if levels is not None and levels < 1:
             raise ValueError(f"levels must be >= 1 (or null: every codec level), got {levels}")
@@ -76,22 +75,22 @@ class DelayStage(TokenLMStage):
                 f"interleaving {interleaving!r} puts one token per position; the delay stage "
                 "takes a grouped pattern (delay, parallel)"
             )
+        if "stage" in kwargs:  # a checkpoint's hyper-parameters (``load_from_checkpoint``)
+            kwargs = {k: v for k, v in kwargs.items() if k not in CHECKPOINT_EXTRAS}
+        # the cascade's layout arguments (``TokenLayout``) are no delay stage's: given here at
+        # ``TokenLMStage``'s defaults, they stay out of this stage's config (LightningCLI reads
+        # this call for what ``kwargs`` takes, with the base class's defaults and docs)
         super().__init__(
-            dim=dim,
-            depth=depth,
-            heads=heads,
-            ff_mult=ff_mult,
-            dropout=dropout,
-            cond_dropout=cond_dropout,
-            lr=lr,
-            weight_decay=weight_decay,
-            warmup_steps=warmup_steps,
-            decay_steps=decay_steps,
-            codec=codec,
-            semantic_tokenizer=semantic_tokenizer,
-            mulan=mulan,
-            spec=spec,
-            compile=compile,
+            coarse_levels=4,
+            fine_levels=None,
+            fine_sees_mulan=False,
+            melody=False,
+            aligned_positions=False,
+            frame_conditioning=False,
+            beats=False,
+            conditioning=None,
+            target_noise=0.0,
+            **kwargs,
         )
 
     def _layout(self, spec: TokenSpec) -> DelayLayout:
