@@ -1,8 +1,9 @@
 """A test-only conditioning stream: one constant genre token per clip.
 
-In training the genre is a deterministic function of the sample's key; at generation it is
-read from the prompt text (the first genre word in it). It registers itself in this process,
-so no package file names it: the stage's ``conditioning`` list does.
+In training the genre is a deterministic function of the sample's key; at generation each
+prompt text's genre (its first genre word) is read once per request (``prepare``, as MuLan's
+text tower reads each text) and each window takes its rows' texts' genres. It registers
+itself in this process, so no package file names it: the stage's ``conditioning`` list does.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from musiclm.conditioning.registry import register_stream
+from musiclm.conditioning.request import GenerationRequest
 from musiclm.conditioning.stream import RequestWindow
 from musiclm.datamodules.tokens import Crop
 
@@ -51,6 +53,12 @@ class GenreStream:
     def read(self, sample: dict, where: str, crop: Crop) -> dict[str, np.ndarray]:
         return {"genre": np.array(genre_of_key(sample["__key__"]), dtype=np.int64)}
 
+    reads: tuple[str, ...] = ()  # none of the request's optional inputs
+
+    def prepare(self, request: GenerationRequest, auxiliary: Any = None) -> dict[str, Any]:
+        return {"genre": {text: genre_of_text(text) for text in request.texts()}}
+
     def window_codes(self, window: RequestWindow) -> dict[str, torch.Tensor]:
-        genres = [genre_of_text(text) for text in window.texts()]
+        genre = window.request.prepared["genre"]
+        genres = [genre[text] for text in window.texts()]
         return {"genre": torch.tensor(genres, device=window.request.device)}

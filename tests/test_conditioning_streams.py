@@ -20,12 +20,13 @@ from musiclm.conditioning.registry import (
     register_stream,
     stream_class,
 )
+from musiclm.conditioning.request import GenerationRequest, RequestStream, Streams
 from musiclm.conditioning.stream import ConditioningStream, Fuse, RequestWindow
 from musiclm.datamodules.token_spec import TokenSpec
 from musiclm.datamodules.tokens import TokenDataModule
 from musiclm.generation.pipeline_file import StageEntry
 from musiclm.generation.sampling import SamplingConfig
-from musiclm.generation.stage_runner import Streams, load_stage
+from musiclm.generation.stage_runner import load_stage, prepare_streams
 from musiclm.lightning_cli import MusicLMCLI
 from musiclm.stages.semantic import SemanticStage
 from musiclm.stages.token_layout import TokenLayout
@@ -212,11 +213,13 @@ def test_a_stream_defined_under_tests_trains_and_generates(tmp_path):
     assert layout == model.layout and [f.stream for f in layout.fuses] == ["mulan", "genre"]
     assert SemanticStage.load_from_checkpoint(path).layout == layout
 
-    # generation asks the stream for its tokens: the genre named in each row's prompt
+    # generation asks the stream to prepare the request (the genre of each prompt text) and
+    # for its tokens: the genre named in each row's prompt
     stage = load_stage("semantic", StageEntry(path, SamplingConfig(temperature=1.0)), "cpu", "t")
     rows = [[(0.0, "some jazz")], [(0.0, "techno at night")]]
-    mulan = {t: torch.arange(spec.mulan_levels) % spec.mulan_codebook for r in rows for _, t in r}
-    streams = Streams(rows, mulan, None, "cpu")
+    request = GenerationRequest(rows, 3.0, "cpu", FixedMulan(spec), "t")
+    streams = prepare_streams([stage], request)
+    assert streams.prepared["genre"] == {"some jazz": 1, "techno at night": 3}
     assert stage.needs == ("mulan", "genre")
     prompt = stage.conditioning(streams, {})(0, 5, 0)
     wanted = [offset + genre_of_text(r[0][1]) for r in rows]
@@ -224,6 +227,19 @@ def test_a_stream_defined_under_tests_trains_and_generates(tmp_path):
     out = stage.run(streams, {}, 3.0, None, torch.Generator().manual_seed(0))
     assert out.shape == (2, round(3.0 * spec.semantic_rate))
     assert 0 <= int(out.min()) and int(out.max()) < spec.semantic_vocab
+
+
+class FixedMulan:
+    """Conditioners with MuLan tokens fixed per text and no MuLan embedding."""
+
+    def __init__(self, spec: TokenSpec) -> None:
+        self.spec = spec
+
+    def mulan_tokens(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        return {t: torch.arange(self.spec.mulan_levels) % self.spec.mulan_codebook for t in texts}
+
+    def text_embeddings(self, texts: list[str]) -> None:
+        return None
 
 
 def test_a_genre_changes_only_its_own_prompt_token():
@@ -292,15 +308,17 @@ def test_every_registered_stream_keeps_its_contract(name):
     assert (stream.rate is None) == (stream.frames >= 1)
     stream.check(FULL)
     rows = [[(0.0, "calm jazz")], [(0.0, "rock"), (0.5, "folk at dawn")]]
-    texts = {t for r in rows for _, t in r}
-    mulan = {t: torch.arange(FULL.mulan_levels) % FULL.mulan_codebook for t in texts}
-    melody = torch.randint(0, FULL.melody_codebook, (2, 5, FULL.melody_levels))
+    # the melody network is not at hand: its windows by hand; every other stream prepares
+    # the request itself (the beat clock at the request's tempo)
+    prepared = {"melody": torch.randint(0, FULL.melody_codebook, (2, 5, FULL.melody_levels))}
+    request = GenerationRequest(rows, 3.0, "cpu", FixedMulan(FULL), "t", bpm=[90.0, 120.0])
+    if isinstance(stream, RequestStream) and name != "melody":
+        prepared |= stream.prepare(request)
     made = {
-        "beat": torch.randint(0, FULL.beat_phase_bins, (2, 10)),
         "semantic": torch.randint(0, FULL.semantic_vocab, (2, 10)),
         "coarse": torch.randint(0, FULL.codebook_size, (2, 2, 20)),
     }
-    window = RequestWindow(Streams(rows, mulan, melody, "cpu"), made, 4, 12, 10.0, 1.0)
+    window = RequestWindow(Streams(rows, prepared=prepared), made, 4, 12, 10.0, 1.0)
     codes = stream.codes(stream.window_codes(window))
     frames = stream.frames if stream.rate is None else codes.shape[-1]
     assert codes.shape == (2, stream.levels, frames)

@@ -10,8 +10,8 @@ import torch
 import yaml
 from test_golden_generation import PIPELINES, build_pipeline, fixed_mulan_tokens
 
+from musiclm.conditioning.request import Streams
 from musiclm.generation.sampling import SamplingConfig
-from musiclm.generation.stage_runner import Streams
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +130,29 @@ def test_stages_reading_each_others_streams_must_share_their_tokens(tmp_path):
     save_checkpoint(tiny_stage("coarse", spec), tmp_path / "coarse.ckpt", seconds=1.0)
     with pytest.raises(PipelineFileError, match="fine stage expects 3 coarse levels"):
         Pipeline.from_file(str(path))
+
+
+def test_each_stream_prepares_the_request_once_for_every_stage(pipe):
+    """MuLan tokens are read by all three stages but made once; the beat clock by the
+    semantic stage; the upstream streams prepare nothing (earlier stages make them)."""
+    from musiclm.conditioning.request import GenerationRequest
+    from musiclm.generation.stage_runner import prepare_streams, request_streams
+
+    asked: list[list[str]] = []
+
+    class Conditioners:
+        def mulan_tokens(self, texts):
+            asked.append(texts)
+            return fixed_mulan_tokens(sorted(set(texts)))
+
+    assert [s.name for s, _ in request_streams(pipe.stages.values())] == ["mulan", "beat"]
+    rows = [[(0.0, "a calm piano")], [(0.0, "fast drums"), (0.5, "a slow violin")]]
+    request = GenerationRequest(rows, 2.0, "cpu", Conditioners(), "p", bpm=[60.0, 120.0])
+    streams = prepare_streams(pipe.stages.values(), request)
+    assert asked == [["a calm piano", "fast drums", "a slow violin"]]
+    assert set(streams.prepared) == {"mulan", "beat", "bpm"}
+    assert streams.prepared["bpm"] == [60.0, 120.0]
+    assert streams.prepared["beat"].shape == (2, pipe.stages["semantic"].frames(2.0))
+    with pytest.raises(ValueError, match="p: a melody was given but no stage"):
+        melody = GenerationRequest(rows, 2.0, "cpu", Conditioners(), "p", melody_audio=(1, 2))
+        prepare_streams(pipe.stages.values(), melody)

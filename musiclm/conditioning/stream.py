@@ -15,7 +15,13 @@ A stream is built for one token spec (``cls(spec, coarse_levels=...)``) and says
   (a ``ValueError`` continues the sentence "<stage> stage ...": "expects ...", "needs ...");
 - ``read(sample, where, crop)``: its arrays in a shard sample, cropped to the window (the
   datamodule calls it for streams it does not read from the manifest itself);
-- ``window_codes(request, window)``: its batch entries for one generation window.
+- ``window_codes(window)``: its batch entries for one generation window.
+
+A stream that makes something once per generation request, before any stage runs (MuLan
+tokens of each prompt text, melody windows of the clip, the beat clock at the request's
+tempo), also has ``prepare(request, auxiliary)`` (``musiclm.conditioning.request``): the
+pipeline asks each stream its stages read, once per request, and its windows read the result
+back.
 
 How a stage fuses a stream is config (``Fuse``), so the layout never branches on a stream's
 name: ``prefix`` (its ids in the prompt), ``frame_sum`` (also embedded and added to the
@@ -43,10 +49,11 @@ FUSE_MODES = (PREFIX, FRAME_SUM, ALIGNED)
 class RequestWindow:
     """One generation window, as a stream sees it.
 
-    ``request``: the request's untimed inputs (``rows``: each row's prompt schedule,
-    ``mulan_at(t)``, ``melody``, ``device``); ``made``: streams made before this stage (the
-    beat clock, semantic tokens, coarse levels); the window covers target frames ``f0 .. f1-1``
-    at ``rate`` Hz and its new frames begin at ``new_seconds``.
+    ``request``: the request's conditioning (``rows``: each row's prompt schedule,
+    ``prepared``: what the streams prepared for it by entry name, ``device``); ``made``:
+    streams made by the stages before this one (semantic tokens, coarse levels); the window
+    covers target frames ``f0 .. f1-1`` at ``rate`` Hz and its new frames begin at
+    ``new_seconds``.
     """
 
     request: Any

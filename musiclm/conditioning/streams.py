@@ -4,7 +4,9 @@ fine stages read. Each registers through the ``musiclm.conditioning_streams`` en
 like a third-party stream.
 
 The datamodule reads these streams' arrays itself, from what the token manifest declares
-(``musiclm.datamodules.tokens``), so their ``read`` adds nothing.
+(``musiclm.datamodules.tokens``), so their ``read`` adds nothing. At generation the MuLan,
+melody and beat streams ``prepare`` the request's codes from the pipeline's conditioners;
+the upstream streams read what earlier stages made.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from musiclm.conditioning.melody_tokens import tokens_at
+from musiclm.conditioning.melody_tokens import clip_window_tokens, tokens_at
+from musiclm.conditioning.request import GenerationRequest
 from musiclm.conditioning.stream import RequestWindow
 from musiclm.datamodules.token_spec import TokenSpec
 from musiclm.datamodules.tokens import Crop
@@ -63,8 +66,16 @@ class MulanStream(ManifestStream):
     def codes(self, batch: Mapping[str, Any]) -> torch.Tensor:
         return batch["mulan"].long().unsqueeze(-1)  # (B, Q_m, 1)
 
+    reads: tuple[str, ...] = ()
+
+    def prepare(self, request: GenerationRequest, auxiliary: Any = None) -> dict[str, Any]:
+        """The tokens of each distinct prompt text (MuLan's text tower and RVQ)."""
+        return {"mulan": request.conditioners.mulan_tokens(request.texts())}
+
     def window_codes(self, window: RequestWindow) -> dict[str, torch.Tensor]:
-        return {"mulan": window.request.mulan_at(window.new_seconds)}
+        """``(rows, Q_m)``: each row's text at the window's new frames."""
+        tokens = window.request.prepared["mulan"]
+        return {"mulan": torch.stack([tokens[text] for text in window.texts()])}
 
 
 class MelodyStream(ManifestStream):
@@ -100,9 +111,24 @@ class MelodyStream(ManifestStream):
             )
         return tokens.view(-1, w, l).transpose(1, 2)
 
+    reads = ("melody_audio",)
+
+    def prepare(self, request: GenerationRequest, auxiliary: Any = None) -> dict[str, Any]:
+        """Melody window tokens ``(rows, W_T, L)`` of the request's clip fitted to its length
+        (looped when shorter, cut when longer)."""
+        clip = request.melody_audio
+        if clip is None:
+            raise ValueError(
+                f"{request.where}: the stages were trained with melody conditioning: give a "
+                "melody clip (`musiclm generate ... --melody CLIP`)"
+            )
+        melody = request.conditioners.melody_conditioner
+        tokens = clip_window_tokens(melody, clip[0], clip[1], request.seconds)
+        return {"melody": tokens.to(request.device).expand(len(request.rows), -1, -1)}
+
     def window_codes(self, window: RequestWindow) -> dict[str, torch.Tensor]:
         spec = self.spec
-        melody = window.request.melody
+        melody = window.request.prepared["melody"]
         return {
             "melody": tokens_at(melody, window.start_seconds, spec.melody_hop, spec.melody_windows)
         }
@@ -129,8 +155,59 @@ class BeatStream(ManifestStream):
     def codes(self, batch: Mapping[str, Any]) -> torch.Tensor:
         return batch["beat"].long().unsqueeze(1)  # (B, 1, F_s)
 
+    reads = ("bpm",)
+
+    def prepare(self, request: GenerationRequest, auxiliary: Any = None) -> dict[str, Any]:
+        """The clock's phase ids ``(rows, F_s)`` over the request's length (``beat``) and each
+        row's tempo (``bpm``): a continued clip's tracked beat, else the request's tempo, else
+        the most likely tempo that ``auxiliary`` (the tempo predictor) reads from the MuLan
+        text embedding of each row's first prompt."""
+        spec = self.spec.beat_spec
+        rows, frames = len(request.rows), max(1, round(request.seconds * self.rate))
+        tracked = self._tracked(request, frames)
+        if tracked is not None:
+            ids = torch.from_numpy(spec.phase_ids(tracked[0]))
+            return {"beat": ids.expand(rows, -1).to(request.device), "bpm": [tracked[1]] * rows}
+        bpms = self._tempos(request, auxiliary)
+        ids = np.stack([spec.clock(b, frames, self.rate) for b in bpms])
+        return {"beat": torch.from_numpy(ids).to(request.device), "bpm": bpms}
+
+    def _tracked(self, request: GenerationRequest, frames: int) -> tuple[Any, float] | None:
+        """The beat tracked in the request's continued clip (None: no clip, or no beat)."""
+        if request.continue_audio is None:
+            return None
+        import torchaudio.functional as AF
+
+        from musiclm.tokenizers.beats import BeatTracker
+
+        wav, rate = request.continue_audio
+        sr = request.conditioners.semantic_tokenizer.sample_rate
+        wav = AF.resample(wav.reshape(-1).float(), rate, sr).numpy()
+        tracker = BeatTracker(self.spec.beat_spec, sample_rate=sr, frame_rate=self.rate)
+        return tracker.index(wav, frames)
+
+    def _tempos(self, request: GenerationRequest, predictor: Any) -> list[float]:
+        """Each row's tempo: the request's, else the predictor's most likely one."""
+        if request.bpm is not None:
+            bpms = [float(b) for b in request.bpm]
+            if min(bpms) <= 0:
+                raise ValueError(f"tempo must be positive, got {min(bpms)} BPM")
+            return bpms
+        emb = None
+        if predictor is not None:
+            emb = request.conditioners.text_embeddings(request.first_texts())
+        if emb is None:
+            raise ValueError(
+                f"{request.where}: the semantic stage follows a beat clock but there is no "
+                "MuLan to predict its tempo from the text: give a tempo (`musiclm generate "
+                "--bpm`)"
+            )
+        # the most likely tempo: the clock is the rhythm's backbone, not a place for noise
+        bins = predictor(emb.to(request.device).float()).argmax(-1).tolist()
+        return [self.spec.beat_spec.bin_bpm(b) for b in bins]
+
     def window_codes(self, window: RequestWindow) -> dict[str, torch.Tensor]:
-        return {"beat": window.made["beat"][:, window.f0 : window.f1]}
+        return {"beat": window.request.prepared["beat"][:, window.f0 : window.f1]}
 
     def auxiliary(self) -> TempoPredictor | None:
         """The tempo predictor trained beside the LM (None: shards without MuLan embeddings)."""

@@ -2,10 +2,12 @@
 
 Every network is rebuilt from its checkpoint alone (``torch.load(weights_only=True)``); the
 codec and semantic tokenizer come from their plugin registries by the names the pipeline file
-gives. ``generate`` builds the request's conditioning streams once (MuLan tokens, melody
-windows, the beat clock), then runs the stages in the pipeline file's order, each reading what
-earlier ones made (``stage_runner``: a stage declares the streams it needs and produces and
-builds its own prompt). All rows (prompts x samples x re-ranking candidates) go through each
+gives. ``generate`` asks the conditioning streams that the stages read to prepare the
+request once (``stage_runner.prepare_streams``: MuLan tokens of each text, melody windows, the
+beat clock, a plugin stream's own), handing them the pipeline's pretrained conditioners, then
+runs the stages in the pipeline file's order, each reading what earlier ones made
+(``stage_runner``: a stage declares the streams it needs and produces and builds its own
+prompt). All rows (prompts x samples x re-ranking candidates) go through each
 stage as one batch. Lengths beyond a stage's context use sliding windows
 (``decode.sliding_generate``); story mode changes the MuLan tokens per window;
 ``continue_audio`` tokenizes a clip with the semantic tokenizer and the codec and continues
@@ -25,14 +27,16 @@ from typing import Any
 
 import torch
 
+from musiclm.conditioning.request import GenerationRequest, Schedule, Streams
 from musiclm.generation.decode import Conditioning
 from musiclm.generation.pipeline_file import PipelineFile, PipelineFileError, load_pipeline_file
 from musiclm.generation.stage_runner import (
     STREAM_FIELDS,
+    UNREAD,
     LoadedStage,
-    Schedule,
-    Streams,
     load_stage,
+    prepare_streams,
+    request_streams,
 )
 from musiclm.stage_names import ACOUSTIC_STAGES, COARSE, SEMANTIC
 
@@ -53,6 +57,17 @@ class Generation:
     timings: dict[str, float] = field(default_factory=dict)
     codes: dict[str, torch.Tensor] = field(default_factory=dict)
     bpm: list[float | None] = field(default_factory=list)  # the beat clock's tempo per output
+
+
+def row_tempos(bpm: float | list[float] | None, prompts: int, rows: int) -> list[float] | None:
+    """Each row's tempo from one for all or one per prompt (None: none given)."""
+    if bpm is None:
+        return None
+    if isinstance(bpm, list | tuple):
+        if len(bpm) != prompts:
+            raise ValueError(f"{len(bpm)} tempos for {prompts} prompts")
+        return [float(b) for b in bpm for _ in range(rows // prompts)]
+    return [float(bpm)] * rows
 
 
 def run_order(stages: list[LoadedStage]) -> list[LoadedStage]:
@@ -211,7 +226,7 @@ class Pipeline:
                 f"levels, the {a.name} stage makes {made}"
             )
 
-    # --- generation ----------------------------------------------------------------------
+    # --- what the conditioning streams ask for (``conditioning.stream.Conditioners``) ------
 
     def mulan_tokens(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Conditioning tokens of each distinct text (empty when no stage uses MuLan)."""
@@ -220,6 +235,15 @@ class Pipeline:
         unique = sorted(set(texts))
         tokens = self.conditioner.text_tokens(unique).to(self.device)
         return dict(zip(unique, tokens, strict=True))
+
+    def text_embeddings(self, texts: list[str]) -> torch.Tensor | None:
+        """MuLan text embeddings ``(len(texts), D)`` on the device; None when the pipeline
+        file names no MuLan."""
+        if self.spec.mulan is None:
+            return None
+        return self.conditioner.embed_text(texts).to(self.device).float()
+
+    # --- generation ----------------------------------------------------------------------
 
     @torch.inference_mode()
     def generate(
@@ -300,20 +324,24 @@ class Pipeline:
         bpm: float | list[float] | None,
         continue_audio: tuple[torch.Tensor, int] | None,
     ) -> tuple[Streams, dict[str, torch.Tensor], list[float]]:
-        """The request's conditioning streams, built once for every stage: MuLan tokens and
-        melody windows (``Streams``), the beat clock (``{"beat": (rows, F_s)}`` when the
-        semantic stage follows one) and each row's tempo."""
-        tokens = self.mulan_tokens([text for s in rows for _, text in s])
-        melody = self._melody_windows(melody_audio, seconds, len(rows))
-        streams = Streams(rows, tokens, melody, self.device)
-        if isinstance(bpm, list | tuple):
-            if len(bpm) != len(schedules):
-                raise ValueError(f"{len(bpm)} tempos for {len(schedules)} prompts")
-            bpm = [b for b in bpm for _ in range(len(rows) // len(schedules))]
-        sem = self.stages.get(SEMANTIC)
-        texts = [s[0][1] for s in rows]
-        beats, bpms = self._beat_clock(sem, texts, seconds, bpm, continue_audio)
-        return streams, ({} if beats is None else {"beat": beats}), bpms
+        """The request's conditioning, prepared once for every stage by the streams the stages
+        read (``prepare_streams``), the codes made so far (none: the stages make them) and
+        each row's tempo (empty without a beat clock)."""
+        request = self._generation_request(
+            rows,
+            seconds,
+            melody_audio=melody_audio,
+            continue_audio=continue_audio,
+            bpm=row_tempos(bpm, len(schedules), len(rows)),
+        )
+        streams = prepare_streams(self.stages.values(), request)
+        return streams, {}, streams.prepared.get("bpm", [])
+
+    def _generation_request(
+        self, rows: list[Schedule], seconds: float, **inputs: Any
+    ) -> GenerationRequest:
+        """A ``GenerationRequest`` whose conditioners are this pipeline's."""
+        return GenerationRequest(rows, seconds, self.device, self, str(self.spec.path), **inputs)
 
     def _beat_clock(
         self,
@@ -324,48 +352,19 @@ class Pipeline:
         continue_audio: tuple[torch.Tensor, int] | None,
     ) -> tuple[torch.Tensor | None, list[float]]:
         """Phase ids (rows, frames) of a beat-conditioned semantic stage and each row's BPM
-        (``texts``: each row's first prompt); (None, []) for a stage without beats."""
-        if sem is None or not sem.layout.beats:
+        (``texts``: each row's first prompt); (None, []) for a stage without beats. What
+        ``generate`` prepares, for diagnostics that run the semantic stage by hand."""
+        clocks = [(s, aux) for s, aux in request_streams([sem] if sem else []) if "bpm" in s.reads]
+        if not clocks:
             if bpm is not None:
-                raise ValueError(
-                    f"{self.spec.path}: a tempo was given but the semantic stage was not trained "
-                    "with a beat clock (beats: true)"
-                )
+                raise ValueError(f"{self.spec.path}: {UNREAD['bpm']}")
             return None, []
-        import numpy as np
-
-        spec = sem.layout.spec.beat_spec
-        rows, frames = len(texts), sem.frames(seconds)
-        if continue_audio is not None:
-            import torchaudio.functional as AF
-
-            from musiclm.tokenizers.beats import BeatTracker
-
-            wav, rate = continue_audio
-            tok = self.semantic_tokenizer
-            wav = AF.resample(wav.reshape(-1).float(), rate, tok.sample_rate).numpy()
-            tracker = BeatTracker(spec, sample_rate=tok.sample_rate, frame_rate=sem.rate)
-            found = tracker.index(wav, frames)
-            if found is not None:
-                ids = torch.from_numpy(spec.phase_ids(found[0]))
-                return ids.expand(rows, -1).to(self.device), [found[1]] * rows
-        if bpm is not None:
-            bpms = [float(b) for b in bpm] if isinstance(bpm, list) else [float(bpm)] * rows
-            if min(bpms) <= 0:
-                raise ValueError(f"tempo must be positive, got {min(bpms)} BPM")
-        elif sem.tempo is not None and self.spec.mulan is not None:
-            # the most likely tempo: the clock is the rhythm's backbone, not a place for noise
-            emb = self.conditioner.embed_text(texts).to(self.device).float()
-            bins = sem.tempo(emb).argmax(-1).tolist()
-            bpms = [spec.bin_bpm(b) for b in bins]
-        else:
-            raise ValueError(
-                f"{self.spec.path}: the semantic stage follows a beat clock but there is no "
-                "MuLan to predict its tempo from the text: give a tempo (`musiclm generate "
-                "--bpm`)"
-            )
-        ids = np.stack([spec.clock(b, frames, sem.rate) for b in bpms])
-        return torch.from_numpy(ids).to(self.device), bpms
+        rows = [[(0.0, text)] for text in texts]
+        tempos = row_tempos(bpm, len(rows), len(rows))
+        request = self._generation_request(rows, seconds, continue_audio=continue_audio, bpm=tempos)
+        stream, tempo_net = clocks[0]
+        made = stream.prepare(request, tempo_net)
+        return made["beat"], made["bpm"]
 
     def _run(
         self,
@@ -379,27 +378,6 @@ class Pipeline:
         """``total`` frames of ``stage`` after ``existing`` with a prompt function of one's own
         (diagnostics that swap a stage's conditioning)."""
         return stage.sample(prompt_fn, total, existing, batch, gen)
-
-    def _melody_windows(
-        self, clip: tuple[torch.Tensor, int] | None, seconds: float, batch: int
-    ) -> torch.Tensor | None:
-        """Melody window tokens (batch, W_T, L) of the clip fitted to ``seconds``."""
-        if not self.uses_melody:
-            if clip is not None:
-                raise ValueError(
-                    f"{self.spec.path}: a melody was given but no stage was trained with "
-                    "melody conditioning (melody: true)"
-                )
-            return None
-        if clip is None:
-            raise ValueError(
-                f"{self.spec.path}: the stages were trained with melody conditioning: give a "
-                "melody clip (`musiclm generate ... --melody CLIP`)"
-            )
-        from musiclm.conditioning.melody_tokens import clip_window_tokens
-
-        tokens = clip_window_tokens(self.melody_conditioner, clip[0], clip[1], seconds)
-        return tokens.to(self.device).expand(batch, -1, -1)
 
     def _prompt_codes(
         self, clip: tuple[torch.Tensor, int] | None, batch: int

@@ -2,25 +2,28 @@
 
 Each stage kind (semantic, coarse, fine, delay) is a small ``StageKind``: which upstream
 streams it needs (made by earlier stages), which stream it produces, how many frames it
-makes, the streams of a window of its target frames (for the token stages, each of the
-layout's conditioning streams makes its own: ``ConditioningStream.window_codes``), its codes
-of a clip to continue, and how it samples (``decode.sliding_generate`` for the flattened token
-stages, ``delay_decode.sliding_delay_generate`` for the delay stage). ``LoadedStage`` adds the
+makes, the streams of a window of its target frames (each of the layout's conditioning
+streams makes its own: ``ConditioningStream.window_codes``), its codes of a clip to continue,
+and how it samples (``decode.sliding_generate`` for the flattened token stages,
+``delay_decode.sliding_delay_generate`` for the delay stage). ``LoadedStage`` adds the
 network, layout and sampling settings and builds the stage's prompt function
-``conditioning(f0, f1, new)`` from the request's ``Streams``; ``Pipeline.generate``, the
-preview callback (``sample_example``) and the memorization study all build prompts here
-(``window_prompt`` for the token stages, ``DelayLayout.prefix`` and ``step_semantic`` for the
-delay stage).
+``conditioning(f0, f1, new)`` from the request's ``Streams``, which ``prepare_streams``
+builds once per request by asking every stream the stages read (``RequestStream.prepare``).
+``Pipeline.generate``, the preview callback (``sample_example``) and the memorization study
+all build prompts here (``window_prompt`` for the token stages, ``DelayLayout.prefix`` and
+``step_semantic`` for the delay stage).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
-from musiclm.conditioning.stream import RequestWindow
+from musiclm.conditioning.request import GenerationRequest, RequestStream, Streams
+from musiclm.conditioning.stream import PREFIX, RequestWindow
 from musiclm.generation.decode import (
     Conditioning,
     generate_window,
@@ -34,30 +37,45 @@ from musiclm.models.token_lm import TokenLM
 from musiclm.stage_names import COARSE, DELAY, FINE, SEMANTIC
 from musiclm.stages.delay_layout import DelayPrompt
 
-# a schedule: (start second, text) pairs sorted by time; a plain prompt is [(0.0, text)]
-Schedule = list[tuple[float, str]]
 Codes = dict[str, torch.Tensor]  # stream name -> codes made so far (beat, semantic, coarse, ..)
 
 
-@dataclass
-class Streams:
-    """The untimed inputs of one generation request, shared by every stage: each row's prompt
-    schedule, MuLan tokens of each text, the melody windows (what a conditioning stream's
-    ``window_codes`` reads as ``RequestWindow.request``)."""
+# what to say when a request's optional input finds no stream of the stages to read it
+UNREAD = {
+    "melody_audio": "a melody was given but no stage was trained with melody conditioning "
+    "(melody: true)",
+    "bpm": "a tempo was given but the semantic stage was not trained with a beat clock "
+    "(beats: true)",
+}
 
-    rows: list[Schedule]
-    mulan: dict[str, torch.Tensor]  # text -> MuLan tokens (Q_m,)
-    melody: torch.Tensor | None  # (rows, W_T, L) melody window tokens
-    device: Any
 
-    def mulan_at(self, t: float) -> torch.Tensor:
-        """``(rows, Q_m)``: each row's text at second ``t``."""
-        texts = [next(text for start, text in reversed(s) if start <= t + 1e-9) for s in self.rows]
-        return torch.stack([self.mulan[text] for text in texts])
+def request_streams(stages: Iterable[LoadedStage]) -> list[tuple[RequestStream, Any]]:
+    """The streams of ``stages`` that prepare request-level codes, each once (for the first
+    stage, in run order, that reads it), with the auxiliary network that stage loaded for it
+    (the beat clock's tempo predictor)."""
+    out: list[tuple[RequestStream, Any]] = []
+    seen: set[str] = set()
+    for stage in stages:
+        for stream in stage.layout.conditioning_streams:
+            if stream.name in seen or not isinstance(stream, RequestStream):
+                continue
+            seen.add(stream.name)
+            out.append((stream, stage.tempo if hasattr(stream, "auxiliary") else None))
+    return out
 
-    def batch_of(self, window: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``window``, or a stand-in that carries the batch size when a stage reads nothing."""
-        return window or {"_batch": torch.empty(len(self.rows), 0, device=self.device)}
+
+def prepare_streams(stages: Iterable[LoadedStage], request: GenerationRequest) -> Streams:
+    """The request's ``Streams``: what each stream the stages read prepares for it. An
+    optional input of the request that none of them reads is refused."""
+    streams = request_streams(stages)
+    read = {name for stream, _ in streams for name in stream.reads}
+    for name, message in UNREAD.items():
+        if getattr(request, name) is not None and name not in read:
+            raise ValueError(f"{request.where}: {message}")
+    prepared: dict[str, Any] = {}
+    for stream, auxiliary in streams:
+        prepared |= stream.prepare(request, auxiliary)
+    return Streams(request.rows, device=request.device, prepared=prepared)
 
 
 def window_prompt(
@@ -263,7 +281,11 @@ class DelayKind:
         self, stage: LoadedStage, streams: Streams, codes: Codes, f0: int, f1: int, new: int
     ) -> Codes:
         layout = stage.layout
-        out = {"mulan": streams.mulan_at(new / stage.rate)} if layout.uses_mulan else {}
+        request = RequestWindow(streams, codes, f0, f1, stage.rate, new / stage.rate)
+        out: Codes = {}
+        for fuse, stream in zip(layout.fuses, layout.conditioning_streams, strict=True):
+            if PREFIX in fuse.modes:  # the MuLan tokens; the semantic ones are summed per step
+                out |= stream.window_codes(request)
         if layout.semantic:
             steps = layout.pattern.steps(f1 - f0, layout.num_levels)
             out["step_semantic"] = layout.step_semantic(codes[SEMANTIC], steps, f0)
@@ -343,9 +365,7 @@ class LoadedStage:
     def needs(self) -> tuple[str, ...]:
         """Every stream this stage reads: its conditioning streams (the request's: mulan,
         melody, beat, ...) and the upstream ones."""
-        layout = self.layout
-        streams = getattr(layout, "conditioning_streams", None)
-        own = [s.name for s in streams] if streams is not None else ["mulan"] * layout.uses_mulan
+        own = [s.name for s in self.layout.conditioning_streams]
         return tuple(dict.fromkeys([*own, *self.upstream]))
 
     @property

@@ -16,8 +16,15 @@ logits of every level of step ``s``. Labels ``(B, S, Q)`` are ``IGNORE`` at spec
 and padding. A crop (or a generation window) starts the pattern afresh, so training and
 decoding see the same sequences.
 
-Input vocabulary: ``PAD, BOS, NULL``, the MuLan levels, the semantic vocabulary (with
-``semantic``), then ``K + 1`` ids per codec level (its codes and its special id).
+Input vocabulary: ``PAD, BOS, NULL``, the conditioning streams in list order (the MuLan
+levels, the semantic vocabulary), then ``K + 1`` ids per codec level (its codes and its
+special id).
+
+The conditioning is the cascade's ``conditioning`` list vocabulary
+(``musiclm.conditioning.stream``), as far as this stage can fuse a stream: ``mulan`` as
+``prefix``, ``semantic`` as ``frame_sum`` on the targets' clock (summed at each step, not in
+the prompt). Without a list it follows from the ``semantic`` switch and the shards (MuLan
+when they carry it), so older configs and checkpoints rebuild the same vocabulary.
 """
 
 from __future__ import annotations
@@ -28,6 +35,14 @@ from typing import Any, NamedTuple
 
 import torch
 
+from musiclm.conditioning.registry import build_stream
+from musiclm.conditioning.stream import (
+    FRAME_SUM,
+    PREFIX,
+    ConditioningStream,
+    Fuse,
+    parse_conditioning,
+)
 from musiclm.datamodules.token_spec import TokenSpec
 from musiclm.stage_names import DELAY
 from musiclm.stages.interleaving import Interleaving, get_interleaving
@@ -47,16 +62,27 @@ class DelayPrompt(NamedTuple):
     semantic: torch.Tensor | None  # (B, S) the semantic token of each step, or None
 
 
+# how this stage fuses each stream it can read: MuLan tokens in the prompt, the semantic
+# tokens summed at each step's input (on the targets' clock, not in the prompt)
+DELAY_FUSES = {"mulan": Fuse("mulan"), "semantic": Fuse("semantic", (FRAME_SUM,))}
+
+
 @dataclass(frozen=True)
 class DelayLayout:
-    """The delay stage's sequence layout over a ``TokenSpec``."""
+    """The delay stage's sequence layout over a ``TokenSpec``.
+
+    ``conditioning``: ``mulan`` (fuse ``prefix``) and/or ``semantic`` (fuse ``frame_sum``);
+    None: MuLan when the shards carry it, semantic with ``semantic`` (a read-only view of
+    the list when one is given).
+    """
 
     spec: TokenSpec
     levels: int | None = None  # codec levels modelled (None: all of the codec's)
     interleaving: str = "delay"  # a grouped pattern: ``delay`` or ``parallel``
-    semantic: bool = True  # condition on the semantic tokens, frame-aligned
+    semantic: bool | None = None  # condition on the semantic tokens (None: true without a list)
     guide_semantic: bool = False  # guidance drops the semantic tokens with the MuLan tokens
     stage: str = DELAY
+    conditioning: tuple[Fuse, ...] | None = None  # None: from ``semantic`` and the shards
 
     def __post_init__(self) -> None:
         if not get_interleaving(self.interleaving).grouped:
@@ -67,8 +93,45 @@ class DelayLayout:
         q = self.spec.num_quantizers
         if not 1 <= self.num_levels <= q:
             raise ValueError(f"levels={self.levels} not in 1..{q} codec levels")
+        fuses = self._fuses_of(self.conditioning)
+        if self.conditioning is not None:
+            object.__setattr__(self, "conditioning", fuses)
+        reads_semantic = any(f.stream == "semantic" for f in fuses)
+        if self.semantic is not None and self.semantic != reads_semantic:
+            raise ValueError(
+                f"delay stage: semantic={self.semantic} disagrees with its conditioning list; "
+                "set the list only"
+            )
+        object.__setattr__(self, "semantic", reads_semantic)
         if self.semantic and not self.spec.semantic_vocab:
             raise ValueError("semantic: true but the token shards carry no semantic tokens")
+        streams = tuple(build_stream(f.stream, self.spec) for f in fuses)
+        for stream in streams:
+            try:
+                stream.check(self.spec)
+            except ValueError as exc:
+                raise ValueError(f"delay stage: {exc}") from None
+        object.__setattr__(self, "_fuses", fuses)
+        object.__setattr__(self, "_cond", streams)
+
+    def _fuses_of(self, entries: Any) -> tuple[Fuse, ...]:
+        """The stage's ``Fuse`` entries: the given list checked against what this stage can
+        fuse, or the one that ``semantic`` and the shards describe."""
+        if entries is None:
+            names = ["mulan"] * bool(self.spec.mulan_levels)
+            names += ["semantic"] * (self.semantic is not False)
+            return tuple(DELAY_FUSES[n] for n in names)
+        out = []
+        for fuse in parse_conditioning(entries):
+            want = DELAY_FUSES.get(fuse.stream)
+            # a parsed entry always has ``prefix``: ``fuse: frame_sum`` reads as (prefix, frame_sum)
+            if want is None or set(fuse.modes) - {PREFIX} != set(want.modes) - {PREFIX}:
+                raise ValueError(
+                    f"delay stage conditioning {fuse.to_dict()}: the delay stage fuses "
+                    "{stream: mulan, fuse: prefix} and {stream: semantic, fuse: frame_sum}"
+                )
+            out.append(want)
+        return tuple(out)
 
     # --- what the stage reads and makes ---------------------------------------------------
 
@@ -84,8 +147,17 @@ class DelayLayout:
         return self.levels if self.levels is not None else self.spec.num_quantizers
 
     @property
+    def fuses(self) -> tuple[Fuse, ...]:
+        """How the stage fuses each conditioning stream, in vocabulary order."""
+        return self._fuses
+
+    @property
+    def conditioning_streams(self) -> tuple[ConditioningStream, ...]:
+        return self._cond
+
+    @property
     def uses_mulan(self) -> bool:
-        return self.spec.mulan_levels > 0
+        return any(s.name == "mulan" for s in self._cond)
 
     @property
     def target_rate(self) -> float:
@@ -115,17 +187,26 @@ class DelayLayout:
 
     # --- vocabulary -----------------------------------------------------------------------
 
+    def offsets(self) -> dict[str, int]:
+        """First input id of each conditioning stream, then of the codec levels (``acoustic``)."""
+        out, at = {}, NUM_SPECIAL
+        for stream in self._cond:
+            out[stream.name] = at
+            at += stream.levels * stream.codebook
+        return out | {"acoustic": at}
+
     @property
     def mulan_offset(self) -> int:
-        return NUM_SPECIAL
+        return self.offsets().get("mulan", NUM_SPECIAL)
 
     @property
     def semantic_offset(self) -> int:
-        return self.mulan_offset + self.spec.mulan_levels * self.spec.mulan_codebook
+        offsets = self.offsets()
+        return offsets.get("semantic", offsets["acoustic"])
 
     @property
     def acoustic_offset(self) -> int:
-        return self.semantic_offset + (self.spec.semantic_vocab if self.semantic else 0)
+        return self.offsets()["acoustic"]
 
     @property
     def num_tokens(self) -> int:
@@ -234,18 +315,23 @@ class DelayLayout:
 
     @classmethod
     def from_hparams(cls, spec: TokenSpec, hp: Any) -> DelayLayout:
-        """The layout a delay stage's hyper-parameters (or a checkpoint's) describe."""
+        """The layout a delay stage's hyper-parameters (or a checkpoint's) describe: their
+        ``conditioning`` list, or without one their ``semantic`` switch."""
+        listed = hp.get("conditioning")
         return cls(
             spec=spec,
             levels=hp.get("levels"),
             interleaving=hp.get("interleaving", "delay"),
-            semantic=hp.get("semantic", True),
+            semantic=hp.get("semantic", True) if listed is None else None,
             guide_semantic=hp.get("guide_semantic", False),
+            conditioning=listed,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["spec"] = self.spec.to_dict()
+        if self.conditioning is not None:
+            out["conditioning"] = [f.to_dict() for f in self.conditioning]
         return out
 
 
