@@ -4,7 +4,8 @@
 safetensors (codebooks) with its configuration, quantisation error and fingerprint as JSON in
 the header and in a ``.json`` sidecar; nothing is pickled. ``MulanConditioner`` pairs a joint
 embedding (a MuLan checkpoint, or a plugin such as a pretrained CLAP) with its RVQ and is what
-token preparation and generation call.
+token preparation and generation call; what it shares with the melody conditioner
+(``musiclm.conditioning.melody_tokens``) is ``RVQConditioner``.
 
     musiclm prepare mulan-rvq --checkpoint CKPT --audio SHARDS/train --out rvq.safetensors \
         --levels 12 --codebook-size 1024
@@ -16,7 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
 
@@ -139,33 +140,30 @@ def mulan_fingerprint(model: torch.nn.Module) -> str:
     return f"mulan:{module_digest(model)[:16]}"
 
 
-class MulanConditioner:
-    """A joint embedding (MuLan or CLAP) plus its conditioning RVQ: audio or text ->
-    conditioning tokens."""
+class RVQConditioner:
+    """A pretrained network and the conditioning RVQ fitted over its embeddings: what the
+    MuLan and melody conditioners share (the pair's fingerprint, refusing an RVQ fitted over
+    another network or of another width, the device). ``kind`` names the conditioner in
+    messages, the RVQ's metadata (``<kind>_fingerprint``) and its command
+    (``musiclm prepare <kind>-rvq``); ``network`` says what the network is."""
 
-    def __init__(self, mulan: torch.nn.Module, rvq: ConditioningRVQ) -> None:
-        self.mulan = mulan.eval()
+    kind = ""
+    network = "network"
+
+    def __init__(self, net: torch.nn.Module, rvq: ConditioningRVQ, fingerprint: str) -> None:
+        self.net = net.eval()
         self.rvq = rvq
-        self._mulan_fp = mulan.fingerprint()
-        fitted_on = rvq.meta.get("mulan_fingerprint")
-        if fitted_on is not None and fitted_on != self._mulan_fp:
+        self._net_fp = fingerprint
+        fitted_on = rvq.meta.get(f"{self.kind}_fingerprint")
+        if fitted_on is not None and fitted_on != fingerprint:
             raise ValueError(
-                f"conditioning RVQ was fitted on joint embedding {fitted_on}, but this one is "
-                f"{self._mulan_fp}: refit it with `musiclm prepare mulan-rvq`"
+                f"{self.kind} RVQ was fitted on {self.network} {fitted_on}, but this one is "
+                f"{fingerprint}: refit it with `musiclm prepare {self.kind}-rvq`"
             )
-        if rvq.dim != mulan.embed_dim:
-            raise ValueError(f"RVQ dim {rvq.dim} != joint embedding dim {mulan.embed_dim}")
-
-    @classmethod
-    def from_files(
-        cls, mulan: str | joint.JointEmbeddingSpec, rvq: str, *, device: str = "cpu"
-    ) -> MulanConditioner:
-        """``mulan``: a MuLan checkpoint path or a joint-embedding plugin spec."""
-        return cls(joint.load_joint_embedding(mulan, device=device), ConditioningRVQ.load(rvq))
-
-    @property
-    def sample_rate(self) -> int:
-        return self.mulan.sample_rate
+        if rvq.dim != net.embed_dim:
+            raise ValueError(
+                f"{self.kind} RVQ dim {rvq.dim} != {self.kind} embed_dim {net.embed_dim}"
+            )
 
     @property
     def num_levels(self) -> int:
@@ -175,18 +173,50 @@ class MulanConditioner:
     def codebook_size(self) -> int:
         return self.rvq.codebook_size
 
-    def to(self, device: str | torch.device) -> MulanConditioner:
-        self.mulan.to(device)
+    def to(self, device: str | torch.device) -> Self:
+        self.net.to(device)
         return self
+
+    def fingerprint(self) -> str:
+        return f"{self._net_fp}+{self.rvq.fingerprint()}"
+
+    def _device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+
+class MulanConditioner(RVQConditioner):
+    """A joint embedding (MuLan or CLAP) plus its conditioning RVQ: audio or text ->
+    conditioning tokens."""
+
+    kind, network = "mulan", "joint embedding"
+
+    def __init__(self, mulan: torch.nn.Module, rvq: ConditioningRVQ) -> None:
+        super().__init__(mulan, rvq, mulan.fingerprint())
+
+    @classmethod
+    def from_files(
+        cls, mulan: str | joint.JointEmbeddingSpec, rvq: str, *, device: str = "cpu"
+    ) -> MulanConditioner:
+        """``mulan``: a MuLan checkpoint path or a joint-embedding plugin spec."""
+        return cls(joint.load_joint_embedding(mulan, device=device), ConditioningRVQ.load(rvq))
+
+    @property
+    def mulan(self) -> torch.nn.Module:
+        """The joint embedding."""
+        return self.net
+
+    @property
+    def sample_rate(self) -> int:
+        return self.net.sample_rate
 
     @torch.no_grad()
     def embed_audio(self, wav: torch.Tensor) -> torch.Tensor:
         """wav (B, 1, T) or (B, T) at ``sample_rate`` -> mean of windowed embeddings (B, D)."""
-        return self.mulan.embed_audio_windows(wav.to(self._device()))
+        return self.net.embed_audio_windows(wav.to(self._device()))
 
     @torch.no_grad()
     def embed_text(self, texts: list[str]) -> torch.Tensor:
-        return self.mulan.embed_text(texts)
+        return self.net.embed_text(texts)
 
     def audio_tokens(self, wav: torch.Tensor) -> torch.Tensor:
         """wav (B, 1, T) -> conditioning tokens (B, num_levels) long."""
@@ -195,12 +225,6 @@ class MulanConditioner:
     def text_tokens(self, texts: list[str]) -> torch.Tensor:
         """Prompts -> conditioning tokens (B, num_levels) long."""
         return self.rvq.tokens(self.embed_text(texts))
-
-    def fingerprint(self) -> str:
-        return f"{self._mulan_fp}+{self.rvq.fingerprint()}"
-
-    def _device(self) -> torch.device:
-        return next(self.mulan.parameters()).device
 
 
 def _clip_batches(

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import torch
 
-from musiclm.conditioning.conditioning_rvq import ConditioningRVQ
+from musiclm.conditioning.conditioning_rvq import ConditioningRVQ, RVQConditioner
 
 KIND = "melody_rvq"
 
@@ -35,21 +35,13 @@ def melody_fingerprint(model: torch.nn.Module) -> str:
     return f"melody:{module_digest(model)[:16]}"
 
 
-class MelodyConditioner:
+class MelodyConditioner(RVQConditioner):
     """A melody checkpoint plus its RVQ: audio -> melody tokens ``(B, num_windows * levels)``."""
 
+    kind, network = "melody", "melody network"
+
     def __init__(self, melody: torch.nn.Module, rvq: MelodyRVQ) -> None:
-        self.melody = melody.eval()
-        self.rvq = rvq
-        self._melody_fp = melody_fingerprint(melody)
-        fitted_on = rvq.meta.get("melody_fingerprint")
-        if fitted_on is not None and fitted_on != self._melody_fp:
-            raise ValueError(
-                f"melody RVQ was fitted on melody network {fitted_on}, but this checkpoint is "
-                f"{self._melody_fp}: refit it with `musiclm prepare melody-rvq`"
-            )
-        if rvq.dim != melody.embed_dim:
-            raise ValueError(f"melody RVQ dim {rvq.dim} != melody embed_dim {melody.embed_dim}")
+        super().__init__(melody, rvq, melody_fingerprint(melody))
 
     @classmethod
     def from_files(cls, ckpt: str, rvq: str, *, device: str = "cpu") -> MelodyConditioner:
@@ -59,39 +51,31 @@ class MelodyConditioner:
         return cls(load_melody(ckpt, map_location=device), MelodyRVQ.load(rvq))
 
     @property
+    def melody(self) -> torch.nn.Module:
+        """The melody network."""
+        return self.net
+
+    @property
     def sample_rate(self) -> int:
-        return self.melody.sample_rate
+        return self.net.sample_rate
 
     @property
     def input_seconds(self) -> float:
-        return self.melody.input_s
+        return self.net.input_s
 
     @property
     def num_windows(self) -> int:
-        return self.melody.num_windows
-
-    @property
-    def num_levels(self) -> int:
-        return self.rvq.num_levels
-
-    @property
-    def codebook_size(self) -> int:
-        return self.rvq.codebook_size
+        return self.net.num_windows
 
     @property
     def num_tokens(self) -> int:
         """Tokens per clip: ``num_windows * num_levels``."""
         return self.num_windows * self.num_levels
 
-    def to(self, device: str | torch.device) -> MelodyConditioner:
-        self.melody.to(device)
-        return self
-
     @torch.no_grad()
     def embed(self, wav: torch.Tensor) -> torch.Tensor:
         """wav (B, 1, T) or (B, T) at ``sample_rate`` -> (B, num_windows, D)."""
-        device = next(self.melody.parameters()).device
-        return self.melody.embed_windows(wav.to(device))
+        return self.net.embed_windows(wav.to(self._device()))
 
     def tokens(self, wav: torch.Tensor) -> torch.Tensor:
         """wav (B, 1, T) at ``sample_rate`` (any length: looped or cut to ``input_seconds``)
@@ -107,11 +91,11 @@ class MelodyConditioner:
         A clip shorter than ``input_seconds`` is looped to that length first."""
         from musiclm.models.melody import fit_length
 
-        net = self.melody
+        net = self.net
         if wav.dim() == 3:
             wav = wav.squeeze(1)
         length = max(wav.shape[-1], int(round(net.input_s * net.sample_rate)))
-        wav = fit_length(wav.to(next(net.parameters()).device), length)
+        wav = fit_length(wav.to(self._device()), length)
         windows = wav.unfold(-1, net.window_samples, net.hop_samples)  # (B, W_T, win)
         b, w, n = windows.shape
         flat = windows.reshape(b * w, n)
@@ -120,10 +104,7 @@ class MelodyConditioner:
 
     @property
     def hop_seconds(self) -> float:
-        return self.melody.hop_s
-
-    def fingerprint(self) -> str:
-        return f"{self._melody_fp}+{self.rvq.fingerprint()}"
+        return self.net.hop_s
 
 
 def clip_window_tokens(

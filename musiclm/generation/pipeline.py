@@ -226,7 +226,7 @@ class Pipeline:
                 f"levels, the {a.name} stage makes {made}"
             )
 
-    # --- what the conditioning streams ask for (``conditioning.stream.Conditioners``) ------
+    # --- what the conditioning streams ask for (``conditioning.request.Conditioners``) -----
 
     def mulan_tokens(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Conditioning tokens of each distinct text (empty when no stage uses MuLan)."""
