@@ -88,6 +88,8 @@ def test_what_the_delay_stage_cannot_fuse_is_refused():
     with pytest.raises(ValueError, match="delay stage fuses"):
         DelayLayout(spec=spec, conditioning=["mulan", "semantic"])  # semantic as a prefix
     with pytest.raises(ValueError, match="delay stage fuses"):
+        DelayLayout(spec=spec, conditioning=["mulan", "beat"])  # the clock as a prefix
+    with pytest.raises(ValueError, match="delay stage: .*no beat clock"):
         DelayLayout(spec=spec, conditioning=["mulan", {"stream": "beat", "fuse": "frame_sum"}])
     with pytest.raises(ValueError, match="disagrees with its conditioning list"):
         DelayLayout(spec=spec, semantic=True, conditioning=["mulan"])

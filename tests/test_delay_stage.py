@@ -3,6 +3,7 @@ rule across levels, checkpoints and a `semantic, delay` pipeline through `musicl
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 
@@ -263,6 +264,7 @@ def test_config_schema_is_the_delay_arguments_and_the_shared_ones():
         "interleaving": "delay",
         "semantic": True,
         "guide_semantic": False,
+        "conditioning": None,
         "dim": 1024,
         "depth": 24,
         "heads": 16,
@@ -347,3 +349,105 @@ def test_story_mode_changes_the_delay_windows_text(tmp_path):
     steps = delay.layout.pattern.steps(10, 4)
     assert late.semantic.shape == (1, steps)
     assert late.semantic[0, 0] == semantic[0, 5]  # frame 10 at 10 Hz = semantic frame 5
+
+
+BEAT_FUSES = ["mulan", {"stream": "semantic", "fuse": "frame_sum"},
+              {"stream": "beat", "fuse": "frame_sum"}]  # fmt: skip
+
+
+def beat_spec(mulan_levels: int = 3) -> TokenSpec:
+    return dataclasses.replace(
+        tiny_spec(mulan_levels=mulan_levels, num_quantizers=3),
+        beat_phase_bins=4, tempo_bins=3, min_bpm=60.0, max_bpm=240.0,
+    )  # fmt: skip
+
+
+def test_beat_clock_is_summed_at_each_step_and_guided_with_the_semantic_tokens():
+    spec = beat_spec()
+    layout = DelayLayout(spec=spec, conditioning=BEAT_FUSES)
+    assert layout.beats and layout.semantic and layout.columns == 3 + 2
+    assert layout.num_tokens == DelayLayout(spec=spec).num_tokens + spec.beat_phase_bins
+    batch = streams(spec, 2, 6)
+    batch["beat"] = torch.tensor([[0, 1, 2], [3, -1, 0]])  # -1: no beat found in that frame
+    seq = layout.sequence(batch)
+    p = seq.prefix_len
+    beat = seq.ids[:, p - 1 : p - 1 + 6, layout.column("beat")]
+    at = [0, 0, 1, 1, 2, 2]  # 2 codec frames per semantic (and beat clock) frame
+    want = torch.where(
+        batch["beat"][:, at] < 0, -1, batch["beat"][:, at] + layout.offsets()["beat"]
+    )
+    assert torch.equal(beat, want)
+    sem = seq.ids[0, p - 1 : p - 1 + 6, layout.column("semantic")] - layout.semantic_offset
+    assert sem.tolist() == batch["semantic"][0, at].tolist()
+    assert seq.ids.max() < layout.num_tokens
+    drop = torch.tensor([True, False])
+    kept = layout.drop_conditioning(seq.ids, drop)
+    assert torch.equal(kept[0, :, 3:], seq.ids[0, :, 3:])  # the clock stays with the MuLan drop
+    guided = DelayLayout(spec=spec, conditioning=BEAT_FUSES, guide_semantic=True)
+    dropped = guided.drop_conditioning(seq.ids, drop)
+    assert (dropped[0, :, 3:] == -1).all() and torch.equal(dropped[1], seq.ids[1])
+    with pytest.raises(ValueError, match="no beat clock"):
+        DelayLayout(spec=tiny_spec(num_quantizers=3), conditioning=BEAT_FUSES)
+    with pytest.raises(ValueError, match="beat stream; none given"):
+        layout.inputs(seq.ids[:, :p, 0], batch["semantic"], 3)
+
+
+def test_beat_clock_training_forward_equals_cached_generation():
+    torch.set_default_dtype(torch.float64)
+    try:
+        module = tiny_delay(beat_spec(), conditioning=BEAT_FUSES, guide_semantic=True)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    layout, net = module.layout, module.net
+    batch = streams(layout.spec, 2, 7, seed=1)
+    batch["beat"] = torch.tensor([[0, 1, 2, 3], [2, 3, 0, 1]])
+    prompt = layout.prompt(batch, layout.pattern.steps(7, 3))
+    assert prompt.beat is not None
+    seen: list[torch.Tensor] = []
+    codes = generate_delay_window(
+        net, layout, prompt, 7, sampling=SamplingConfig(temperature=0.0, cfg_scale=2.0),
+        on_step=lambda raw, s: seen.append(raw[:2].clone()),
+    )  # fmt: skip
+    seq = layout.sequence({**batch, "acoustic": codes})
+    with torch.no_grad():
+        full = delay_logits(net, layout, seq.ids, seq.prefix_len)
+    torch.testing.assert_close(torch.stack(seen, 1), full)
+    # the clock reaches the network: another clock, other logits
+    other = layout.sequence({**batch, "beat": batch["beat"].flip(0), "acoustic": codes})
+    with torch.no_grad():
+        moved = delay_logits(net, layout, other.ids, other.prefix_len)
+    assert not torch.allclose(moved, full)
+
+
+def test_a_delay_stage_follows_the_requests_beat_clock(tmp_path):
+    """A semantic stage and a delay stage that both read the beat clock: generation makes the
+    clock once (at the given tempo) and the delay stage reads it on its own frames."""
+    spec = beat_spec(mulan_levels=0)  # no MuLan to load: the tempo is given
+    sem = tiny_stage("semantic", spec, beats=True, frame_conditioning=True, cond_dropout=0.0)
+    delay = tiny_delay(spec, seed=1, conditioning=BEAT_FUSES[1:], cond_dropout=0.0)
+    entries = {}
+    for name, module in {"semantic": sem, "delay": delay}.items():
+        save_checkpoint(module, tmp_path / f"{name}.ckpt", seconds=2.0)
+        entries[name] = {"checkpoint": f"{name}.ckpt", "temperature": 0.0}
+    data = {"codec": {"name": "dac", "args": {"config": TINY_DAC}}, "stages": entries}
+    (tmp_path / "PIPELINE.yaml").write_text(yaml.safe_dump(data))
+    pipe = Pipeline.from_file(str(tmp_path / "PIPELINE.yaml"))
+    assert pipe.stages["delay"].layout.beats
+    rows = [[(0.0, "")]]
+    slow = pipe.generate(rows, seconds=2.0, seed=0, bpm=60.0)
+    fast = pipe.generate(rows, seconds=2.0, seed=0, bpm=200.0)
+    assert slow.bpm == [60.0] and fast.bpm == [200.0]
+    # same semantic tokens, another clock: the delay stage's codes change with the clock alone
+    stage = pipe.stages["delay"]
+    semantic = slow.codes["semantic"]
+    made = {}
+    for bpm in (60.0, 200.0):
+        streams_, codes, _ = pipe._request(rows, rows, 2.0, None, bpm, None)
+        window = stage.kind.window(stage, streams_, {**codes, "semantic": semantic}, 0, 20, 0)
+        steps = stage.layout.pattern.steps(20, stage.layout.num_levels)
+        clock = spec.beat_spec.clock(bpm, 10, spec.semantic_rate)
+        want = stage.layout.step_semantic(torch.as_tensor(clock)[None], steps)
+        assert torch.equal(window["step_beat"], want)
+        made[bpm] = stage.run(streams_, {**codes, "semantic": semantic}, 2.0, None,
+                              torch.Generator().manual_seed(0))  # fmt: skip
+    assert not torch.equal(made[60.0], made[200.0])

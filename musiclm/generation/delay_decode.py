@@ -54,7 +54,7 @@ def generate_delay_window(
         codes[..., :k] = kept.to(device)
     frame_of = layout.steps(torch.arange(frames, device=device).expand(1, q, -1), fill=-1)[0]
     n_steps = frame_of.shape[0]  # (S, Q): the frame each slot holds, -1 outside the window
-    ids = layout.inputs(prompt.prefix, prompt.semantic, n_steps)
+    ids = layout.inputs(prompt.prefix, prompt.semantic, n_steps, prompt.beat)
     first = int((frame_of >= k).any(-1).long().argmax()) if frames > k else n_steps
     for s in range(first):  # steps whose every slot is kept or special
         ids[:, p + s, :q] = layout.step_ids(_step_codes(layout, codes, frame_of[s], k, None))

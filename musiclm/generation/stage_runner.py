@@ -284,15 +284,19 @@ class DelayKind:
         request = RequestWindow(streams, codes, f0, f1, stage.rate, new / stage.rate)
         out: Codes = {}
         for fuse, stream in zip(layout.fuses, layout.conditioning_streams, strict=True):
-            if PREFIX in fuse.modes:  # the MuLan tokens; the semantic ones are summed per step
+            if PREFIX in fuse.modes:  # the MuLan tokens; the step streams are summed per step
                 out |= stream.window_codes(request)
+        steps = layout.pattern.steps(f1 - f0, layout.num_levels)
         if layout.semantic:
-            steps = layout.pattern.steps(f1 - f0, layout.num_levels)
             out["step_semantic"] = layout.step_semantic(codes[SEMANTIC], steps, f0)
+        if layout.beats:  # the request's clock, on the semantic frames like the tokens
+            out["step_beat"] = layout.step_semantic(streams.prepared["beat"], steps, f0)
         return streams.batch_of(out)
 
     def prompt(self, layout: Any, window: Codes) -> DelayPrompt:
-        return DelayPrompt(layout.prefix(window), window.get("step_semantic"))
+        return DelayPrompt(
+            layout.prefix(window), window.get("step_semantic"), window.get("step_beat")
+        )
 
     def sample_example(
         self,

@@ -33,7 +33,6 @@ CHECKPOINT_EXTRAS = (
     "aligned_positions",
     "frame_conditioning",
     "beats",
-    "conditioning",
     "target_noise",
 )
 
@@ -50,6 +49,7 @@ class DelayStage(TokenLMStage):
         interleaving: str = "delay",
         semantic: bool = True,
         guide_semantic: bool = False,
+        conditioning: list[Any] | None = None,
         **kwargs: Any,
     ) -> None:
         """
@@ -59,8 +59,14 @@ class DelayStage(TokenLMStage):
                 (every level of a frame at once), from ``musiclm.stages.interleaving``.
             semantic: condition on the semantic tokens too, each input summing the one under
                 the frame it predicts (semantic -> acoustic in one stage); false: MuLan only.
-            guide_semantic: conditioning dropout and guidance drop the semantic tokens with
-                the MuLan tokens, so that guidance also pushes toward following them.
+            guide_semantic: conditioning dropout and guidance drop the semantic tokens (and
+                the beat clock) with the MuLan tokens, so that guidance also pushes toward
+                following them.
+            conditioning: the streams the stage reads and how it fuses each, e.g. ``[mulan,
+                {stream: semantic, fuse: frame_sum}, {stream: beat, fuse: frame_sum}]``
+                (``DelayLayout``; the beat clock needs shards from ``prepare tokens --beats``).
+                None: MuLan, and the semantic tokens with ``semantic``; a list overrides
+                ``semantic``.
             **kwargs: the other arguments of ``TokenLMStage`` but those of the cascade's
                 layout: the decoder (``dim``, ``depth``, ``heads``, ``ff_mult``, ``dropout``;
                 the defaults 1024, 24, 16 are MusicGen small's too), ``cond_dropout``, the
@@ -88,7 +94,7 @@ class DelayStage(TokenLMStage):
             aligned_positions=False,
             frame_conditioning=False,
             beats=False,
-            conditioning=None,
+            conditioning=conditioning,
             target_noise=0.0,
             **kwargs,
         )

@@ -8,6 +8,7 @@ levels of a step summed at its input and predicted together (MusicGen).
 |                | the ``delay`` pattern; a special id where that frame does not exist)     |
 | + every input  | with ``semantic``: the semantic token under the frame whose level 0 it   |
 |                | predicts (frame-aligned, like the coarse stage's ``frame_conditioning``) |
+|                | and with ``beat``: the beat clock's phase id under that frame            |
 
 Column 0 is the position's token (``TokenLM``'s ``tokens``), the other columns its
 ``frame_ids``: the one token LM, its one forward and its cached pass serve this stage too.
@@ -17,14 +18,16 @@ and padding. A crop (or a generation window) starts the pattern afresh, so train
 decoding see the same sequences.
 
 Input vocabulary: ``PAD, BOS, NULL``, the conditioning streams in list order (the MuLan
-levels, the semantic vocabulary), then ``K + 1`` ids per codec level (its codes and its
-special id).
+levels, the semantic vocabulary, the beat phases), then ``K + 1`` ids per codec level (its
+codes and its special id).
 
 The conditioning is the cascade's ``conditioning`` list vocabulary
 (``musiclm.conditioning.stream``), as far as this stage can fuse a stream: ``mulan`` as
-``prefix``, ``semantic`` as ``frame_sum`` on the targets' clock (summed at each step, not in
-the prompt). Without a list it follows from the ``semantic`` switch and the shards (MuLan
-when they carry it), so older configs and checkpoints rebuild the same vocabulary.
+``prefix``, ``semantic`` and ``beat`` as ``frame_sum`` on the targets' clock (summed at each
+step, not in the prompt; the beat clock tells the stage where the beats fall, which the
+semantic tokens alone convey only loosely: docs/decisions/delay-stage.md). Without a list it
+follows from the ``semantic`` switch and the shards (MuLan when they carry it), so older
+configs and checkpoints rebuild the same vocabulary.
 """
 
 from __future__ import annotations
@@ -56,24 +59,33 @@ class DelaySequence(NamedTuple):
 
 
 class DelayPrompt(NamedTuple):
-    """What a delay window starts from: ``[BOS] + M`` ids and its semantic tokens."""
+    """What a delay window starts from: ``[BOS] + M`` ids, its semantic tokens and its beat
+    clock phases, one per step."""
 
     prefix: torch.Tensor  # (B, P)
     semantic: torch.Tensor | None  # (B, S) the semantic token of each step, or None
+    beat: torch.Tensor | None = None  # (B, S) the beat phase id of each step, or None
 
 
 # how this stage fuses each stream it can read: MuLan tokens in the prompt, the semantic
-# tokens summed at each step's input (on the targets' clock, not in the prompt)
-DELAY_FUSES = {"mulan": Fuse("mulan"), "semantic": Fuse("semantic", (FRAME_SUM,))}
+# tokens and the beat clock summed at each step's input (on the targets' clock, not in the
+# prompt)
+DELAY_FUSES = {
+    "mulan": Fuse("mulan"),
+    "semantic": Fuse("semantic", (FRAME_SUM,)),
+    "beat": Fuse("beat", (FRAME_SUM,)),
+}
+# the streams summed at each step, in the order of their input columns after the levels
+STEP_STREAMS = ("semantic", "beat")
 
 
 @dataclass(frozen=True)
 class DelayLayout:
     """The delay stage's sequence layout over a ``TokenSpec``.
 
-    ``conditioning``: ``mulan`` (fuse ``prefix``) and/or ``semantic`` (fuse ``frame_sum``);
-    None: MuLan when the shards carry it, semantic with ``semantic`` (a read-only view of
-    the list when one is given).
+    ``conditioning``: ``mulan`` (fuse ``prefix``), ``semantic`` and ``beat`` (fuse
+    ``frame_sum``); None: MuLan when the shards carry it, semantic with ``semantic`` (a
+    read-only view of the list when one is given).
     """
 
     spec: TokenSpec
@@ -128,7 +140,8 @@ class DelayLayout:
             if want is None or set(fuse.modes) - {PREFIX} != set(want.modes) - {PREFIX}:
                 raise ValueError(
                     f"delay stage conditioning {fuse.to_dict()}: the delay stage fuses "
-                    "{stream: mulan, fuse: prefix} and {stream: semantic, fuse: frame_sum}"
+                    "{stream: mulan, fuse: prefix}, {stream: semantic, fuse: frame_sum} and "
+                    "{stream: beat, fuse: frame_sum}"
                 )
             out.append(want)
         return tuple(out)
@@ -136,7 +149,11 @@ class DelayLayout:
     # --- what the stage reads and makes ---------------------------------------------------
 
     melody = False  # read by generation's request streams, as for the cascade's layouts
-    beats = False
+
+    @property
+    def beats(self) -> bool:
+        """Whether each step also sums the beat clock's phase id."""
+        return any(s.name == "beat" for s in self._cond)
 
     @property
     def pattern(self) -> Interleaving:
@@ -213,9 +230,19 @@ class DelayLayout:
         return self.acoustic_offset + self.num_levels * (self.spec.codebook_size + 1)
 
     @property
+    def step_streams(self) -> tuple[str, ...]:
+        """The streams summed at each step (``semantic``, ``beat``), in column order."""
+        names = {s.name for s in self._cond}
+        return tuple(n for n in STEP_STREAMS if n in names)
+
+    @property
     def columns(self) -> int:
-        """Ids summed at each input: the ``Q`` levels, and the semantic token."""
-        return self.num_levels + int(self.semantic)
+        """Ids summed at each input: the ``Q`` levels, then one per step stream."""
+        return self.num_levels + len(self.step_streams)
+
+    def column(self, stream: str) -> int:
+        """The input column of a step stream."""
+        return self.num_levels + self.step_streams.index(stream)
 
     # --- streams -> ids -------------------------------------------------------------------
 
@@ -251,29 +278,38 @@ class DelayLayout:
         return seq.view(codes.shape[0], -1, codes.shape[1])
 
     def step_semantic(self, semantic: torch.Tensor, steps: int, first: int = 0) -> torch.Tensor:
-        """``(B, steps)``: for step ``s``, the semantic token under frame ``first + s`` (the
-        frame whose level 0 the step holds; the last token past the end of ``semantic``,
-        whose frame 0 lies under codec frame 0)."""
+        """``(B, steps)``: for step ``s``, the semantic token (or beat phase: the clock runs
+        at the semantic rate) under frame ``first + s`` (the frame whose level 0 the step
+        holds; the last token past the end of ``semantic``, whose frame 0 lies under codec
+        frame 0)."""
         ratio = self.spec.semantic_rate / self.spec.acoustic_rate
         frames = torch.arange(first, first + steps, device=semantic.device, dtype=torch.float64)
         at = torch.floor(frames * ratio).long().clamp_max(semantic.shape[1] - 1)
         return semantic.long()[:, at]
 
     def inputs(
-        self, prefix: torch.Tensor, semantic: torch.Tensor | None, steps: int
+        self,
+        prefix: torch.Tensor,
+        semantic: torch.Tensor | None,
+        steps: int,
+        beat: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Input ids ``(B, P + steps, C)`` with the prefix and the semantic column (from
+        """Input ids ``(B, P + steps, C)`` with the prefix and the step streams' columns (from
         ``step_semantic``) filled and every step slot empty (``-1``)."""
         b, p = prefix.shape
         ids = prefix.new_full((b, p + steps, self.columns), -1)
         ids[:, :p, 0] = prefix
-        if self.semantic:
-            if semantic is None:
-                raise ValueError("the delay stage is conditioned on semantic tokens; none given")
-            # input P - 1 + s predicts step s: it carries the semantic token of step s
-            tokens = semantic[:, :steps]
-            ids[:, p - 1 : p - 1 + steps, -1] = torch.where(
-                tokens < 0, -1, tokens + self.semantic_offset
+        offsets = self.offsets()
+        for name, values in (("semantic", semantic), ("beat", beat)):
+            if name not in self.step_streams:
+                continue
+            if values is None:
+                raise ValueError(f"the delay stage is conditioned on the {name} stream; none given")
+            # input P - 1 + s predicts step s: it carries the stream's id of step s (-1: none,
+            # e.g. a clip whose beat was not found)
+            tokens = values[:, :steps].long()
+            ids[:, p - 1 : p - 1 + steps, self.column(name)] = torch.where(
+                tokens < 0, -1, tokens + offsets[name]
             )
         return ids
 
@@ -282,10 +318,8 @@ class DelayLayout:
         codes = self.target_codes(streams)  # (B, Q, F), -1 padding
         prefix = self.prefix(streams)
         steps = self.steps(codes, fill=self.special)  # (B, S, Q)
-        semantic = streams.get("semantic") if self.semantic else None
-        if semantic is not None:
-            semantic = self.step_semantic(semantic, steps.shape[1])
-        ids = self.inputs(prefix, semantic, steps.shape[1])
+        semantic, beat = self._step_streams(streams, steps.shape[1])
+        ids = self.inputs(prefix, semantic, steps.shape[1], beat)
         step_ids = self.step_ids(steps)
         step_ids[..., 0] = torch.where(step_ids[..., 0] < 0, PAD, step_ids[..., 0])
         ids[:, prefix.shape[1] :, : self.num_levels] = step_ids
@@ -295,23 +329,34 @@ class DelayLayout:
 
     def drop_conditioning(self, ids: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
         """MuLan ids of rows ``drop`` -> NULL (a copy), for classifier-free guidance; the
-        semantic tokens stay, as the coarse stage keeps its semantic prefix."""
+        step streams (semantic tokens, beat clock) stay, as the coarse stage keeps its
+        semantic prefix, unless ``guide_semantic``: then they go too, so that guidance pushes
+        toward following them."""
         if not self.uses_mulan:
             return ids
         out = ids.clone()
         span = slice(1, 1 + self.spec.mulan_levels)
         out[:, span, 0] = torch.where(drop.view(-1, 1), NULL, ids[:, span, 0])
-        if self.semantic and self.guide_semantic:
-            out[..., -1] = torch.where(drop.view(-1, 1), -1, ids[..., -1])
+        if self.guide_semantic:
+            for name in self.step_streams:
+                col = self.column(name)
+                out[..., col] = torch.where(drop.view(-1, 1), -1, ids[..., col])
         return out
 
     def prompt(self, streams: dict[str, torch.Tensor], steps: int) -> DelayPrompt:
         """The start of a window of ``steps`` steps from a crop's streams (semantic tokens
-        on their own grid, from the crop's first frame, as in training)."""
-        semantic = streams.get("semantic") if self.semantic else None
-        if semantic is not None:
-            semantic = self.step_semantic(semantic, steps)
-        return DelayPrompt(self.prefix(streams), semantic)
+        and beat clock on their own grid, from the crop's first frame, as in training)."""
+        return DelayPrompt(self.prefix(streams), *self._step_streams(streams, steps))
+
+    def _step_streams(
+        self, streams: dict[str, torch.Tensor], steps: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """A crop's semantic tokens and beat phases, one per step (None: not read)."""
+        out = []
+        for name in STEP_STREAMS:
+            values = streams.get(name) if name in self.step_streams else None
+            out.append(None if values is None else self.step_semantic(values, steps))
+        return out[0], out[1]
 
     @classmethod
     def from_hparams(cls, spec: TokenSpec, hp: Any) -> DelayLayout:
