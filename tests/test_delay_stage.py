@@ -280,6 +280,7 @@ def test_config_schema_is_the_delay_arguments_and_the_shared_ones():
         "mulan": None,
         "spec": None,
         "compile": False,
+        "stage": None,
     }
     shared = inspect.signature(TokenLMStage.__init__).parameters.keys() - {"self"}
     assert shared - defaults.keys() == set(CHECKPOINT_EXTRAS) - {"stage"}

@@ -64,6 +64,25 @@ def losses(run: Path) -> dict[int, float]:
     return {e.step: e.value for e in events.Scalars("train/loss")}
 
 
+def test_resume_from_a_named_checkpoint_file(tmp_path):
+    """``--ckpt_path FILE`` (what a truncated ``last.ckpt``'s error recommends): Lightning
+    parses the checkpoint's hyper-parameters, the stage name among them, back into the
+    config."""
+    shards = tmp_path / "tokens"
+    write_synthetic_shards(shards / "train", sizes=[5, 3], seconds=5.0)
+    write_synthetic_shards(shards / "val", sizes=[2], seconds=5.0, seed=1)
+    first = fit(tmp_path / "run", shards, "--trainer.max_steps", "3")
+    assert first.returncode == 0, first.stderr[-3000:]
+    (named,) = (tmp_path / "run" / "checkpoints").glob("*step=3.ckpt")
+    resumed = fit(tmp_path / "run", shards, "--ckpt_path", str(named))  # on to step 6
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # Lightning versions the files it would overwrite (``last-v1.ckpt``); ``--ckpt_path last``
+    # picks the newest ``last*.ckpt``
+    (done,) = (tmp_path / "run" / "checkpoints").glob("*step=6.ckpt")
+    last = torch.load(done, weights_only=True)
+    assert last["global_step"] == 6 and last["hyper_parameters"]["stage"] == "coarse"
+
+
 @pytest.mark.slow
 def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
     """Through ``musiclm fit`` in subprocesses, the second one killed (about 1 CPU-minute)."""

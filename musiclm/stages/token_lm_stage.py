@@ -63,6 +63,7 @@ class TokenLMStage(LightningModule):
         mulan: str | None = None,
         spec: dict[str, Any] | None = None,
         compile: bool = False,
+        stage: str | None = None,
     ) -> None:
         """
         Args:
@@ -104,12 +105,16 @@ class TokenLMStage(LightningModule):
                 shards (None: accept any). Shards made otherwise are refused.
             spec: resolved manifest values (filled in at setup; set in checkpoints).
             compile: wrap the network with ``torch.compile``.
+            stage: the stage name a checkpoint records beside these arguments, given back by
+                ``fit --ckpt_path FILE`` and ``load_from_checkpoint``; must be this class's.
         """
         super().__init__()
         if not self.stage:
             raise TypeError(
                 "use a concrete stage: SemanticStage, CoarseStage, FineStage, DelayStage"
             )
+        if stage not in (None, self.stage):
+            raise ValueError(f"a {stage} stage checkpoint given to the {self.stage} stage")
         if not 0.0 <= cond_dropout < 1.0:
             raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
         if not 0.0 <= target_noise < 1.0:
