@@ -306,7 +306,7 @@ def main() -> int:
         # training (at its stated tempo)
         from musiclm.tokenizers.beats import BeatTracker
 
-        text_clock = pipe._beat_clock(sem, texts, n_sem, None, None)[0]
+        text_clock = pipe._beat_clock(sem, texts, args.seconds, None, None)[0]
         tracker = BeatTracker(sem.layout.spec.beat_spec, sample_rate=sr, frame_rate=sem.rate)
         real_clock = torch.stack([
             torch.from_numpy(tracker.track(w.reshape(-1).numpy(), n_sem, t["bpm"])[0])
