@@ -1,6 +1,8 @@
 """`musiclm fit --config conf/demo/delay.yaml` on two CPU processes (DDP on gloo) over uneven
-token shards: no hang, and a checkpoint that loads with ``weights_only``."""
+token shards with the beat clock the demo's delay stage reads: no hang, and a checkpoint that
+loads with ``weights_only``."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -8,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from generation_helpers import tiny_spec
 from token_shards import write_synthetic_shards
 
 from musiclm.stages.delay_layout import DelayLayout
@@ -18,8 +21,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_demo_delay_config_fits_on_two_gloo_processes(tmp_path):
-    write_synthetic_shards(tmp_path / "train", sizes=[7, 2, 1], seconds=3.0)
-    write_synthetic_shards(tmp_path / "val", sizes=[3], seconds=3.0, seed=1)
+    # the clock and the MuLan embeddings its tempo predictor reads, as `prepare tokens --beats`
+    spec = dataclasses.replace(
+        tiny_spec(), beat_phase_bins=4, tempo_bins=3, min_bpm=60.0, max_bpm=240.0,
+        tempo_input_dim=4,
+    )  # fmt: skip
+    write_synthetic_shards(tmp_path / "train", sizes=[7, 2, 1], seconds=3.0, spec=spec)
+    write_synthetic_shards(tmp_path / "val", sizes=[3], seconds=3.0, seed=1, spec=spec)
     overrides = {
         "trainer.devices": 2, "trainer.strategy": "ddp", "trainer.max_steps": 5,
         "trainer.default_root_dir": tmp_path / "run", "trainer.log_every_n_steps": 1,
@@ -46,4 +54,5 @@ def test_demo_delay_config_fits_on_two_gloo_processes(tmp_path):
     assert ckpt["global_step"] == 5 and ckpt["hyper_parameters"]["stage"] == "delay"
     net, layout = load_network(str(last))
     assert isinstance(layout, DelayLayout) and layout.num_levels == 4 and layout.semantic
+    assert layout.beats
     assert net.num_targets == 4 * layout.spec.codebook_size
