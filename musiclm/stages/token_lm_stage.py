@@ -31,6 +31,19 @@ from musiclm.usage import SetupError, one_line
 TEMPO_LR_SCALE = 10.0
 
 
+def _check_arguments(
+    own: str, stage: str | None, *, cond_dropout: float, target_noise: float
+) -> None:
+    """Refuse the abstract stage, another stage's checkpoint and rates outside [0, 1)."""
+    if not own:
+        raise TypeError("use a concrete stage: SemanticStage, CoarseStage, FineStage, DelayStage")
+    if stage not in (None, own):
+        raise ValueError(f"a {stage} stage checkpoint given to the {own} stage")
+    for name, value in (("cond_dropout", cond_dropout), ("target_noise", target_noise)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {value}")
+
+
 class TokenLMStage(LightningModule):
     """Decoder-only LM over one stage's token layout (``stage`` chosen by the subclass)."""
 
@@ -80,10 +93,8 @@ class TokenLMStage(LightningModule):
                 conditioning of that target's frame (SoundStorm-style sum; coarse and fine
                 stages), and for the semantic stage its beat clock id (with ``beats``) or
                 else the MuLan tokens. Not in the paper, which conditions by prefix only.
-            beats: semantic stage only: condition on the beat clock of the shards
-                (``prepare tokens --beats``) and train a ``TempoPredictor`` (MuLan embedding
-                -> tempo bin) beside the LM, which generation uses to build the clock. Not in
-                MusicLM; see ``musiclm.tokenizers.beats``.
+            beats: semantic stage only: condition on the shards' beat clock and train a
+                ``TempoPredictor`` for it (not in MusicLM; ``musiclm.tokenizers.beats``).
             conditioning: the streams the stage reads and how it fuses each, in order, e.g.
                 ``[{stream: mulan, fuse: prefix}, {stream: beat, fuse: [frame_sum, aligned]}]``
                 (streams by name from ``musiclm.conditioning_streams``; fuse modes ``prefix``,
@@ -94,31 +105,19 @@ class TokenLMStage(LightningModule):
             cond_dropout: probability of replacing a sample's MuLan tokens by NULL in
                 training, for classifier-free guidance at sampling.
             target_noise: probability of replacing each target token *input* (not its label)
-                by the token another sample of the batch has at the same position (so of the
-                same codec level) in training. A small LM over 50 Hz codec frames otherwise
-                learns to continue the previous frame and ignores the timing of its
-                conditioning (semantic tokens, beat clock); at sampling it then holds one
-                sound. Not in the paper (docs/decisions/target-noise.md).
+                by the token another sample of the batch has at the same position in
+                training, so that a small LM cannot just continue the previous frame. Not in
+                the paper (docs/decisions/target-noise.md).
             lr, weight_decay: AdamW; warmup_steps: linear warm-up; decay_steps: cosine decay
                 to 10% over that many steps after warm-up (0: constant).
             codec, semantic_tokenizer, mulan: expected name or fingerprint of what made the
                 shards (None: accept any). Shards made otherwise are refused.
             spec: resolved manifest values (filled in at setup; set in checkpoints).
             compile: wrap the network with ``torch.compile``.
-            stage: the stage name a checkpoint records beside these arguments, given back by
-                ``fit --ckpt_path FILE`` and ``load_from_checkpoint``; must be this class's.
+            stage: the stage name checkpoints record (given back by ``fit --ckpt_path``).
         """
         super().__init__()
-        if not self.stage:
-            raise TypeError(
-                "use a concrete stage: SemanticStage, CoarseStage, FineStage, DelayStage"
-            )
-        if stage not in (None, self.stage):
-            raise ValueError(f"a {stage} stage checkpoint given to the {self.stage} stage")
-        if not 0.0 <= cond_dropout < 1.0:
-            raise ValueError(f"cond_dropout must be in [0, 1), got {cond_dropout}")
-        if not 0.0 <= target_noise < 1.0:
-            raise ValueError(f"target_noise must be in [0, 1), got {target_noise}")
+        _check_arguments(self.stage, stage, cond_dropout=cond_dropout, target_noise=target_noise)
         self.save_hyperparameters()
         self.hparams["stage"] = self.stage  # so a checkpoint alone says which layout it uses
         self.layout: TokenLayout | None = None
