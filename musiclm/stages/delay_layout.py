@@ -300,7 +300,7 @@ class DelayLayout:
         ids = prefix.new_full((b, p + steps, self.columns), -1)
         ids[:, :p, 0] = prefix
         offsets = self.offsets()
-        for name, values in (("semantic", semantic), ("beat", beat)):
+        for name, values in zip(STEP_STREAMS, (semantic, beat), strict=True):
             if name not in self.step_streams:
                 continue
             if values is None:
