@@ -64,7 +64,9 @@ def main() -> int:
     conditions = {
         "own MuLan tokens": seq.tokens,
         "another clip's": layout.sequence({**own, "mulan": own["mulan"].roll(1, 0)}).tokens,
-        "NULL": layout.drop_conditioning(seq.tokens, torch.ones(len(semantic), dtype=torch.bool)),
+        "NULL": layout.drop_conditioning(
+            seq.tokens, torch.ones(len(semantic), dtype=torch.bool), seq.prefix_len
+        ),
     }
     logits = {}
     for name, tokens in conditions.items():

@@ -99,10 +99,17 @@ class ConditioningStream(Protocol):
 
 @dataclass(frozen=True)
 class Fuse:
-    """How one stage uses one stream: ``{stream: NAME, fuse: MODE or [MODES]}``."""
+    """How one stage uses one stream: ``{stream: NAME, fuse: MODE or [MODES], guided: BOOL}``.
+
+    ``guided``: whether conditioning dropout and classifier-free guidance drop the stream with
+    the text (None: the stream's own default, e.g. MuLan yes, the beat clock no). A guided
+    timed stream (the semantic stage's beat clock) makes guidance push toward following it,
+    as the delay stage's ``guide_semantic`` does for its semantic tokens.
+    """
 
     stream: str
     modes: tuple[str, ...] = (PREFIX,)
+    guided: bool | None = None
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.modes) - set(FUSE_MODES))
@@ -129,21 +136,27 @@ class Fuse:
             return cls(entry)
         if not isinstance(entry, Mapping) or "stream" not in entry:
             raise ValueError(f"conditioning entry {entry!r} is not {{stream: NAME, fuse: MODE}}")
-        extra = sorted(set(entry) - {"stream", "fuse"})
+        extra = sorted(set(entry) - {"stream", "fuse", "guided"})
         if extra:
             raise ValueError(f"conditioning entry {dict(entry)} has unknown key(s) {extra}")
         fuse = entry.get("fuse", PREFIX)
         modes = [fuse] if isinstance(fuse, str) else list(fuse)
         # every fused stream is in the prompt: frame sums and aligned positions read it there
         ordered = tuple(m for m in FUSE_MODES if m == PREFIX or m in modes)
-        out = cls(str(entry["stream"]), ordered)
+        guided = entry.get("guided")
+        if guided is not None and not isinstance(guided, bool):
+            raise ValueError(f"conditioning entry {dict(entry)}: guided must be true or false")
+        out = cls(str(entry["stream"]), ordered, guided)
         if set(modes) - set(FUSE_MODES):
             cls(out.stream, tuple(modes))  # raises naming the unknown mode
         return out
 
     def to_dict(self) -> dict[str, Any]:
         modes = [m for m in self.modes if m != PREFIX]
-        return {"stream": self.stream, "fuse": modes or PREFIX}
+        out: dict[str, Any] = {"stream": self.stream, "fuse": modes or PREFIX}
+        if self.guided is not None:
+            out["guided"] = self.guided
+        return out
 
 
 def parse_conditioning(entries: Sequence[Any]) -> tuple[Fuse, ...]:

@@ -66,6 +66,7 @@ def generate_window(
     if n_new < 1:
         return prompt.new_empty(b, 0)
     rows = prompt
+    cond_len = p - level_offset  # [BOS] + conditioning, without the kept target tokens
     if sampling.guided:
         if not layout.uses_mulan:
             raise ValueError(
@@ -76,7 +77,7 @@ def generate_window(
             [
                 prompt,
                 layout.drop_conditioning(
-                    prompt, torch.ones(b, dtype=torch.bool, device=prompt.device)
+                    prompt, torch.ones(b, dtype=torch.bool, device=prompt.device), cond_len
                 ),
             ]
         )
@@ -86,7 +87,6 @@ def generate_window(
     out = prompt.new_empty(b, n_new)
     seq = torch.cat([rows, rows.new_zeros(rows.shape[0], n_new)], dim=1)
     kept = [] if on_window is not None else None
-    cond_len = p - level_offset  # [BOS] + conditioning, without the kept target tokens
     pos = layout.positions(cond_len, p + n_new, device=prompt.device)
     frame = layout.frame_ids(seq, cond_len)  # (rows, p + n_new, C) or None
 

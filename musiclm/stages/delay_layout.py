@@ -32,8 +32,7 @@ configs and checkpoints rebuild the same vocabulary.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any, NamedTuple
 
 import torch
@@ -143,7 +142,12 @@ class DelayLayout:
                     "{stream: mulan, fuse: prefix}, {stream: semantic, fuse: frame_sum} and "
                     "{stream: beat, fuse: frame_sum}"
                 )
-            out.append(want)
+            if fuse.stream == "mulan" and fuse.guided is False:
+                raise ValueError(
+                    "delay stage conditioning {stream: mulan, guided: false}: guidance always "
+                    "drops the MuLan tokens; leave guided out"
+                )
+            out.append(replace(want, guided=fuse.guided))
         return tuple(out)
 
     # --- what the stage reads and makes ---------------------------------------------------
@@ -330,16 +334,17 @@ class DelayLayout:
     def drop_conditioning(self, ids: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
         """MuLan ids of rows ``drop`` -> NULL (a copy), for classifier-free guidance; the
         step streams (semantic tokens, beat clock) stay, as the coarse stage keeps its
-        semantic prefix, unless ``guide_semantic``: then they go too, so that guidance pushes
-        toward following them."""
+        semantic prefix, unless guided (their entry's ``guided``, else ``guide_semantic``):
+        then they go too, so that guidance pushes toward following them."""
         if not self.uses_mulan:
             return ids
         out = ids.clone()
         span = slice(1, 1 + self.spec.mulan_levels)
         out[:, span, 0] = torch.where(drop.view(-1, 1), NULL, ids[:, span, 0])
-        if self.guide_semantic:
-            for name in self.step_streams:
-                col = self.column(name)
+        for fuse in self._fuses:
+            guided = self.guide_semantic if fuse.guided is None else fuse.guided
+            if fuse.stream in STEP_STREAMS and guided:
+                col = self.column(fuse.stream)
                 out[..., col] = torch.where(drop.view(-1, 1), -1, ids[..., col])
         return out
 
@@ -373,7 +378,7 @@ class DelayLayout:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["spec"] = self.spec.to_dict()
         if self.conditioning is not None:
             out["conditioning"] = [f.to_dict() for f in self.conditioning]

@@ -293,16 +293,33 @@ class TokenLayout:
         tokens = torch.cat([prefix, self._levels_to_ids(codes, self.target_stream)], dim=1)
         return LMSequence(tokens, self.codes_to_targets(codes), prefix.shape[1])
 
-    def drop_conditioning(self, tokens: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+    def drop_conditioning(
+        self, tokens: torch.Tensor, drop: torch.Tensor, cond_len: int | None = None
+    ) -> torch.Tensor:
         """Replace the ids of the guided streams (MuLan tokens, and melody, which is dropped
-        with the text so that classifier-free guidance strengthens it too) of rows where
-        ``drop`` is true by NULL (a copy)."""
+        with the text so that classifier-free guidance strengthens it too; any stream whose
+        entry says ``guided: true``) of rows where ``drop`` is true by NULL (a copy).
+
+        ``cond_len``: length of ``[BOS] + conditioning`` in ``tokens``, needed where a timed
+        stream (the beat clock) is guided: its ids fill the prompt up to there.
+        """
         spans = self._untimed_spans()
-        guided = [spans[s.name] for s in self._cond if s.guided]
+        guided = [
+            spans.get(s.name)
+            for f, s in zip(self._fuses, self._cond, strict=True)
+            if (s.guided if f.guided is None else f.guided)
+        ]
         if not guided:
             return tokens
         out = tokens.clone()
         for span in guided:
+            if span is None:  # the timed stream
+                if cond_len is None:
+                    raise ValueError(
+                        f"{self.stage} stage guides its timed stream: drop_conditioning needs "
+                        "the prompt's cond_len"
+                    )
+                span = slice(self.untimed_len, cond_len)
             out[:, span] = torch.where(drop.view(-1, 1), NULL, tokens[:, span])
         return out
 

@@ -64,7 +64,7 @@ class TokenLMStage(LightningModule):
         aligned_positions: bool = False,
         frame_conditioning: bool = False,
         beats: bool = False,
-        conditioning: list[dict[str, Any]] | None = None,
+        conditioning: list[Any] | None = None,
         cond_dropout: float = 0.0,
         target_noise: float = 0.0,
         lr: float = 3e-4,
@@ -223,7 +223,7 @@ class TokenLMStage(LightningModule):
         tokens = seq.tokens
         if train and self.hparams.cond_dropout > 0:
             drop = torch.rand(tokens.shape[0], device=tokens.device) < self.hparams.cond_dropout
-            tokens = self.layout.drop_conditioning(tokens, drop)
+            tokens = self.layout.drop_conditioning(tokens, drop, seq.prefix_len)
         if train and self.hparams.target_noise > 0:
             tokens = corrupt_targets(tokens, seq, self.hparams.target_noise)
         logits = target_logits(self._forward, self.layout, tokens, seq.prefix_len)
