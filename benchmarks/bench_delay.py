@@ -24,7 +24,7 @@ import time
 import torch
 from common import emit, machine
 
-from musiclm.datamodules.token_spec import TokenSpec
+from musiclm.datamodules.token_spec import MulanSpec, TokenSpec
 from musiclm.generation.sampling import SamplingConfig
 from musiclm.generation.stage_runner import LoadedStage, Streams
 from musiclm.models.token_lm import TokenLM
@@ -37,8 +37,7 @@ SPEC = TokenSpec(
     codebook_size=1024,
     num_quantizers=8,
     acoustic_rate=50.0,
-    mulan_levels=12,
-    mulan_codebook=256,
+    streams={"mulan": MulanSpec(levels=12, codebook=256)},
 )
 CONTEXT = {"coarse": 4.0, "fine": 2.0, "delay": 4.0}  # crop seconds of conf/demo/*.yaml
 SAMPLING = SamplingConfig(temperature=1.0, top_k=250)
@@ -71,7 +70,7 @@ def run(stages: list[LoadedStage], batch: int, seconds: float) -> float:
     """Wall seconds to make every codec level of ``seconds`` for ``batch`` rows."""
     g = torch.Generator().manual_seed(0)
     rows = [[(0.0, "x")]] * batch
-    streams = Streams(rows, {"x": torch.arange(SPEC.mulan_levels) % 7}, None, "cpu")
+    streams = Streams(rows, {"x": torch.arange(SPEC.streams["mulan"].levels) % 7}, None, "cpu")
     semantic = torch.randint(0, SPEC.semantic_vocab, (batch, round(seconds * 25)), generator=g)
     codes = {"semantic": semantic}
     start = time.perf_counter()

@@ -25,6 +25,7 @@ One JSON line per figure, fp32 on the CPU with 2 threads:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -37,7 +38,7 @@ from pathlib import Path
 import torch
 from common import PEER_DIR, REPO, emit, machine, peer_python
 
-from musiclm.datamodules.token_spec import TokenSpec
+from musiclm.datamodules.token_spec import MulanSpec, TokenSpec
 from musiclm.generation.decode import generate_window
 from musiclm.generation.sampling import SamplingConfig
 from musiclm.models.kv_cache import weight_bytes
@@ -51,8 +52,7 @@ DEMO_SPEC = TokenSpec(
     codebook_size=1024,
     num_quantizers=8,
     acoustic_rate=50.0,
-    mulan_levels=12,
-    mulan_codebook=256,
+    streams={"mulan": MulanSpec(levels=12, codebook=256)},
 )
 DEMO_STAGES = {"semantic": 8.0, "coarse": 4.0, "fine": 2.0}  # crop seconds in conf/demo
 
@@ -279,7 +279,7 @@ def random_pipeline(tmp: Path) -> Path:
     """Demo-sized random stage checkpoints, no MuLan, an untrained 16 kHz / 50 Hz DAC."""
     import yaml
 
-    spec = TokenSpec(**{**DEMO_SPEC.to_dict(), "mulan_levels": 0, "mulan_codebook": 0})
+    spec = dataclasses.replace(DEMO_SPEC, streams={})
     stages = {}
     for name, module in demo_stage_modules(spec).items():
         module.hparams["cond_dropout"] = 0.0

@@ -307,7 +307,7 @@ def main() -> int:
         from musiclm.tokenizers.beats import BeatTracker
 
         text_clock = pipe._beat_clock(sem, texts, args.seconds, None, None)[0]
-        tracker = BeatTracker(sem.layout.spec.beat_spec, sample_rate=sr, frame_rate=sem.rate)
+        tracker = BeatTracker(sem.layout.spec.streams["beats"], sample_rate=sr, frame_rate=sem.rate)
         real_clock = torch.stack([
             torch.from_numpy(tracker.track(w.reshape(-1).numpy(), n_sem, t["bpm"])[0])
             for w, t in zip(wav, targets, strict=True)

@@ -150,10 +150,10 @@ def chroma(args: argparse.Namespace) -> None:
             def prompt(f0, f1, new, layout=layout, mel=mel):
                 streams = {"_batch": torch.empty(args.samples, 0)}
                 if layout.melody:
-                    spec = layout.spec
+                    spec, melody = layout.spec, layout.spec.streams["melody"]
                     streams["melody"] = tokens_at(
                         mel.expand(args.samples, -1, -1), f0 / spec.semantic_rate,
-                        spec.melody_hop, spec.melody_windows,
+                        melody.hop, melody.windows,
                     )  # fmt: skip
                 return layout.prefix(streams)
 

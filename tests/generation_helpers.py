@@ -3,12 +3,13 @@ tests. Nothing here is trained: tests check plumbing and exactness, not music.""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
 import yaml
 
-from musiclm.datamodules.token_spec import TokenSpec
+from musiclm.datamodules.token_spec import MulanSpec, StreamSpec, TokenSpec
 from musiclm.stages.coarse import CoarseStage
 from musiclm.stages.fine import FineStage
 from musiclm.stages.semantic import SemanticStage
@@ -17,15 +18,22 @@ STAGES = {"semantic": SemanticStage, "coarse": CoarseStage, "fine": FineStage}
 
 
 def tiny_spec(*, mulan_levels: int = 3, num_quantizers: int = 4) -> TokenSpec:
-    return TokenSpec(
+    """Tiny token shards' spec: ``mulan_levels`` MuLan levels of 8 ids (0: no MuLan)."""
+    spec = TokenSpec(
         semantic_vocab=16,
         semantic_rate=5.0,
         codebook_size=8,
         num_quantizers=num_quantizers,
         acoustic_rate=10.0,
-        mulan_levels=mulan_levels,
-        mulan_codebook=8 if mulan_levels else 0,
     )
+    return with_streams(spec, mulan=MulanSpec(mulan_levels, 8) if mulan_levels else None)
+
+
+def with_streams(spec: TokenSpec, **streams: StreamSpec | None) -> TokenSpec:
+    """``spec`` with these conditioning streams (by manifest section) added or replaced, or
+    removed where None."""
+    merged = {**spec.streams, **streams}
+    return dataclasses.replace(spec, streams={k: v for k, v in merged.items() if v is not None})
 
 
 def tiny_stage(stage: str, spec: TokenSpec | None = None, *, seed: int = 0, **kw):
@@ -73,10 +81,9 @@ def random_input(layout, batch: int, frames: int, seed: int = 0) -> torch.Tensor
     """A realistic input sequence: prefix ids then interleaved target ids."""
     g = torch.Generator().manual_seed(seed)
     spec = layout.spec
+    mulan = spec.streams.get("mulan", MulanSpec(0, 1))
     streams = {
-        "mulan": torch.randint(
-            0, max(1, spec.mulan_codebook), (batch, spec.mulan_levels), generator=g
-        ),
+        "mulan": torch.randint(0, mulan.codebook, (batch, mulan.levels), generator=g),
         "semantic": torch.randint(0, spec.semantic_vocab, (batch, frames), generator=g),
         "acoustic": torch.randint(
             0, spec.codebook_size, (batch, spec.num_quantizers, frames), generator=g

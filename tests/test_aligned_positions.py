@@ -16,7 +16,9 @@ TOL = 1e-4
 def _streams(spec, batch=2, seconds=1.0, seed=0):
     g = torch.Generator().manual_seed(seed)
     return {
-        "mulan": torch.randint(0, spec.mulan_codebook, (batch, spec.mulan_levels), generator=g),
+        "mulan": torch.randint(
+            0, spec.streams["mulan"].codebook, (batch, spec.streams["mulan"].levels), generator=g
+        ),
         "semantic": torch.randint(
             0, spec.semantic_vocab, (batch, int(seconds * spec.semantic_rate)), generator=g
         ),
@@ -34,7 +36,7 @@ def test_conditioning_of_a_moment_sits_at_its_targets_position():
     coarse = TokenLayout(stage="coarse", spec=spec, coarse_levels=2, aligned_positions=True)
     seq = coarse.sequence(_streams(spec))
     pos = coarse.positions(seq.prefix_len, seq.tokens.shape[1])
-    untimed = 1 + spec.mulan_levels
+    untimed = 1 + spec.streams["mulan"].levels
     assert pos[:untimed].tolist() == list(range(untimed))
     sem = pos[untimed : seq.prefix_len]
     targets = pos[seq.prefix_len :]

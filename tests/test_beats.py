@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from generation_helpers import save_checkpoint, tiny_spec, tiny_stage
+from generation_helpers import save_checkpoint, tiny_spec, tiny_stage, with_streams
 from test_token_stages import trainer
 from token_shards import write_synthetic_shards
 
@@ -21,11 +21,12 @@ from musiclm.stages.token_layout import BOS, NULL, PAD, TokenLayout
 from musiclm.stages.token_lm_stage import load_network, load_tempo
 from musiclm.tokenizers.beats import BeatTracker, metadata_bpm
 
-BEATS = dict(beat_phase_bins=8, tempo_bins=6, min_bpm=60.0, max_bpm=240.0, tempo_input_dim=6)
+BEATS = BeatSpec(phase_bins=8, tempo_bins=6, min_bpm=60.0, max_bpm=240.0, tempo_input_dim=6)
 
 
 def beat_spec_tokens(**kw) -> TokenSpec:
-    return dataclasses.replace(tiny_spec(), **(BEATS | kw))
+    """``tiny_spec`` with the beat clock ``BEATS``, changed by ``kw``."""
+    return with_streams(tiny_spec(), beats=dataclasses.replace(BEATS, **kw))
 
 
 def click_track(bpm: float, seconds: float, sr: int = 16000, offset: float = 0.1) -> np.ndarray:
@@ -85,8 +86,7 @@ def test_token_batches_carry_the_clock_aligned_with_the_crop(tmp_path):
     dm = TokenDataModule(str(tmp_path / "train"), str(tmp_path / "val"), seconds=2.0,
                          batch_size=4, num_workers=0, batches_per_epoch=2)  # fmt: skip
     dm.setup("fit")
-    assert dm.spec.beat_spec == BeatSpec(8, 6, 60.0, 240.0)
-    assert dm.spec.tempo_input_dim == 6
+    assert dm.spec.streams["beats"] == BeatSpec(8, 6, 60.0, 240.0, tempo_input_dim=6)
     batch = next(iter(dm.train_dataloader()))
     assert batch["beat"].shape == batch["semantic"].shape
     # the synthetic semantic token is the phase id: a misaligned crop would break it
@@ -99,15 +99,17 @@ def test_layout_puts_the_clock_on_the_targets_clock():
     layout = TokenLayout(stage="semantic", spec=spec, beats=True, frame_conditioning=True,
                          aligned_positions=True)  # fmt: skip
     g = torch.Generator().manual_seed(0)
-    beat = torch.randint(0, spec.beat_phase_bins, (2, 10), generator=g)
+    beat = torch.randint(0, spec.streams["beats"].phase_bins, (2, 10), generator=g)
     beat[1, -1] = -1  # no pulse there: PAD
     streams = {
-        "mulan": torch.randint(0, spec.mulan_codebook, (2, spec.mulan_levels), generator=g),
+        "mulan": torch.randint(
+            0, spec.streams["mulan"].codebook, (2, spec.streams["mulan"].levels), generator=g
+        ),
         "beat": beat,
         "semantic": torch.randint(0, spec.semantic_vocab, (2, 10), generator=g),
     }
     seq = layout.sequence(streams)
-    untimed = 1 + spec.mulan_levels
+    untimed = 1 + spec.streams["mulan"].levels
     assert seq.prefix_len == untimed + 10
     clock = seq.tokens[:, untimed : seq.prefix_len]
     assert torch.equal(clock[0], beat[0] + layout.offsets()["beat"])
@@ -189,7 +191,7 @@ def test_beat_conditioned_semantic_lm_follows_the_clock_and_learns_the_tempo(bea
 
     path = with_clock.checkpoint_callback.best_model_path
     net, layout = load_network(path)
-    assert layout.beats and layout.spec.beat_phase_bins == 8
+    assert layout.beats and layout.spec.streams["beats"].phase_bins == 8
     tempo = load_tempo(path, layout)
     assert isinstance(tempo, TempoPredictor) and not tempo.training
 
@@ -202,7 +204,7 @@ def test_generation_follows_a_given_or_predicted_tempo(tmp_path):
 
     mulan = write_mulan(tmp_path)  # MuLan embeddings of 32 dimensions
     spec = beat_spec_tokens(tempo_input_dim=32)
-    plain = dataclasses.replace(spec, beat_phase_bins=0, tempo_bins=0, tempo_input_dim=0)
+    plain = with_streams(spec, beats=None)
     kw = {"cond_dropout": 0.1}
     sem = tiny_stage("semantic", spec, beats=True, frame_conditioning=True, **kw)
     stages = {"semantic": sem, "coarse": tiny_stage("coarse", plain, seed=1, **kw),
@@ -226,13 +228,15 @@ def test_generation_follows_a_given_or_predicted_tempo(tmp_path):
     clock, bpms = pipe._beat_clock(pipe.stages["semantic"], ["x"], 1.0, 150.0, None)
     frames = pipe.stages["semantic"].frames(1.0)  # the clock covers the request's seconds
     assert bpms == [150.0] and clock.shape[-1] == frames
-    assert clock[0].tolist() == spec.beat_spec.clock(150.0, frames, spec.semantic_rate).tolist()
+    assert (
+        clock[0].tolist() == spec.streams["beats"].clock(150.0, frames, spec.semantic_rate).tolist()
+    )
 
     # without a tempo: the predictor's most likely bin, from the MuLan text embedding
     predicted = pipe.generate(prompts, seconds=2.0, seed=0)
     emb = pipe.conditioner.embed_text([p[0][1] for p in prompts]).float()
     bins = pipe.stages["semantic"].tempo(emb).argmax(-1).tolist()
-    assert predicted.bpm == [spec.beat_spec.bin_bpm(b) for b in bins]
+    assert predicted.bpm == [spec.streams["beats"].bin_bpm(b) for b in bins]
     # a continued clip keeps its own beat: a 60 BPM click track at the codec's 1.6 kHz
     clip = torch.from_numpy(click_track(60.0, 6.0, sr=1600, offset=0.3))
     continued = pipe.generate(prompts, seconds=2.0, seed=0, continue_audio=(clip, 1600))

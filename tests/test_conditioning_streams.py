@@ -4,12 +4,11 @@ under ``tests/`` (``genre_stream.py``) that a stage trains and generates with.""
 
 from __future__ import annotations
 
-import dataclasses
-
 import lightning as L
 import pytest
 import torch
 import yaml
+from generation_helpers import with_streams
 from genre_stream import GENRES, genre_of_key, genre_of_text
 from token_shards import write_synthetic_shards
 
@@ -22,7 +21,7 @@ from musiclm.conditioning.registry import (
 )
 from musiclm.conditioning.request import GenerationRequest, RequestStream, Streams
 from musiclm.conditioning.stream import ConditioningStream, Fuse, RequestWindow
-from musiclm.datamodules.token_spec import TokenSpec
+from musiclm.datamodules.token_spec import BeatSpec, MelodySpec, MulanSpec, TokenSpec
 from musiclm.datamodules.tokens import TokenDataModule
 from musiclm.generation.pipeline_file import StageEntry
 from musiclm.generation.sampling import SamplingConfig
@@ -38,12 +37,7 @@ SPEC = TokenSpec(
     codebook_size=8,
     num_quantizers=4,
     acoustic_rate=10.0,
-    mulan_levels=3,
-    mulan_codebook=8,
-    beat_phase_bins=8,
-    tempo_bins=6,
-    min_bpm=60.0,
-    max_bpm=240.0,
+    streams={"mulan": MulanSpec(3, 8), "beats": BeatSpec(8, 6, 60.0, 240.0)},
 )
 
 # legacy switches -> the list they stand for
@@ -76,8 +70,10 @@ LEGACY = [
 def batch(seed: int = 0, frames: int = 10) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {
-        "mulan": torch.randint(0, SPEC.mulan_codebook, (2, SPEC.mulan_levels), generator=g),
-        "beat": torch.randint(0, SPEC.beat_phase_bins, (2, frames), generator=g),
+        "mulan": torch.randint(
+            0, SPEC.streams["mulan"].codebook, (2, SPEC.streams["mulan"].levels), generator=g
+        ),
+        "beat": torch.randint(0, SPEC.streams["beats"].phase_bins, (2, frames), generator=g),
         "semantic": torch.randint(0, SPEC.semantic_vocab, (2, frames), generator=g),
         "acoustic": torch.randint(0, 8, (2, 4, 2 * frames), generator=g),
     }
@@ -205,7 +201,9 @@ def test_a_stream_defined_under_tests_trains_and_generates(tmp_path):
     assert example["genre"].tolist() == [genre_of_key(k) for k in example["key"]]
     offset = model.layout.offsets()["genre"]
     prefix = model.layout.prefix(example)
-    assert prefix[:, 1 + spec.mulan_levels].tolist() == [offset + g for g in example["genre"]]
+    assert prefix[:, 1 + spec.streams["mulan"].levels].tolist() == [
+        offset + g for g in example["genre"]
+    ]
 
     # the checkpoint alone rebuilds the stage with its list
     path = trainer.checkpoint_callback.best_model_path
@@ -223,7 +221,9 @@ def test_a_stream_defined_under_tests_trains_and_generates(tmp_path):
     assert stage.needs == ("mulan", "genre")
     prompt = stage.conditioning(streams, {})(0, 5, 0)
     wanted = [offset + genre_of_text(r[0][1]) for r in rows]
-    assert prompt[:, 1 + spec.mulan_levels].tolist() == wanted == [offset + 1, offset + 3]
+    assert (
+        prompt[:, 1 + spec.streams["mulan"].levels].tolist() == wanted == [offset + 1, offset + 3]
+    )
     out = stage.run(streams, {}, 3.0, None, torch.Generator().manual_seed(0))
     assert out.shape == (2, round(3.0 * spec.semantic_rate))
     assert 0 <= int(out.min()) and int(out.max()) < spec.semantic_vocab
@@ -236,7 +236,10 @@ class FixedMulan:
         self.spec = spec
 
     def mulan_tokens(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        return {t: torch.arange(self.spec.mulan_levels) % self.spec.mulan_codebook for t in texts}
+        return {
+            t: torch.arange(self.spec.streams["mulan"].levels) % self.spec.streams["mulan"].codebook
+            for t in texts
+        }
 
     def text_embeddings(self, texts: list[str]) -> None:
         return None
@@ -246,7 +249,7 @@ def test_a_genre_changes_only_its_own_prompt_token():
     layout = TokenLayout(stage="semantic", spec=SPEC, conditioning=["mulan", "genre"])
     a = layout.prefix(batch() | {"genre": torch.tensor([0, 2])})
     c = layout.prefix(batch() | {"genre": torch.tensor([1, 2])})
-    assert (a != c).nonzero().tolist() == [[0, 1 + SPEC.mulan_levels]]
+    assert (a != c).nonzero().tolist() == [[0, 1 + SPEC.streams["mulan"].levels]]
 
 
 def test_a_config_file_names_the_streams_and_their_fuse_modes(tmp_path):
@@ -293,9 +296,7 @@ def test_a_config_file_names_the_streams_and_their_fuse_modes(tmp_path):
     assert cli.trainer.global_step == 2
 
 
-FULL = dataclasses.replace(
-    SPEC, melody_windows=2, melody_levels=3, melody_codebook=4, melody_hop=1.0
-)
+FULL = with_streams(SPEC, melody=MelodySpec(windows=2, levels=3, codebook=4, hop=1.0))
 
 
 @pytest.mark.parametrize("name", sorted({*registry.available("conditioning_streams"), "genre"}))
@@ -310,7 +311,11 @@ def test_every_registered_stream_keeps_its_contract(name):
     rows = [[(0.0, "calm jazz")], [(0.0, "rock"), (0.5, "folk at dawn")]]
     # the melody network is not at hand: its windows by hand; every other stream prepares
     # the request itself (the beat clock at the request's tempo)
-    prepared = {"melody": torch.randint(0, FULL.melody_codebook, (2, 5, FULL.melody_levels))}
+    prepared = {
+        "melody": torch.randint(
+            0, FULL.streams["melody"].codebook, (2, 5, FULL.streams["melody"].levels)
+        )
+    }
     request = GenerationRequest(rows, 3.0, "cpu", FixedMulan(FULL), "t", bpm=[90.0, 120.0])
     if isinstance(stream, RequestStream) and name != "melody":
         prepared |= stream.prepare(request)

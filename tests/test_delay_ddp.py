@@ -2,7 +2,6 @@
 token shards with the beat clock the demo's delay stage reads: no hang, and a checkpoint that
 loads with ``weights_only``."""
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -10,9 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from generation_helpers import tiny_spec
+from generation_helpers import tiny_spec, with_streams
 from token_shards import write_synthetic_shards
 
+from musiclm.datamodules.token_spec import BeatSpec
 from musiclm.stages.delay_layout import DelayLayout
 from musiclm.stages.token_lm_stage import load_network
 
@@ -22,10 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_demo_delay_config_fits_on_two_gloo_processes(tmp_path):
     # the clock and the MuLan embeddings its tempo predictor reads, as `prepare tokens --beats`
-    spec = dataclasses.replace(
-        tiny_spec(), beat_phase_bins=4, tempo_bins=3, min_bpm=60.0, max_bpm=240.0,
-        tempo_input_dim=4,
-    )  # fmt: skip
+    spec = with_streams(tiny_spec(), beats=BeatSpec(4, 3, 60.0, 240.0, tempo_input_dim=4))
     write_synthetic_shards(tmp_path / "train", sizes=[7, 2, 1], seconds=3.0, spec=spec)
     write_synthetic_shards(tmp_path / "val", sizes=[3], seconds=3.0, seed=1, spec=spec)
     overrides = {

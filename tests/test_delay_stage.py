@@ -3,7 +3,6 @@ rule across levels, checkpoints and a `semantic, delay` pipeline through `musicl
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import json
 
@@ -12,11 +11,11 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
-from generation_helpers import TINY_DAC, save_checkpoint, tiny_spec, tiny_stage
+from generation_helpers import TINY_DAC, save_checkpoint, tiny_spec, tiny_stage, with_streams
 from jsonargparse import ArgumentParser
 
 from musiclm.commands.generate import main as generate_main
-from musiclm.datamodules.token_spec import TokenSpec
+from musiclm.datamodules.token_spec import BeatSpec, MulanSpec, TokenSpec
 from musiclm.generation.delay_decode import generate_delay_window, sliding_delay_generate
 from musiclm.generation.pipeline import Pipeline
 from musiclm.generation.sampling import SamplingConfig
@@ -45,7 +44,9 @@ def streams(spec: TokenSpec, batch: int, frames: int, seed: int = 0) -> dict[str
     g = torch.Generator().manual_seed(seed)
     n_s = round(frames * spec.semantic_rate / spec.acoustic_rate)
     return {
-        "mulan": torch.randint(0, spec.mulan_codebook, (batch, spec.mulan_levels), generator=g),
+        "mulan": torch.randint(
+            0, spec.streams["mulan"].codebook, (batch, spec.streams["mulan"].levels), generator=g
+        ),
         "semantic": torch.randint(0, spec.semantic_vocab, (batch, n_s), generator=g),
         "acoustic": torch.randint(
             0, spec.codebook_size, (batch, spec.num_quantizers, frames), generator=g
@@ -173,7 +174,7 @@ def test_a_tiny_delay_lm_learns_a_rule_across_levels():
     pattern); level 0 is random. A few hundred CPU steps teach the copy."""
     spec = TokenSpec(
         semantic_vocab=4, semantic_rate=5.0, codebook_size=16, num_quantizers=2,
-        acoustic_rate=10.0, mulan_levels=1, mulan_codebook=2,
+        acoustic_rate=10.0, streams={"mulan": MulanSpec(levels=1, codebook=2)},
     )  # fmt: skip
     torch.manual_seed(0)
     module = DelayStage(spec=spec.to_dict(), dim=64, depth=2, heads=4, semantic=False)
@@ -344,7 +345,9 @@ def test_story_mode_changes_the_delay_windows_text(tmp_path):
     semantic = torch.randint(0, 16, (1, 20))
     prompt = delay.conditioning(streams, {"semantic": semantic})
     early, late = prompt(0, 10, 0), prompt(10, 20, 15)  # new frames from 0 s and 1.5 s
-    mulan = delay.layout.mulan_offset + torch.arange(3) * delay.layout.spec.mulan_codebook
+    mulan = (
+        delay.layout.mulan_offset + torch.arange(3) * delay.layout.spec.streams["mulan"].codebook
+    )
     assert early.prefix[0, 1:].tolist() == (texts["calm"] + mulan).tolist()
     assert late.prefix[0, 1:].tolist() == (texts["drums"] + mulan).tolist()
     steps = delay.layout.pattern.steps(10, 4)
@@ -357,17 +360,15 @@ BEAT_FUSES = ["mulan", {"stream": "semantic", "fuse": "frame_sum"},
 
 
 def beat_spec(mulan_levels: int = 3) -> TokenSpec:
-    return dataclasses.replace(
-        tiny_spec(mulan_levels=mulan_levels, num_quantizers=3),
-        beat_phase_bins=4, tempo_bins=3, min_bpm=60.0, max_bpm=240.0,
-    )  # fmt: skip
+    spec = tiny_spec(mulan_levels=mulan_levels, num_quantizers=3)
+    return with_streams(spec, beats=BeatSpec(4, 3, 60.0, 240.0))
 
 
 def test_beat_clock_is_summed_at_each_step_and_guided_with_the_semantic_tokens():
     spec = beat_spec()
     layout = DelayLayout(spec=spec, conditioning=BEAT_FUSES)
     assert layout.beats and layout.semantic and layout.columns == 3 + 2
-    assert layout.num_tokens == DelayLayout(spec=spec).num_tokens + spec.beat_phase_bins
+    assert layout.num_tokens == DelayLayout(spec=spec).num_tokens + spec.streams["beats"].phase_bins
     batch = streams(spec, 2, 6)
     batch["beat"] = torch.tensor([[0, 1, 2], [3, -1, 0]])  # -1: no beat found in that frame
     seq = layout.sequence(batch)
@@ -446,7 +447,7 @@ def test_a_delay_stage_follows_the_requests_beat_clock(tmp_path):
         streams_, codes, _ = pipe._request(rows, rows, 2.0, None, bpm, None)
         window = stage.kind.window(stage, streams_, {**codes, "semantic": semantic}, 0, 20, 0)
         steps = stage.layout.pattern.steps(20, stage.layout.num_levels)
-        clock = spec.beat_spec.clock(bpm, 10, spec.semantic_rate)
+        clock = spec.streams["beats"].clock(bpm, 10, spec.semantic_rate)
         want = stage.layout.step_semantic(torch.as_tensor(clock)[None], steps)
         assert torch.equal(window["step_beat"], want)
         made[bpm] = stage.run(streams_, {**codes, "semantic": semantic}, 2.0, None,

@@ -15,7 +15,7 @@ SEM_VOCAB, MULAN_LEVELS, MULAN_K, RATE = 12, 3, 8, 5.0
 
 @pytest.fixture(scope="module")
 def semantic_ckpt(tmp_path_factory):
-    from musiclm.datamodules.token_spec import TokenSpec
+    from musiclm.datamodules.token_spec import MulanSpec, TokenSpec
     from musiclm.stages.semantic import SemanticStage
 
     spec = TokenSpec(
@@ -24,8 +24,7 @@ def semantic_ckpt(tmp_path_factory):
         codebook_size=16,
         num_quantizers=2,
         acoustic_rate=10.0,
-        mulan_levels=MULAN_LEVELS,
-        mulan_codebook=MULAN_K,
+        streams={"mulan": MulanSpec(MULAN_LEVELS, MULAN_K)},
     )
     torch.manual_seed(0)
     stage = SemanticStage(dim=32, depth=2, heads=2, spec=spec.to_dict())
@@ -139,15 +138,14 @@ def test_evaluate_memorization_from_token_shards(semantic_ckpt, tmp_path):
 def test_a_beat_conditioned_lm_continues_along_the_clips_clock(tmp_path):
     """The continuation equals the argmax of the network's full forward pass (positions and
     frame inputs as in training) over the clip's clock, which it needs."""
-    import dataclasses
 
-    from generation_helpers import save_checkpoint, tiny_spec, tiny_stage
+    from generation_helpers import save_checkpoint, tiny_spec, tiny_stage, with_streams
 
+    from musiclm.datamodules.token_spec import BeatSpec
     from musiclm.evaluation.memorization import semantic_lm_continue_fn
     from musiclm.stages.token_lm_stage import target_logits
 
-    spec = dataclasses.replace(tiny_spec(), beat_phase_bins=4, tempo_bins=3, min_bpm=60.0,
-                               max_bpm=240.0)  # fmt: skip
+    spec = with_streams(tiny_spec(), beats=BeatSpec(4, 3, 60.0, 240.0))
     stage = tiny_stage("semantic", spec, beats=True, frame_conditioning=True,
                        aligned_positions=True)  # fmt: skip
     path = save_checkpoint(stage, tmp_path / "semantic.ckpt", seconds=2.0)

@@ -63,7 +63,7 @@ def test_frame_ids_carry_each_targets_own_moment():
     p = seq.prefix_len
     assert ids.shape == (*inputs.shape, 1)
     assert (ids[:, : p - 1] == -1).all()
-    untimed = 1 + spec.mulan_levels
+    untimed = 1 + spec.streams["mulan"].levels
     for j in range(inputs.shape[1] - (p - 1)):  # input p-1+j predicts target j
         frame = j // 2  # 2 coarse levels per frame
         expected = seq.tokens[:, untimed + frame // 2]  # 2 acoustic frames per semantic one
@@ -86,9 +86,9 @@ def test_frame_ids_carry_each_targets_own_moment():
     seq = semantic.sequence(_streams(spec, seconds=2.0))
     p = seq.prefix_len
     ids = semantic.frame_ids(seq.tokens[:, :-1], p)
-    assert ids.shape == (*seq.tokens[:, :-1].shape, spec.mulan_levels)
+    assert ids.shape == (*seq.tokens[:, :-1].shape, spec.streams["mulan"].levels)
     assert (ids[:, : p - 1] == -1).all()
-    mulan = seq.tokens[:, 1 : 1 + spec.mulan_levels]
+    mulan = seq.tokens[:, 1 : 1 + spec.streams["mulan"].levels]
     assert torch.equal(ids[:, p - 1 :], mulan[:, None].expand(-1, ids.shape[1] - p + 1, -1))
     dropped = semantic.drop_conditioning(seq.tokens, torch.tensor([True, False]))
     again = semantic.frame_ids(dropped[:, :-1], p)  # CFG's unconditional rows: NULL ids
@@ -146,7 +146,7 @@ def test_generated_windows_see_what_training_sees(cfg_scale, options):
     semantic = torch.randint(0, spec.semantic_vocab, (2, 10))
 
     def conditioning(f0, f1, new):
-        streams = {"mulan": torch.zeros(2, spec.mulan_levels, dtype=torch.long)}
+        streams = {"mulan": torch.zeros(2, spec.streams["mulan"].levels, dtype=torch.long)}
         return layout.prefix({**streams, "semantic": semantic[:, f0 // 2 : (f1 + 1) // 2]})
 
     codes = sliding_generate(
@@ -155,7 +155,9 @@ def test_generated_windows_see_what_training_sees(cfg_scale, options):
     )  # fmt: skip
     assert codes.shape == (2, 2, 14)
     assert len(records) > 2 and max(r[0] for r in records) <= TOL
-    assert any(prompt_len > 1 + spec.mulan_levels + 3 for _, _, prompt_len in records[1:])
+    assert any(
+        prompt_len > 1 + spec.streams["mulan"].levels + 3 for _, _, prompt_len in records[1:]
+    )
 
 
 @pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
@@ -164,7 +166,7 @@ def test_generated_semantic_windows_see_the_mulan_tokens_as_training_does(cfg_sc
     layout, spec = module.layout, module.layout.spec
     records = []
     hook = window_checker(module.net, layout, records)
-    mulan = torch.randint(0, spec.mulan_codebook, (2, spec.mulan_levels))
+    mulan = torch.randint(0, spec.streams["mulan"].codebook, (2, spec.streams["mulan"].levels))
     tokens = sliding_generate(
         module.net, layout=layout,
         conditioning=lambda f0, f1, new: layout.prefix({"mulan": mulan}), total_frames=14,
@@ -173,7 +175,7 @@ def test_generated_semantic_windows_see_the_mulan_tokens_as_training_does(cfg_sc
     )  # fmt: skip
     assert tokens.shape == (2, 1, 14)
     assert len(records) > 2 and max(r[0] for r in records) <= TOL
-    assert any(prompt_len > 1 + spec.mulan_levels for _, _, prompt_len in records[1:])
+    assert any(prompt_len > 1 + spec.streams["mulan"].levels for _, _, prompt_len in records[1:])
 
 
 def test_frame_conditioning_learns_a_frame_aligned_rule_faster():

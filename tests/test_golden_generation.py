@@ -24,16 +24,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from generation_helpers import TINY_DAC, save_checkpoint, tiny_spec, tiny_stage
+from generation_helpers import TINY_DAC, save_checkpoint, tiny_spec, tiny_stage, with_streams
 
 import musiclm.generation.decode as decode
+from musiclm.datamodules.token_spec import BeatSpec
 from musiclm.generation.pipeline import Pipeline
 
 GOLDEN = Path(__file__).parent / "golden" / "generation.json"
 RECORD = os.environ.get("MUSICLM_RECORD_GOLDEN") == "1"
 MIN_MARGIN = 1e-6
 PROMPTS = [[(0.0, "a calm piano")], [(0.0, "fast drums"), (2.0, "a slow violin")]]
-BEATS = dict(beat_phase_bins=8, tempo_bins=6, min_bpm=60.0, max_bpm=240.0)
+BEATS = BeatSpec(phase_bins=8, tempo_bins=6, min_bpm=60.0, max_bpm=240.0)
 
 # stage -> layout options of each pipeline
 PIPELINES = {
@@ -56,7 +57,7 @@ CASES = {
 def build_pipeline(tmp: Path, options: dict[str, dict]) -> Pipeline:
     """Three float64 tiny stages (2 / 1 / 1 s contexts) behind a PIPELINE.yaml."""
     spec = tiny_spec(mulan_levels=3, num_quantizers=4)
-    beat_spec = type(spec)(**{**spec.to_dict(), **BEATS})
+    beat_spec = with_streams(spec, beats=BEATS)
     stages = {}
     for seed, (name, seconds) in enumerate(zip(options, (2.0, 1.0, 1.0), strict=True)):
         layout = options[name]

@@ -35,8 +35,10 @@ def semantic_layout(conditioning) -> tuple[TokenLayout, dict[str, torch.Tensor]]
     layout = TokenLayout(stage="semantic", spec=spec, conditioning=conditioning)
     g = torch.Generator().manual_seed(0)
     batch = {
-        "mulan": torch.randint(0, spec.mulan_codebook, (2, spec.mulan_levels), generator=g),
-        "beat": torch.randint(0, spec.beat_phase_bins, (2, 10), generator=g),
+        "mulan": torch.randint(
+            0, spec.streams["mulan"].codebook, (2, spec.streams["mulan"].levels), generator=g
+        ),
+        "beat": torch.randint(0, spec.streams["beats"].phase_bins, (2, 10), generator=g),
         "semantic": torch.randint(0, spec.semantic_vocab, (2, 10), generator=g),
     }
     return layout, batch

@@ -1,14 +1,12 @@
 """``musiclm generate --melody``: tiny random stages trained "with melody" follow the clip's
 melody tokens; clips shorter or longer than the output work; bad clips give clear errors."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 import yaml
-from generation_helpers import TINY_DAC, save_checkpoint, tiny_spec, tiny_stage
+from generation_helpers import TINY_DAC, save_checkpoint, tiny_spec, tiny_stage, with_streams
 
 from musiclm.commands.generate import main as generate_main
 from musiclm.conditioning.melody_tokens import (
@@ -17,6 +15,7 @@ from musiclm.conditioning.melody_tokens import (
     melody_fingerprint,
     tokens_at,
 )
+from musiclm.datamodules.token_spec import MelodySpec
 from musiclm.generation.pipeline import Pipeline
 
 SR = 8000
@@ -51,10 +50,8 @@ def write_melody(tmp):
 def pipeline_file(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("melody_pipe")
     cond = write_melody(tmp)
-    spec = dataclasses.replace(
-        tiny_spec(mulan_levels=0), melody_windows=2, melody_levels=3, melody_codebook=8,
-        melody_hop=1.0, melody_fingerprint=cond.fingerprint(),
-    )  # fmt: skip
+    melody = MelodySpec(windows=2, levels=3, codebook=8, hop=1.0, fingerprint=cond.fingerprint())
+    spec = with_streams(tiny_spec(mulan_levels=0), melody=melody)
     stages = {}
     for seed, (name, seconds) in enumerate((("semantic", 4.0), ("coarse", 2.0), ("fine", 1.0))):
         module = tiny_stage(name, spec, seed=seed, cond_dropout=0.0, melody=name != "fine")

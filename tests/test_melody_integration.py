@@ -1,15 +1,14 @@
 """Melody tokens in token shards, layouts and stages: accepted when configured, required then,
 ignored by stages trained without them."""
 
-import dataclasses
-
 import lightning as L
 import numpy as np
 import pytest
 import torch
+from generation_helpers import with_streams
 from token_shards import write_synthetic_shards
 
-from musiclm.datamodules.token_spec import TokenSpec
+from musiclm.datamodules.token_spec import MelodySpec, MulanSpec, TokenSpec
 from musiclm.datamodules.tokens import TokenDataModule, crop_sample
 from musiclm.stages.coarse import CoarseStage
 from musiclm.stages.semantic import SemanticStage
@@ -19,11 +18,13 @@ from musiclm.stages.token_lm_stage import load_network
 TINY = dict(dim=32, depth=1, heads=2, warmup_steps=1)
 SPEC = TokenSpec(
     semantic_vocab=32, semantic_rate=5.0, codebook_size=16, num_quantizers=4,
-    acoustic_rate=10.0, mulan_levels=3, mulan_codebook=8, codec_name="synthetic",
-    codec_fingerprint="synthetic-codec", semantic_name="synthetic",
-    semantic_fingerprint="synthetic-semantic", mulan_fingerprint="synthetic-mulan",
-    melody_windows=2, melody_levels=3, melody_codebook=5, melody_hop=1.0,
-    melody_fingerprint="melody:x+melody_rvq:y",
+    acoustic_rate=10.0, codec_name="synthetic", codec_fingerprint="synthetic-codec",
+    semantic_name="synthetic", semantic_fingerprint="synthetic-semantic",
+    streams={
+        "mulan": MulanSpec(3, 8, "synthetic-mulan"),
+        "melody": MelodySpec(windows=2, levels=3, codebook=5, hop=1.0,
+                             fingerprint="melody:x+melody_rvq:y"),
+    },
 )  # fmt: skip
 
 
@@ -32,10 +33,7 @@ def shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("melody_tokens")
     write_synthetic_shards(root / "train", sizes=[6], seconds=4.0, spec=SPEC)
     write_synthetic_shards(root / "val", sizes=[2], seconds=4.0, spec=SPEC, seed=1)
-    plain = dataclasses.replace(
-        SPEC, melody_windows=0, melody_levels=0, melody_codebook=0, melody_hop=0.0,
-        melody_fingerprint="",
-    )  # fmt: skip
+    plain = with_streams(SPEC, melody=None)
     write_synthetic_shards(root / "plain", sizes=[4], seconds=4.0, spec=plain)
     return root
 
@@ -180,7 +178,7 @@ def test_prepare_tokens_with_melody_end_to_end(tmp_path):
     man = read_manifest(tmp_path / "tokens" / split)
     assert man["melody"]["num_windows"] == 2 and man["melody"]["num_levels"] == 2
     spec = TokenSpec.from_manifest(man)
-    assert spec.melody_windows == 2 and spec.melody_hop == 1.0
+    assert spec.streams["melody"].windows == 2 and spec.streams["melody"].hop == 1.0
     dm = TokenDataModule(str(tmp_path / "tokens" / split), seconds=2.0, batch_size=1,
                          num_workers=0, batches_per_epoch=1)  # fmt: skip
     batch = next(iter(dm.train_dataloader()))

@@ -162,4 +162,4 @@ def test_iter_token_samples_yields_whole_clips_of_every_shard(tmp_path):
         assert clip["semantic"].shape == (round(seconds * spec.semantic_rate),)
         frames = round(seconds * spec.acoustic_rate)
         assert clip["acoustic"].shape == (spec.num_quantizers, frames)
-        assert clip["mulan"].shape == (spec.mulan_levels,)
+        assert clip["mulan"].shape == (spec.streams["mulan"].levels,)

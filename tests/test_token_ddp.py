@@ -1,6 +1,5 @@
 """Two CPU processes (DDP on gloo) over uneven token shards: no hang, different samples."""
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -52,12 +51,11 @@ def test_two_process_ddp_on_uneven_shards(tmp_path, beats):
     every step's gradient reduction."""
     spec = None
     if beats:
-        from generation_helpers import tiny_spec
+        from generation_helpers import tiny_spec, with_streams
 
-        spec = dataclasses.replace(
-            tiny_spec(), beat_phase_bins=4, tempo_bins=3, min_bpm=60.0, max_bpm=240.0,
-            tempo_input_dim=4,
-        )  # fmt: skip
+        from musiclm.datamodules.token_spec import BeatSpec
+
+        spec = with_streams(tiny_spec(), beats=BeatSpec(4, 3, 60.0, 240.0, tempo_input_dim=4))
     write_synthetic_shards(tmp_path / "train", sizes=[7, 2, 1], seconds=3.0, spec=spec)
     write_synthetic_shards(tmp_path / "val", sizes=[3], seconds=3.0, seed=1, spec=spec)
     script = tmp_path / "ddp_fit.py"

@@ -1,9 +1,11 @@
 """The shared token-LM network and the per-stage sequence layouts."""
 
+import dataclasses
+
 import pytest
 import torch
 
-from musiclm.datamodules.token_spec import TokenSpec
+from musiclm.datamodules.token_spec import MulanSpec, TokenSpec
 from musiclm.models.token_lm import TokenLM
 from musiclm.stages.token_layout import BOS, IGNORE, NULL, PAD, TokenLayout
 
@@ -13,8 +15,7 @@ SPEC = TokenSpec(
     codebook_size=8,
     num_quantizers=4,
     acoustic_rate=10.0,
-    mulan_levels=3,
-    mulan_codebook=6,
+    streams={"mulan": MulanSpec(3, 6)},
 )
 
 
@@ -123,7 +124,7 @@ def test_drop_conditioning_nulls_only_mulan_of_chosen_rows():
 
 
 def test_layout_without_mulan_and_bad_levels():
-    spec = TokenSpec(**{**SPEC.to_dict(), "mulan_levels": 0, "mulan_codebook": 0})
+    spec = dataclasses.replace(SPEC, streams={})
     layout = TokenLayout(stage="semantic", spec=spec)
     seq = layout.sequence({"key": ["a", "b"], "semantic": torch.zeros(2, 4, dtype=torch.long)})
     assert seq.prefix_len == 1
@@ -150,7 +151,7 @@ def test_spec_from_manifest_names_missing_key():
         "mulan": None,
     }
     spec = TokenSpec.from_manifest(manifest)
-    assert spec.mulan_levels == 0 and spec.codebook_size == 1024 and spec.semantic_vocab == 500
+    assert spec.streams == {} and spec.codebook_size == 1024 and spec.semantic_vocab == 500
     del manifest["semantic"]["vocab_size"]
     with pytest.raises(ValueError, match=r"x/manifest.json.*semantic.vocab_size"):
         TokenSpec.from_manifest(manifest, where="x/manifest.json")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from musiclm.datamodules.shards import ShardWriter, atomic_write_json
-from musiclm.datamodules.token_spec import TokenSpec
+from musiclm.datamodules.token_spec import MulanSpec, PluginSpec, TokenSpec
 
 
 def write_synthetic_shards(
@@ -31,14 +31,13 @@ def write_synthetic_shards(
         codebook_size=16,
         num_quantizers=4,
         acoustic_rate=10.0,
-        mulan_levels=3,
-        mulan_codebook=8,
         codec_name="synthetic",
         codec_fingerprint="synthetic-codec",
         semantic_name="synthetic",
         semantic_fingerprint="synthetic-semantic",
-        mulan_fingerprint="synthetic-mulan",
+        streams={"mulan": MulanSpec(3, 8, "synthetic-mulan")},
     )
+    mulan, melody, clock = (spec.streams.get(s) for s in ("mulan", "melody", "beats"))
     rng = np.random.default_rng(seed)
     directory = Path(directory)
     total = sum(sizes)
@@ -56,26 +55,24 @@ def write_synthetic_shards(
                 "caption.txt": f"synthetic clip {index}",
                 "json": {"seconds": lengths[index]},
             }
-            if spec.mulan_levels:
-                sample["mulan.npy"] = rng.integers(0, spec.mulan_codebook, spec.mulan_levels)
-            if spec.melody_levels:
-                windows = 1 + int(max(0.0, lengths[index] - spec.melody_hop) // spec.melody_hop)
-                sample["melody.npy"] = rng.integers(
-                    0, spec.melody_codebook, (windows, spec.melody_levels)
-                )
-            if spec.beat_spec is not None:
+            if mulan:
+                sample["mulan.npy"] = rng.integers(0, mulan.codebook, mulan.levels)
+            if melody:
+                windows = 1 + int(max(0.0, lengths[index] - melody.hop) // melody.hop)
+                sample["melody.npy"] = rng.integers(0, melody.codebook, (windows, melody.levels))
+            if clock:
                 # a steady clock at a random tempo; the semantic token follows its phase, so
                 # a beat-conditioned LM has a rule to learn
-                tempo = int(rng.integers(0, spec.tempo_bins))
-                bpm = spec.beat_spec.bin_bpm(tempo)
-                beat = spec.beat_spec.clock(bpm, n_s, spec.semantic_rate, rng.uniform())
+                tempo = int(rng.integers(0, clock.tempo_bins))
+                bpm = clock.bin_bpm(tempo)
+                beat = clock.clock(bpm, n_s, spec.semantic_rate, rng.uniform())
                 semantic[:] = beat % spec.semantic_vocab
                 sample["beat.npy"] = beat.astype(np.int16)
                 sample["tempo.npy"] = np.array([tempo], dtype=np.int16)
-                if spec.tempo_input_dim:
+                if clock.tempo_input_dim:
                     # the embedding states the tempo: a predictor can learn it
-                    emb = rng.normal(0, 0.1, spec.tempo_input_dim)
-                    emb[tempo % spec.tempo_input_dim] += 1.0
+                    emb = rng.normal(0, 0.1, clock.tempo_input_dim)
+                    emb[tempo % clock.tempo_input_dim] += 1.0
                     sample["mulan_embedding.npy"] = emb.astype(np.float16)
             # level 0 at acoustic frame t mirrors the semantic frame covering t
             frames = (np.arange(n_a) * spec.semantic_rate / spec.acoustic_rate).astype(int)
@@ -86,7 +83,6 @@ def write_synthetic_shards(
             index += 1
         writer.close()
         shards += writer.completed
-    spec_dict = spec.to_dict()
     manifest = {
         "schema_version": 1,
         "kind": "tokens",
@@ -112,24 +108,27 @@ def write_synthetic_shards(
             "vocab_size": spec.semantic_vocab,
         },
         "mulan": None
-        if not spec.mulan_levels
+        if not mulan
         else {
             "checkpoint": "synthetic.ckpt",
             "rvq": "synthetic-rvq",
-            "fingerprint": spec_dict["mulan_fingerprint"],
-            "num_levels": spec.mulan_levels,
-            "codebook_size": spec.mulan_codebook,
+            "fingerprint": mulan.fingerprint,
+            "num_levels": mulan.levels,
+            "codebook_size": mulan.codebook,
         },
     }
-    if spec.melody_levels:
+    if melody:
         manifest["melody"] = {
-            "fingerprint": spec.melody_fingerprint,
-            "num_windows": spec.melody_windows,
-            "num_levels": spec.melody_levels,
-            "codebook_size": spec.melody_codebook,
-            "hop_seconds": spec.melody_hop,
+            "fingerprint": melody.fingerprint,
+            "num_windows": melody.windows,
+            "num_levels": melody.levels,
+            "codebook_size": melody.codebook,
+            "hop_seconds": melody.hop,
         }
-    if spec.beat_spec is not None:
-        manifest["beats"] = spec.beat_spec.to_manifest(spec.semantic_rate, spec.tempo_input_dim)
+    if clock:
+        manifest["beats"] = clock.to_manifest(spec.semantic_rate)
+    for section, values in spec.streams.items():  # a plugin stream's section
+        if isinstance(values, PluginSpec):
+            manifest[section] = values.values
     atomic_write_json(directory / "manifest.json", manifest)
     return spec

@@ -20,6 +20,7 @@ done, rank 0 writes ``OUT/<split>/manifest.json`` with rates, sizes, counts and 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import warnings
@@ -216,7 +217,8 @@ def _header(
     beat_section = {}
     if beats is not None:
         dim = 0 if mulan is None else int(mulan.mulan.embed_dim)
-        beat_section = {"beats": beats.spec.to_manifest(beats.frame_rate, dim)}
+        clock = dataclasses.replace(beats.spec, tempo_input_dim=dim)
+        beat_section = {"beats": clock.to_manifest(beats.frame_rate)}
     return {
         "codec": {
             "name": codec_name,

@@ -29,7 +29,7 @@ def legacy_conditioning(
     ``aligned`` on the timed stream (on the semantic stage's MuLan tokens without one)."""
     if melody and stage == FINE:
         raise ValueError("melody conditioning is for the semantic and coarse stages")
-    if melody and not spec.melody_levels:
+    if melody and "melody" not in spec.streams:
         raise ValueError(
             f"{stage} stage is built with melody conditioning but the token shards "
             "carry no melody tokens: run `musiclm prepare tokens ... --melody CKPT "
@@ -37,7 +37,7 @@ def legacy_conditioning(
         )
     if beats and stage != SEMANTIC:
         raise ValueError("beat conditioning is for the semantic stage")
-    if beats and not spec.beat_phase_bins:
+    if beats and "beats" not in spec.streams:
         raise ValueError(
             "semantic stage is built with beat conditioning but the token shards carry no "
             "beat clock: run `musiclm prepare tokens ... --beats`, or set beats: false"
@@ -45,7 +45,7 @@ def legacy_conditioning(
     summed = (FRAME_SUM,) if frame_conditioning else ()
     timed = (PREFIX, *summed, *((ALIGNED,) if aligned_positions else ()))
     out = []
-    if spec.mulan_levels and (stage != FINE or fine_sees_mulan):
+    if "mulan" in spec.streams and (stage != FINE or fine_sees_mulan):
         mulan_summed = stage == SEMANTIC and not beats
         out.append(Fuse("mulan", (PREFIX, *summed) if mulan_summed else (PREFIX,)))
     elif frame_conditioning and stage == SEMANTIC and not beats:

@@ -21,7 +21,7 @@ import torch
 from musiclm.conditioning.melody_tokens import clip_window_tokens, tokens_at
 from musiclm.conditioning.request import GenerationRequest
 from musiclm.conditioning.stream import RequestWindow
-from musiclm.datamodules.token_spec import TokenSpec
+from musiclm.datamodules.token_spec import BeatSpec, MelodySpec, MulanSpec, TokenSpec
 from musiclm.datamodules.tokens import Crop
 from musiclm.models.tempo import TempoPredictor, tempo_loss
 
@@ -54,10 +54,11 @@ class MulanStream(ManifestStream):
 
     def __init__(self, spec: TokenSpec, *, coarse_levels: int = 4) -> None:
         super().__init__(spec)
-        self.levels, self.codebook, self.frames = spec.mulan_levels, spec.mulan_codebook, 1
+        mulan = spec.streams.get("mulan", MulanSpec(0, 0))
+        self.levels, self.codebook, self.frames = mulan.levels, mulan.codebook, 1
 
     def check(self, spec: TokenSpec) -> None:
-        if not spec.mulan_levels:
+        if "mulan" not in spec.streams:
             raise ValueError(
                 "the conditioning names the mulan stream but the token shards carry no MuLan "
                 "tokens: run `musiclm prepare tokens ... --mulan CKPT --mulan-rvq RVQ`"
@@ -86,11 +87,15 @@ class MelodyStream(ManifestStream):
 
     def __init__(self, spec: TokenSpec, *, coarse_levels: int = 4) -> None:
         super().__init__(spec)
-        self.levels, self.codebook = spec.melody_levels, spec.melody_codebook
-        self.frames = spec.melody_windows
+        self.melody = spec.streams.get("melody", MelodySpec(0, 0, 0, 0.0))
+        self.levels, self.codebook, self.frames = (
+            self.melody.levels,
+            self.melody.codebook,
+            self.melody.windows,
+        )
 
     def check(self, spec: TokenSpec) -> None:
-        if not spec.melody_levels:
+        if "melody" not in spec.streams:
             raise ValueError(
                 "the token shards carry no melody tokens: run `musiclm prepare tokens ... "
                 "--melody CKPT --melody-rvq RVQ`, or set melody: false"
@@ -104,7 +109,7 @@ class MelodyStream(ManifestStream):
                 "from `musiclm prepare tokens --melody`, or `musiclm generate --melody CLIP`"
             )
         tokens = batch["melody"].long()
-        w, l = self.spec.melody_windows, self.spec.melody_levels
+        w, l = self.melody.windows, self.melody.levels
         if tokens.dim() != 2 or tokens.shape[1] != w * l:
             raise ValueError(
                 f"expects melody tokens (B, {w} windows x {l} levels), got {tuple(tokens.shape)}"
@@ -127,11 +132,8 @@ class MelodyStream(ManifestStream):
         return {"melody": tokens.to(request.device).expand(len(request.rows), -1, -1)}
 
     def window_codes(self, window: RequestWindow) -> dict[str, torch.Tensor]:
-        spec = self.spec
-        melody = window.request.prepared["melody"]
-        return {
-            "melody": tokens_at(melody, window.start_seconds, spec.melody_hop, spec.melody_windows)
-        }
+        melody, hop = window.request.prepared["melody"], self.melody.hop
+        return {"melody": tokens_at(melody, window.start_seconds, hop, self.melody.windows)}
 
 
 class BeatStream(ManifestStream):
@@ -143,10 +145,12 @@ class BeatStream(ManifestStream):
 
     def __init__(self, spec: TokenSpec, *, coarse_levels: int = 4) -> None:
         super().__init__(spec)
-        self.levels, self.codebook, self.rate = 1, spec.beat_phase_bins, spec.semantic_rate
+        self.clock: BeatSpec | None = spec.streams.get("beats")
+        bins = self.clock.phase_bins if self.clock else 0
+        self.levels, self.codebook, self.rate = 1, bins, spec.semantic_rate
 
     def check(self, spec: TokenSpec) -> None:
-        if not spec.beat_phase_bins:
+        if "beats" not in spec.streams:
             raise ValueError(
                 "the token shards carry no beat clock: run `musiclm prepare tokens ... --beats`, "
                 "or set beats: false"
@@ -162,7 +166,7 @@ class BeatStream(ManifestStream):
         row's tempo (``bpm``): a continued clip's tracked beat, else the request's tempo, else
         the most likely tempo that ``auxiliary`` (the tempo predictor) reads from the MuLan
         text embedding of each row's first prompt."""
-        spec = self.spec.beat_spec
+        spec = self.clock
         rows, frames = len(request.rows), max(1, round(request.seconds * self.rate))
         tracked = self._tracked(request, frames)
         if tracked is not None:
@@ -183,7 +187,7 @@ class BeatStream(ManifestStream):
         wav, rate = request.continue_audio
         sr = request.conditioners.semantic_tokenizer.sample_rate
         wav = AF.resample(wav.reshape(-1).float(), rate, sr).numpy()
-        tracker = BeatTracker(self.spec.beat_spec, sample_rate=sr, frame_rate=self.rate)
+        tracker = BeatTracker(self.clock, sample_rate=sr, frame_rate=self.rate)
         return tracker.index(wav, frames)
 
     def _tempos(self, request: GenerationRequest, predictor: Any) -> list[float]:
@@ -204,16 +208,16 @@ class BeatStream(ManifestStream):
             )
         # the most likely tempo: the clock is the rhythm's backbone, not a place for noise
         bins = predictor(emb.to(request.device).float()).argmax(-1).tolist()
-        return [self.spec.beat_spec.bin_bpm(b) for b in bins]
+        return [self.clock.bin_bpm(b) for b in bins]
 
     def window_codes(self, window: RequestWindow) -> dict[str, torch.Tensor]:
         return {"beat": window.request.prepared["beat"][:, window.f0 : window.f1]}
 
     def auxiliary(self) -> TempoPredictor | None:
         """The tempo predictor trained beside the LM (None: shards without MuLan embeddings)."""
-        if not self.spec.tempo_input_dim:
+        if not self.clock or not self.clock.tempo_input_dim:
             return None
-        return TempoPredictor(input_dim=self.spec.tempo_input_dim, bins=self.spec.tempo_bins)
+        return TempoPredictor(input_dim=self.clock.tempo_input_dim, bins=self.clock.tempo_bins)
 
     def auxiliary_loss(
         self, net: TempoPredictor, batch: Mapping[str, Any]

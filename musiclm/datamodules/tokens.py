@@ -4,7 +4,7 @@ Each sample holds ``semantic.npy`` ``[F_s]``, ``acoustic.npy`` ``[Q, F_a]``, opt
 ``mulan.npy`` ``[Q_m]``, a caption and JSON. A batch is ``{"semantic": (B, F_s),
 "acoustic": (B, Q, F_a), "mulan": (B, Q_m), "key": [B], "skipped": ()}``: one random crop of
 ``seconds`` per sample, the same time window in every stream, ``-1`` where a clip is shorter.
-Shards with ``melody.npy`` ``[W_clip, L]`` (a melody token set every ``melody_hop`` seconds)
+Shards with ``melody.npy`` ``[W_clip, L]`` (a melody token set every ``hop`` seconds)
 add ``"melody": (B, W * L)``: the crop then starts on the melody window grid and takes the
 ``W`` windows from its start (``-1`` past the clip's end). Streams that the manifest does not
 declare (a conditioning stream from a plugin) are read by ``readers``: callables given by the
@@ -51,7 +51,7 @@ from musiclm.datamodules.stream_position import (
     loader_settings,
     warn_changed_settings,
 )
-from musiclm.datamodules.token_spec import TokenSpec
+from musiclm.datamodules.token_spec import BeatSpec, MelodySpec, MulanSpec, TokenSpec
 
 
 @dataclass(frozen=True)
@@ -106,9 +106,10 @@ def crop_sample(
     n_a = max(1, round(seconds * spec.acoustic_rate))
     clip = min(semantic.shape[0] / spec.semantic_rate, acoustic.shape[1] / spec.acoustic_rate)
     start = 0.0 if rng is None else rng.uniform(0.0, max(0.0, clip - seconds))
-    if spec.melody_levels and rng is not None:
+    melody = spec.streams.get("melody")
+    if melody and rng is not None:
         # on the melody grid, so the melody windows describe exactly the cropped audio
-        start = spec.melody_hop * int(start // spec.melody_hop)
+        start = melody.hop * int(start // melody.hop)
     # snap the window to the semantic frame grid, then find the acoustic frame at that time
     s0 = int(start * spec.semantic_rate)
     a0 = round(s0 / spec.semantic_rate * spec.acoustic_rate)
@@ -117,43 +118,45 @@ def crop_sample(
         "semantic": _window(semantic[None], s0, n_s)[0],
         "acoustic": _window(acoustic, a0, n_a),
     }
-    if spec.mulan_levels:
-        if "mulan.npy" not in sample:
-            raise ValueError(f"{where} lacks 'mulan.npy' but the manifest declares MuLan tokens")
-        mulan = decode_npy(sample["mulan.npy"]).reshape(-1)
-        if mulan.shape[0] != spec.mulan_levels:
-            raise ValueError(
-                f"{where}: mulan has {mulan.shape[0]} levels, expected {spec.mulan_levels}"
-            )
-        _check_range(where, "mulan", mulan, spec.mulan_codebook)
-        out["mulan"] = mulan.astype(np.int64)
-    if spec.melody_levels:
-        out["melody"] = _melody_windows(sample, where, spec, start)
-    if spec.beat_phase_bins:
-        beat, tempo = _beat_clock(sample, where, spec, semantic.shape[0])
+    if "mulan" in spec.streams:
+        out["mulan"] = _mulan_tokens(sample, where, spec.streams["mulan"])
+    if melody:
+        out["melody"] = _melody_windows(sample, where, melody, start)
+    clock = spec.streams.get("beats")
+    if clock:
+        beat, tempo = _beat_clock(sample, where, clock, semantic.shape[0])
         out["beat"] = _window(beat[None], s0, n_s)[0]
         out["tempo"] = tempo
-        if spec.tempo_input_dim:
-            out["mulan_embedding"] = _tempo_input(sample, where, spec)
+        if clock.tempo_input_dim:
+            out["mulan_embedding"] = _tempo_input(sample, where, clock.tempo_input_dim)
     crop = Crop(start, seconds, s0, n_s, a0, n_a, rng is not None)
     for read in readers:
         out |= read(sample, where, crop)
     return out
 
 
-def _tempo_input(sample: dict, where: str, spec: TokenSpec) -> np.ndarray:
+def _mulan_tokens(sample: dict, where: str, mulan: MulanSpec) -> np.ndarray:
+    """A clip's MuLan tokens [Q_m], checked."""
+    if "mulan.npy" not in sample:
+        raise ValueError(f"{where} lacks 'mulan.npy' but the manifest declares MuLan tokens")
+    tokens = decode_npy(sample["mulan.npy"]).reshape(-1)
+    if tokens.shape[0] != mulan.levels:
+        raise ValueError(f"{where}: mulan has {tokens.shape[0]} levels, expected {mulan.levels}")
+    _check_range(where, "mulan", tokens, mulan.codebook)
+    return tokens.astype(np.int64)
+
+
+def _tempo_input(sample: dict, where: str, dim: int) -> np.ndarray:
     """The clip's MuLan embedding [D] for the tempo predictor (written with the beat clock)."""
     if "mulan_embedding.npy" not in sample:
         raise ValueError(f"{where} lacks 'mulan_embedding.npy' (written with --beats and --mulan)")
     emb = decode_npy(sample["mulan_embedding.npy"]).reshape(-1).astype(np.float32)
-    if emb.shape != (spec.tempo_input_dim,) or not np.isfinite(emb).all():
-        raise ValueError(
-            f"{where}: mulan_embedding {emb.shape}, expected {spec.tempo_input_dim} finite values"
-        )
+    if emb.shape != (dim,) or not np.isfinite(emb).all():
+        raise ValueError(f"{where}: mulan_embedding {emb.shape}, expected {dim} finite values")
     return emb
 
 
-def _beat_clock(sample: dict, where: str, spec: TokenSpec, frames: int) -> tuple[np.ndarray, Any]:
+def _beat_clock(sample: dict, where: str, clock: BeatSpec, frames: int) -> tuple[np.ndarray, Any]:
     """A clip's beat phase ids [F_s] and tempo bin (-1: no pulse), checked."""
     for field in ("beat.npy", "tempo.npy"):
         if field not in sample:
@@ -164,23 +167,21 @@ def _beat_clock(sample: dict, where: str, spec: TokenSpec, frames: int) -> tuple
         raise ValueError(
             f"{where}: beat {beat.shape} / tempo {tempo.shape}, expected [{frames}] and [1]"
         )
-    _check_range(where, "beat", beat + 1, spec.beat_phase_bins + 1)  # -1: no pulse
-    _check_range(where, "tempo", tempo + 1, spec.tempo_bins + 1)
+    _check_range(where, "beat", beat + 1, clock.phase_bins + 1)  # -1: no pulse
+    _check_range(where, "tempo", tempo + 1, clock.tempo_bins + 1)
     return beat, tempo.astype(np.int64)[0]
 
 
-def _melody_windows(sample: dict, where: str, spec: TokenSpec, start: float) -> np.ndarray:
+def _melody_windows(sample: dict, where: str, spec: MelodySpec, start: float) -> np.ndarray:
     """The ``W`` melody windows from ``start`` seconds, flattened window-major ``(W * L,)``."""
     if "melody.npy" not in sample:
         raise ValueError(f"{where} lacks 'melody.npy' but the manifest declares melody tokens")
     melody = decode_npy(sample["melody.npy"])
-    if melody.ndim != 2 or melody.shape[1] != spec.melody_levels:
-        raise ValueError(
-            f"{where}: melody {melody.shape}, expected [windows, {spec.melody_levels}]"
-        )
-    _check_range(where, "melody", melody, spec.melody_codebook)
-    first = int(round(start / spec.melody_hop))
-    return _window(melody.T, first, spec.melody_windows).T.reshape(-1)
+    if melody.ndim != 2 or melody.shape[1] != spec.levels:
+        raise ValueError(f"{where}: melody {melody.shape}, expected [windows, {spec.levels}]")
+    _check_range(where, "melody", melody, spec.codebook)
+    first = int(round(start / spec.hop))
+    return _window(melody.T, first, spec.windows).T.reshape(-1)
 
 
 def _check_range(where: str, name: str, arr: np.ndarray, size: int) -> None:

@@ -37,6 +37,7 @@ from musiclm.generation.stage_runner import (
     load_stage,
     prepare_streams,
     request_streams,
+    spec_value,
 )
 from musiclm.stage_names import ACOUSTIC_STAGES, COARSE, SEMANTIC
 
@@ -111,11 +112,12 @@ class Pipeline:
 
     # --- components ----------------------------------------------------------------------
 
-    def _spec_with(self, field_: str) -> Any:
-        """The first stage's token spec that records ``field_`` (e.g. a fingerprint): every
-        stage of a pipeline reads one token-shard set (``_check_stages_agree``)."""
-        specs = [s.layout.spec for s in self.stages.values()]
-        return next((spec for spec in specs if getattr(spec, field_, None)), specs[0])
+    def _recorded(self, name: str) -> Any:
+        """The first value of ``name`` (``spec_value``, e.g. a fingerprint) that a stage's
+        token spec records: every stage of a pipeline reads one token-shard set
+        (``_check_stages_agree``)."""
+        values = (spec_value(s.layout.spec, name) for s in self.stages.values())
+        return next((value for value in values if value), None)
 
     @property
     def acoustic_stages(self) -> list[LoadedStage]:
@@ -131,7 +133,7 @@ class Pipeline:
         """MuLan + RVQ (``MulanConditioner``), checked against the stages' training tokens."""
         from musiclm.conditioning.conditioning_rvq import MulanConditioner
 
-        expected = self._spec_with("mulan_fingerprint").mulan_fingerprint
+        expected = self._recorded("mulan.fingerprint")
         return self._checked_conditioner("mulan", MulanConditioner, self.spec.mulan, expected)
 
     @property
@@ -143,7 +145,7 @@ class Pipeline:
         """Melody network + RVQ (``MelodyConditioner``), checked against the stages' tokens."""
         from musiclm.conditioning.melody_tokens import MelodyConditioner
 
-        expected = self._spec_with("melody_fingerprint").melody_fingerprint
+        expected = self._recorded("melody.fingerprint")
         return self._checked_conditioner("melody", MelodyConditioner, self.spec.melody, expected)
 
     def _checked_conditioner(
@@ -190,7 +192,7 @@ class Pipeline:
             )
         tok = build("semantic_tokenizers", self.spec.semantic_tokenizer.name,
                     **self.spec.semantic_tokenizer.args)  # fmt: skip
-        expected = self._spec_with("semantic_fingerprint").semantic_fingerprint
+        expected = self._recorded("semantic_fingerprint")
         if expected and tok.fingerprint() != expected:
             raise PipelineFileError(
                 f"{self.spec.path}: semantic tokenizer fingerprint {tok.fingerprint()} differs "
@@ -213,7 +215,7 @@ class Pipeline:
     def _check_agree(self, a: LoadedStage, b: LoadedStage, stream: str) -> None:
         """Stage ``b`` reads ``a``'s ``stream``: both were trained on the same tokens."""
         for name in STREAM_FIELDS[stream]:
-            va, vb = getattr(a.layout.spec, name), getattr(b.layout.spec, name)
+            va, vb = spec_value(a.layout.spec, name), spec_value(b.layout.spec, name)
             if va != vb:
                 raise PipelineFileError(
                     f"{self.spec.path}: stages {a.name} and {b.name} were trained on different "

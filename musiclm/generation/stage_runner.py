@@ -24,6 +24,7 @@ import torch
 
 from musiclm.conditioning.request import GenerationRequest, RequestStream, Streams
 from musiclm.conditioning.stream import PREFIX, RequestWindow
+from musiclm.datamodules.token_spec import TokenSpec
 from musiclm.generation.decode import (
     Conditioning,
     generate_window,
@@ -90,10 +91,18 @@ def window_prompt(
 
 
 # the token-shard fields two stages must agree on when one reads the other's stream
+# (``spec_value`` names)
 STREAM_FIELDS = {
-    SEMANTIC: ("semantic_vocab", "semantic_rate", "semantic_fingerprint", "mulan_levels"),
+    SEMANTIC: ("semantic_vocab", "semantic_rate", "semantic_fingerprint", "mulan.levels"),
     COARSE: ("codebook_size", "num_quantizers", "acoustic_rate", "codec_fingerprint"),
 }
+
+
+def spec_value(spec: TokenSpec, name: str) -> Any:
+    """``spec``'s field ``name``, or ``section.field`` of one of its conditioning streams (None
+    where the shards lack that stream)."""
+    section, _, field = name.rpartition(".")
+    return getattr(spec.streams.get(section) if section else spec, field, None)
 
 
 def _windows(stage: LoadedStage) -> dict[str, Any]:

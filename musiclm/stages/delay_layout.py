@@ -129,7 +129,7 @@ class DelayLayout:
         """The stage's ``Fuse`` entries: the given list checked against what this stage can
         fuse, or the one that ``semantic`` and the shards describe."""
         if entries is None:
-            names = ["mulan"] * bool(self.spec.mulan_levels)
+            names = ["mulan"] * ("mulan" in self.spec.streams)
             names += ["semantic"] * (self.semantic is not False)
             return tuple(DELAY_FUSES[n] for n in names)
         out = []
@@ -256,7 +256,8 @@ class DelayLayout:
         if self.uses_mulan:
             mulan = streams["mulan"].long()
             levels = torch.arange(mulan.shape[1], device=mulan.device)
-            parts.append(mulan + self.mulan_offset + levels * self.spec.mulan_codebook)
+            codebook = self.spec.streams["mulan"].codebook
+            parts.append(mulan + self.mulan_offset + levels * codebook)
         like = parts[0] if parts else next(v for v in streams.values() if torch.is_tensor(v))
         bos = torch.full((like.shape[0], 1), BOS, dtype=torch.long, device=like.device)
         return torch.cat([bos, *parts], dim=1)
@@ -339,7 +340,7 @@ class DelayLayout:
         if not self.uses_mulan:
             return ids
         out = ids.clone()
-        span = slice(1, 1 + self.spec.mulan_levels)
+        span = slice(1, 1 + self.spec.streams["mulan"].levels)
         out[:, span, 0] = torch.where(drop.view(-1, 1), NULL, ids[:, span, 0])
         for fuse in self._fuses:
             guided = self.guide_semantic if fuse.guided is None else fuse.guided

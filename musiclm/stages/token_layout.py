@@ -494,7 +494,7 @@ class TokenLayout:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TokenLayout:
-        return cls(**{**data, "spec": TokenSpec(**data["spec"])})
+        return cls(**{**data, "spec": TokenSpec.from_dict(data["spec"])})
 
 
 def _first_tensor(streams: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -127,7 +127,7 @@ class TokenLMStage(LightningModule):
         self.last_batch_tokens = 0  # read by the throughput callback (no device sync)
         self.last_context = 0
         if spec is not None:
-            self._build(TokenSpec(**spec))
+            self._build(TokenSpec.from_dict(spec))
 
     # --- construction --------------------------------------------------------------------
 
@@ -195,7 +195,7 @@ class TokenLMStage(LightningModule):
 
     def configure_model(self) -> None:
         if self.net is None:
-            self._build(TokenSpec(**self.hparams["spec"]))
+            self._build(TokenSpec.from_dict(self.hparams["spec"]))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # flush TensorBoard with every checkpoint: a run killed later loses no logged step
@@ -384,7 +384,7 @@ def check_tokenizers(spec: TokenSpec, expected: Any, where: str, stage: str) -> 
             spec.semantic_name,
             spec.semantic_fingerprint,
         ),
-        ("mulan", expected.get("mulan"), "", spec.mulan_fingerprint),
+        ("mulan", expected.get("mulan"), "", getattr(spec.streams.get("mulan"), "fingerprint", "")),
     ]
     for what, want, name, fingerprint in checks:
         if want and want not in (name, fingerprint):
@@ -422,10 +422,10 @@ def load_network(
 def layout_from_hparams(hp: dict[str, Any]) -> TokenLayout | DelayLayout:
     """The sequence layout a stage checkpoint's hyper-parameters describe."""
     if hp["stage"] == DELAY:
-        return DelayLayout.from_hparams(TokenSpec(**hp["spec"]), hp)
+        return DelayLayout.from_hparams(TokenSpec.from_dict(hp["spec"]), hp)
     return TokenLayout(
         stage=hp["stage"],
-        spec=TokenSpec(**hp["spec"]),
+        spec=TokenSpec.from_dict(hp["spec"]),
         coarse_levels=hp["coarse_levels"],
         fine_levels=hp["fine_levels"],
         fine_sees_mulan=hp["fine_sees_mulan"],
