@@ -9,7 +9,8 @@ A stream is built for one token spec (``cls(spec, coarse_levels=...)``) and says
   upstream semantic or coarse tokens), ``None`` for an untimed one (MuLan tokens, melody
   windows, a genre), which sits before the timed stream in the prompt;
 - ``guided``: whether classifier-free guidance drops it with the text (NULL ids);
-- ``manifest_section``: the token manifest's section that declares it (None: none);
+- ``manifest_section``: the token manifest's section that declares it and its sizes, read
+  back as ``spec.streams[manifest_section]`` (None: none);
 - ``check(spec)``: refuse shards that do not carry it, saying how to make them;
 - ``codes(batch)``: its raw codes ``(B, L, F)`` in a training batch or a generation window
   (a ``ValueError`` continues the sentence "<stage> stage ...": "expects ...", "needs ...");

@@ -54,8 +54,9 @@ class MulanStream(ManifestStream):
 
     def __init__(self, spec: TokenSpec, *, coarse_levels: int = 4) -> None:
         super().__init__(spec)
-        mulan = spec.streams.get("mulan", MulanSpec(0, 0))
-        self.levels, self.codebook, self.frames = mulan.levels, mulan.codebook, 1
+        mulan: MulanSpec | None = spec.streams.get("mulan")  # None: refused by ``check``
+        self.levels, self.codebook = (mulan.levels, mulan.codebook) if mulan else (0, 0)
+        self.frames = 1
 
     def check(self, spec: TokenSpec) -> None:
         if "mulan" not in spec.streams:
@@ -87,11 +88,10 @@ class MelodyStream(ManifestStream):
 
     def __init__(self, spec: TokenSpec, *, coarse_levels: int = 4) -> None:
         super().__init__(spec)
-        self.melody = spec.streams.get("melody", MelodySpec(0, 0, 0, 0.0))
+        self.melody: MelodySpec | None = spec.streams.get("melody")  # None: refused by ``check``
+        m = self.melody
         self.levels, self.codebook, self.frames = (
-            self.melody.levels,
-            self.melody.codebook,
-            self.melody.windows,
+            (m.levels, m.codebook, m.windows) if m else (0,) * 3
         )
 
     def check(self, spec: TokenSpec) -> None:
@@ -145,9 +145,9 @@ class BeatStream(ManifestStream):
 
     def __init__(self, spec: TokenSpec, *, coarse_levels: int = 4) -> None:
         super().__init__(spec)
-        self.clock: BeatSpec | None = spec.streams.get("beats")
-        bins = self.clock.phase_bins if self.clock else 0
-        self.levels, self.codebook, self.rate = 1, bins, spec.semantic_rate
+        self.clock: BeatSpec | None = spec.streams.get("beats")  # None: refused by ``check``
+        self.levels, self.rate = 1, spec.semantic_rate
+        self.codebook = self.clock.phase_bins if self.clock else 0
 
     def check(self, spec: TokenSpec) -> None:
         if "beats" not in spec.streams:
@@ -166,14 +166,14 @@ class BeatStream(ManifestStream):
         row's tempo (``bpm``): a continued clip's tracked beat, else the request's tempo, else
         the most likely tempo that ``auxiliary`` (the tempo predictor) reads from the MuLan
         text embedding of each row's first prompt."""
-        spec = self.clock
+        clock = self.clock
         rows, frames = len(request.rows), max(1, round(request.seconds * self.rate))
         tracked = self._tracked(request, frames)
         if tracked is not None:
-            ids = torch.from_numpy(spec.phase_ids(tracked[0]))
+            ids = torch.from_numpy(clock.phase_ids(tracked[0]))
             return {"beat": ids.expand(rows, -1).to(request.device), "bpm": [tracked[1]] * rows}
         bpms = self._tempos(request, auxiliary)
-        ids = np.stack([spec.clock(b, frames, self.rate) for b in bpms])
+        ids = np.stack([clock.clock(b, frames, self.rate) for b in bpms])
         return {"beat": torch.from_numpy(ids).to(request.device), "bpm": bpms}
 
     def _tracked(self, request: GenerationRequest, frames: int) -> tuple[Any, float] | None:
