@@ -4,7 +4,7 @@ Each sample holds ``semantic.npy`` ``[F_s]``, ``acoustic.npy`` ``[Q, F_a]``, opt
 ``mulan.npy`` ``[Q_m]``, a caption and JSON. A batch is ``{"semantic": (B, F_s),
 "acoustic": (B, Q, F_a), "mulan": (B, Q_m), "key": [B], "skipped": ()}``: one random crop of
 ``seconds`` per sample, the same time window in every stream, ``-1`` where a clip is shorter.
-Shards with ``melody.npy`` ``[W_clip, L]`` (a melody token set every ``hop`` seconds)
+Shards with ``melody.npy`` ``[W_clip, L]`` (a melody token set every ``MelodySpec.hop`` seconds)
 add ``"melody": (B, W * L)``: the crop then starts on the melody window grid and takes the
 ``W`` windows from its start (``-1`` past the clip's end). Streams that the manifest does not
 declare (a conditioning stream from a plugin) are read by ``readers``: callables given by the
