@@ -407,6 +407,17 @@ def test_acoustic_delay_trains_one_stage_in_place_of_coarse_and_fine(tmp_path):
     assert set(stages) == {"semantic", "delay"}
     assert stages["delay"].sampling.temperature == 0.9
     assert stages["delay"].sampling.cfg_scale == 3.0
+    # guidance by stage: the semantic stage's own scale, the delay stage's
+    outputs.write_pipeline(p, cfg_scale={"semantic": 2.0, "delay": 3.0}, acoustic="delay")
+    stages = load_pipeline_file(p.pipeline).stages
+    assert stages["semantic"].sampling.cfg_scale == 2.0
+    assert stages["delay"].sampling.cfg_scale == 3.0
+    with pytest.raises(ValueError, match="cfg_scale for stage 'coarse'"):
+        outputs.write_pipeline(p, cfg_scale={"coarse": 3.0}, acoustic="delay")
+    outputs.write_pipeline(p, stream_cfg_scale={"semantic": 2.0}, acoustic="delay")
+    assert load_pipeline_file(p.pipeline).stages["semantic"].sampling.stream_cfg_scale == 2.0
+    with pytest.raises(ValueError, match="stream_cfg_scale for stage 'coarse'"):
+        outputs.write_pipeline(p, stream_cfg_scale={"coarse": 2.0}, acoustic="delay")
     with pytest.raises(ValueError, match="temperature for stage 'coarse'"):
         outputs.write_pipeline(p, temperatures={"coarse": 0.6}, acoustic="delay")
 
@@ -428,3 +439,16 @@ def test_quick_demo_with_the_cascade_end_to_end(tmp_path):
     argv = ["a calm piano melody", "--pipeline", str(out / "PIPELINE.yaml"), "--seconds", "1"]
     assert generate.main([*argv, "--out", str(tmp_path / "clips")]) == 0
     assert list((tmp_path / "clips").glob("*.wav"))
+
+
+def test_write_yaml_takes_one_scale_or_one_per_stage(tmp_path, capsys):
+    from musiclm.demo import tools
+
+    run = str(tmp_path / "run")
+    for bad, said in (("abc", "neither a number nor JSON"), ('{"semantic": "x"}', "give {")):
+        assert tools.main(["write-yaml", "--run", run, "--cfg-scale", bad]) == 2
+        assert said in capsys.readouterr().err
+    assert tools._cfg_scale("2") == 2.0
+    assert tools._cfg_scale('{"semantic": 2, "delay": 3.5}') == {"semantic": 2.0, "delay": 3.5}
+    assert tools.main(["write-yaml", "--run", run, "--stream-cfg-scale", "2"]) == 2
+    assert "--stream-cfg-scale '2': give {" in capsys.readouterr().err

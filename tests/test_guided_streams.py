@@ -10,8 +10,8 @@ from test_beats import beat_spec_tokens
 from test_delay_stage import beat_spec, streams
 
 from musiclm.conditioning.stream import Fuse, parse_conditioning
-from musiclm.generation.decode import generate_window
-from musiclm.generation.sampling import SamplingConfig
+from musiclm.generation.decode import generate_window, guidance_rows
+from musiclm.generation.sampling import SamplingConfig, guide, guide_streams
 from musiclm.models.token_lm import TokenLM
 from musiclm.stages.delay_layout import DelayLayout
 from musiclm.stages.semantic import SemanticStage
@@ -66,28 +66,72 @@ def test_a_guided_clock_is_dropped_with_the_text_in_the_prompt_and_the_frame_sum
         layout.drop_conditioning(seq.tokens, drop)
 
 
-def test_guided_decoding_with_a_guided_clock_differs_from_the_plain_one():
-    """Guidance against rows without the clock: the logits change, so sampling at a low
-    temperature picks other tokens than guidance against rows that keep it."""
+def decode_both(sampling_a: SamplingConfig, sampling_b: SamplingConfig, plain_a: bool):
     torch.manual_seed(0)
     plain, batch = semantic_layout(["mulan", {"stream": "beat", "fuse": ["frame_sum", "aligned"]}])
     layout, _ = semantic_layout(GUIDED_CLOCK)
     model = TokenLM(
-        num_tokens=layout.num_tokens,
-        num_targets=layout.num_targets,
-        dim=32,
-        depth=1,
-        heads=2,
+        num_tokens=layout.num_tokens, num_targets=layout.num_targets, dim=32, depth=1, heads=2
     ).eval()
     prompt = layout.prefix(batch)
-    sampling = SamplingConfig(temperature=1e-4, cfg_scale=8.0)
     outs = []
-    for lay in (plain, layout):
+    for lay, sampling in ((plain if plain_a else layout, sampling_a), (layout, sampling_b)):
         gen = torch.Generator().manual_seed(0)
         outs.append(generate_window(model, prompt, 10, layout=lay, sampling=sampling,
                                     generator=gen))  # fmt: skip
-    assert outs[0].shape == outs[1].shape == (2, 10)
-    assert not torch.equal(outs[0], outs[1])
+    return outs
+
+
+def test_text_guidance_keeps_a_guided_clock_and_stream_guidance_pushes_toward_it():
+    text = SamplingConfig(temperature=1e-4, cfg_scale=8.0)
+    # stream_cfg_scale 1: guidance against rows without the text but with the clock, as a
+    # stage whose clock is not guided does
+    same = decode_both(text, text, plain_a=True)
+    assert torch.equal(same[0], same[1])
+    toward = decode_both(text, text.replace(stream_cfg_scale=8.0), plain_a=False)
+    assert toward[0].shape == toward[1].shape == (2, 10)
+    assert not torch.equal(toward[0], toward[1])
+
+
+def test_guidance_rows_and_their_composition():
+    layout, batch = semantic_layout(GUIDED_CLOCK)
+    prompt = layout.prefix(batch)
+    p = prompt.shape[1]
+    every = torch.ones(2, dtype=torch.bool)
+    rows = guidance_rows(layout, prompt, p, SamplingConfig(cfg_scale=3.0, stream_cfg_scale=2.0))
+    text = layout.drop_conditioning(prompt, every, p, text_only=True)
+    assert torch.equal(rows[:2], prompt) and torch.equal(rows[2:4], text)
+    assert torch.equal(rows[4:], layout.drop_conditioning(prompt, every, p))
+    untimed = layout.untimed_len
+    assert (text[:, 1:untimed] == NULL).all() and torch.equal(
+        text[:, untimed:], prompt[:, untimed:]
+    )
+    two = guidance_rows(layout, prompt, p, SamplingConfig(cfg_scale=3.0))
+    assert torch.equal(two, rows[:4])
+    cond, streams, none = torch.randn(3, 2, 7).unbind(0)
+    want = none + 2.0 * (streams - none) + 3.0 * (cond - streams)
+    assert torch.allclose(guide_streams(cond, streams, none, 3.0, 2.0), want, atol=1e-6)
+    assert torch.equal(guide_streams(cond, streams, none, 3.0, 1.0), guide(cond, streams, 3.0))
+    plain, _ = semantic_layout(["mulan", {"stream": "beat", "fuse": "frame_sum"}])
+    with pytest.raises(ValueError, match="says guided: true"):
+        guidance_rows(plain, prompt, p, SamplingConfig(stream_cfg_scale=2.0))
+
+
+def test_training_drops_the_text_alone_in_a_share_of_rows():
+    from musiclm.stages.semantic import SemanticStage as Stage
+
+    layout, batch = semantic_layout(GUIDED_CLOCK)
+    stage = Stage(dim=16, depth=1, heads=2, cond_dropout=0.25, conditioning=GUIDED_CLOCK)
+    stage.layout = layout
+    seq = layout.sequence({k: v.repeat(200, 1) for k, v in batch.items()})
+    torch.manual_seed(0)
+    out = stage._drop_conditioning(seq.tokens, seq.prefix_len)
+    untimed, p = layout.untimed_len, seq.prefix_len
+    text_gone = (out[:, 1:untimed] == NULL).all(1)
+    clock_gone = (out[:, untimed:p] == NULL).all(1)
+    assert not (clock_gone & ~text_gone).any()  # the clock never goes without the text
+    both, alone = (text_gone & clock_gone).float().mean(), (text_gone & ~clock_gone).float().mean()
+    assert 0.17 < both < 0.33 and 0.17 < alone < 0.33
 
 
 def test_the_delay_stage_guides_one_step_stream_by_its_entry():

@@ -262,8 +262,14 @@ def test_melody_adds_its_steps_and_a_plain_semantic_lm(corpus, tmp_path, capsys)
     fits = [c for c in commands if c[0] == "fit"]
     melody_fit, semantic, plain = fits[1], fits[2], fits[-1]
     assert melody_fit[2].endswith("melody_fine.yaml")
-    assert "--model.init_args.melody=true" in semantic
-    assert plain[2].endswith("semantic.yaml") and "--model.init_args.melody=true" not in plain
+    # the config's conditioning list with melody after the MuLan tokens
+    listed = [a for a in semantic if a.startswith("--model.init_args.conditioning=")]
+    assert len(listed) == 1
+    entries = json.loads(listed[0].split("=", 1)[1])
+    assert entries[:2] == ["mulan", "melody"] and entries[2]["stream"] == "beat"
+    assert entries[2]["guided"] is True
+    assert plain[2].endswith("semantic.yaml")
+    assert not any(a.startswith("--model.init_args.conditioning=") for a in plain)
     assert f"--trainer.default_root_dir={out / 'semantic-plain'}" in plain
     tokens = _find(commands, "prepare", "tokens")
     assert tokens[tokens.index("--melody-rvq") + 1] == str(out / "melody" / "rvq.safetensors")
@@ -294,3 +300,15 @@ def test_melody_figure_is_higher_for_the_followed_melody(tmp_path):
     fig = melody.write_figure(clips, gen, 2, tmp_path / "melody.json")
     assert fig["with"] > 0.9 > 0.5 > fig["without"] and fig["improved"] == 2
     assert json.loads((tmp_path / "melody.json").read_text())["clips"] == 2
+
+
+def test_melody_flag_extends_a_configs_list_or_sets_the_switch(tmp_path):
+    from musiclm.demo.plan import melody_flag
+
+    listed = tmp_path / "listed.yaml"
+    listed.write_text("model:\n  init_args:\n    conditioning: [mulan, {stream: beat}]\n")
+    flag = melody_flag(listed)
+    assert json.loads(flag.split("=", 1)[1]) == ["mulan", "melody", {"stream": "beat"}]
+    switches = tmp_path / "switches.yaml"
+    switches.write_text("model:\n  init_args:\n    beats: true\n")
+    assert melody_flag(switches) == "--model.init_args.melody=true"

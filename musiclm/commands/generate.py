@@ -28,6 +28,7 @@ SAMPLING_FLAGS = {
     "top_k": int,
     "top_p": float,
     "cfg_scale": float,
+    "stream_cfg_scale": float,
 }
 # the values ``SamplingConfig`` accepts, checked before the pipeline loads; NaN and
 # infinities are refused too (a NaN temperature fails inside torch.multinomial)
@@ -36,6 +37,7 @@ SAMPLING_RANGES: dict[str, dict[str, Any]] = {
     "top_k": {"low": 0},
     "top_p": {"low": 0, "low_open": True, "high": 1},
     "cfg_scale": {"low": 0},
+    "stream_cfg_scale": {"low": 0},
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tarfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,8 @@ def pipeline_dict(
 def write_pipeline(
     p: DemoPaths,
     *,
-    cfg_scale: float = 1.0,
+    cfg_scale: float | Mapping[str, float] = 1.0,
+    stream_cfg_scale: Mapping[str, float] | None = None,
     temperatures: dict[str, float] | None = None,
     joint: dict[str, Any] | None = None,
     melody: bool = False,
@@ -74,7 +76,11 @@ def write_pipeline(
     out: Path | None = None,
 ) -> Path:
     """Write PIPELINE.yaml naming every checkpoint and artifact of the run (validated by the
-    generation package's own schema, so a missing file fails here, naming the key)."""
+    generation package's own schema, so a missing file fails here, naming the key).
+
+    ``cfg_scale``: classifier-free guidance of every guided stage the run has, or by stage
+    (``{"semantic": 2.0, "delay": 3.0}``); 1 leaves a stage unguided. ``stream_cfg_scale``: by
+    stage, guidance toward the streams its conditioning entries guide (the beat clock)."""
     from musiclm.generation.pipeline_file import write_pipeline_file
 
     data = pipeline_dict(p, joint, melody=melody, semantic_run=semantic_run, acoustic=acoustic)
@@ -83,10 +89,23 @@ def write_pipeline(
         if stage not in stages:
             raise ValueError(f"temperature for stage {stage!r}: the run has {sorted(stages)}")
         stages[stage]["temperature"] = value
-    if cfg_scale != 1.0:
-        for stage in GUIDED:
-            if stage in stages:
-                stages[stage]["cfg_scale"] = cfg_scale
+    if isinstance(cfg_scale, Mapping):
+        scales = dict(cfg_scale)
+        for stage in scales:
+            if stage not in stages or stage not in GUIDED:
+                guided = sorted(set(stages) & set(GUIDED))
+                raise ValueError(
+                    f"cfg_scale for stage {stage!r}: the run's guided stages are {guided}"
+                )
+    else:
+        scales = {stage: cfg_scale for stage in GUIDED if stage in stages}
+    for stage, scale in scales.items():
+        if scale != 1.0:
+            stages[stage]["cfg_scale"] = scale
+    for stage, scale in (stream_cfg_scale or {}).items():
+        if stage not in stages:
+            raise ValueError(f"stream_cfg_scale for stage {stage!r}: the run has {sorted(stages)}")
+        stages[stage]["stream_cfg_scale"] = scale
     return write_pipeline_file(out or p.pipeline, data)
 
 

@@ -162,7 +162,7 @@ def lm_commands(p: DemoPaths, s: DemoSettings, stage: str) -> list[list[str]]:
         *s.lm_overrides,
     ]
     if s.melody and stage == "semantic":
-        extra.append("--model.init_args.melody=true")
+        extra.append(melody_flag(p.conf / f"{config}.yaml"))
     data = {"train_dir": p.tokens / "train", "val_dir": p.tokens / "valid"}
     return [fit_args(p, stage, data, extra, s.seed, config=config)]
 
@@ -170,6 +170,20 @@ def lm_commands(p: DemoPaths, s: DemoSettings, stage: str) -> list[list[str]]:
 # ----------------------------------------------------------------------------- melody
 
 PLAIN = "semantic-plain"
+
+
+def melody_flag(config: Path) -> str:
+    """The ``musiclm fit`` override that adds melody conditioning to a stage config: the
+    config's ``conditioning`` list with ``melody`` after the MuLan tokens (where the stage's
+    switches put it), or the ``melody`` switch for a config without a list."""
+    import yaml
+
+    args = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("model", {})
+    listed = (args.get("init_args") or {}).get("conditioning")
+    if listed is None:
+        return "--model.init_args.melody=true"
+    at = 1 if listed and listed[0] in ("mulan", {"stream": "mulan"}) else 0
+    return "--model.init_args.conditioning=" + json.dumps([*listed[:at], "melody", *listed[at:]])
 
 
 def melody_fit_commands(p: DemoPaths, s: DemoSettings) -> list[list[str]]:
@@ -209,8 +223,12 @@ def melody_eval_commands(p: DemoPaths, s: DemoSettings) -> list[list[str]]:
 
 def pipeline_commands(p: DemoPaths, s: DemoSettings) -> list[list[str]]:
     temperatures = {k: v for k, v in s.temperatures.items() if k in s.lm_stages}
-    args = ["pipeline", "write-yaml", "--run", str(p.out), "--cfg-scale", str(s.cfg_scale),
+    scales = {k: v for k, v in s.cfg_scale.items() if k in s.lm_stages}
+    streams = {k: v for k, v in s.stream_cfg_scale.items() if k in s.lm_stages}
+    args = ["pipeline", "write-yaml", "--run", str(p.out), "--cfg-scale", json.dumps(scales),
             "--temperatures", json.dumps(temperatures)]  # fmt: skip
+    if streams:
+        args += ["--stream-cfg-scale", json.dumps(streams)]
     if s.acoustic != "cascade":
         args += ["--acoustic", s.acoustic]
     if s.joint_embedding:

@@ -54,7 +54,13 @@ class DemoSettings:
     # order), this many per instrument, scored beside the templated ones.
     other_prompts_per_instrument: int = 6
     gen_seconds: float = 8.0
-    cfg_scale: float = 3.0
+    # Classifier-free guidance per guided stage, toward the text; and toward the streams a
+    # stage's conditioning entries guide (the semantic stage's beat clock,
+    # conf/demo/semantic.yaml), composed with it (docs/decisions/beat-clock.md).
+    cfg_scale: dict[str, float] = field(
+        default_factory=lambda: {"semantic": 3.0, "coarse": 3.0, "delay": 3.0}
+    )
+    stream_cfg_scale: dict[str, float] = field(default_factory=lambda: {"semantic": 2.0})
     # Below the paper's 1.0 / 0.95 / 0.4: at demo scale cooler sampling makes the text heard
     # (instrument, tempo) at the cost of note motion (docs/decisions/sampling-temperatures.md)
     # The semantically guided delay stage: hotter overshoots real pitch variety and raises FAD
@@ -121,7 +127,8 @@ class DemoSettings:
             prompts=3,
             other_prompts_per_instrument=1,
             gen_seconds=2.0,
-            cfg_scale=1.0,
+            cfg_scale={},
+            stream_cfg_scale={},
             rerank=2,  # the integration test covers re-ranking and its report line
             eval_args=["--max-train-clips", "40"],
             melody_steps=4,
@@ -149,7 +156,7 @@ class DemoSettings:
         """The settings a run folder keeps: steps and temperatures of its own stages only,
         so a cascade run's record stays what it was before the delay stage existed."""
         out = asdict(self)
-        for key in ("lm_steps", "temperatures"):
+        for key in ("lm_steps", "temperatures", "cfg_scale", "stream_cfg_scale"):
             out[key] = {k: v for k, v in out[key].items() if k in self.lm_stages}
         return out
 

@@ -1,6 +1,6 @@
 """The small jobs between a run's big commands, as command lines of their own.
 
-    musiclm pipeline write-yaml --run RUN [--cfg-scale F] [--temperatures JSON]
+    musiclm pipeline write-yaml --run RUN [--cfg-scale F|JSON] [--temperatures JSON]
     musiclm pipeline prompts --held-out RUN/audio --count N --out RUN/prompts.jsonl
     musiclm pipeline other-prompts --held-out MANIFEST --per-instrument N --out FILE
     musiclm pipeline attach-attributes --prompts RUN/prompts.jsonl --generated RUN/generated
@@ -34,7 +34,8 @@ def _write_yaml(a: argparse.Namespace) -> None:
     run = Path(a.run)
     outputs.write_pipeline(
         DemoPaths(out=run, conf=run),
-        cfg_scale=a.cfg_scale,
+        cfg_scale=_cfg_scale(a.cfg_scale),
+        stream_cfg_scale=_stage_values(a.stream_cfg_scale, "--stream-cfg-scale"),
         temperatures=temperatures,
         joint=spec.to_block() if isinstance(spec, joint.JointEmbeddingSpec) else None,
         melody=a.melody,
@@ -42,6 +43,36 @@ def _write_yaml(a: argparse.Namespace) -> None:
         acoustic=a.acoustic,
         out=Path(a.out) if a.out else None,
     )
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _cfg_scale(text: str) -> float | dict[str, float]:
+    """``--cfg-scale``: one number for every guided stage, or JSON ``{"semantic": 2, ...}``."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--cfg-scale {text!r} is neither a number nor JSON: {exc}") from None
+    if _is_number(value):
+        return float(value)
+    if not isinstance(value, dict):
+        raise ValueError(f'--cfg-scale {text!r}: give a number or {{"stage": number, ...}}')
+    return _stage_values(text, "--cfg-scale")
+
+
+def _stage_values(text: str | None, flag: str) -> dict[str, float]:
+    """A flag's JSON ``{"stage": number, ...}`` (None: empty)."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{flag} {text!r} is not valid JSON: {exc}") from None
+    if isinstance(value, dict) and all(_is_number(v) for v in value.values()):
+        return {str(k): float(v) for k, v in value.items()}
+    raise ValueError(f'{flag} {text!r}: give {{"stage": number, ...}}')
 
 
 def _prompts(a: argparse.Namespace) -> None:
@@ -88,9 +119,13 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
     w = parser("write-yaml", "Write RUN/PIPELINE.yaml naming the run's checkpoints and artifacts.")
     w.add_argument("--run", required=True, help="run folder")
     w.add_argument(
-        "--cfg-scale", type=float, default=1.0, help="guidance of semantic, coarse (or delay)"
-    )
+        "--cfg-scale", default="1.0",
+        help='guidance of every guided stage (semantic, coarse or delay), or JSON {"stage": F}',
+    )  # fmt: skip
     w.add_argument("--temperatures", help='JSON {"semantic": T, "coarse": T, "fine": T}')
+    w.add_argument(
+        "--stream-cfg-scale", help='JSON {"semantic": F}: guidance toward its guided streams'
+    )
     w.add_argument(
         "--acoustic", choices=sorted(ACOUSTIC), default="cascade",
         help="acoustic stages of the run: coarse + fine, or the delay stage",

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from musiclm.generation.sampling import SamplingConfig, guide, sample
+from musiclm.generation.sampling import SamplingConfig, guide, guide_streams, sample
 from musiclm.models.token_lm import TokenLM
 
 # (f0, f1, new) -> [BOS] + conditioning input ids (B, P) for a window over target frames
@@ -65,22 +65,8 @@ def generate_window(
     b, p = prompt.shape
     if n_new < 1:
         return prompt.new_empty(b, 0)
-    rows = prompt
     cond_len = p - level_offset  # [BOS] + conditioning, without the kept target tokens
-    if sampling.guided:
-        if not layout.uses_mulan:
-            raise ValueError(
-                f"cfg_scale={sampling.cfg_scale}: the {layout.stage} stage has no MuLan "
-                "conditioning to drop; use cfg_scale 1"
-            )
-        rows = torch.cat(
-            [
-                prompt,
-                layout.drop_conditioning(
-                    prompt, torch.ones(b, dtype=torch.bool, device=prompt.device), cond_len
-                ),
-            ]
-        )
+    rows = guidance_rows(layout, prompt, cond_len, sampling)
     bias = level_bias(layout, prompt.device)
     levels = layout.target_level_count
     to_input = layout.offsets()[layout.target_stream]
@@ -99,16 +85,14 @@ def generate_window(
         if kept is not None:
             kept.append(logits[:b].clone())
         if sampling.guided:
-            logits = guide(logits[:b], logits[b:], sampling.cfg_scale)
+            logits = guided_logits(logits, b, sampling)
         if bias is not None:
             logits = logits + bias[(level_offset + t) % levels]
         token = sample(logits, sampling, generator)
         out[:, t] = token
         if t + 1 == n_new:
             break
-        ids = token + to_input
-        if sampling.guided:
-            ids = torch.cat([ids, ids])
+        ids = (token + to_input).repeat(rows.shape[0] // b)
         seq[:, p + t] = ids
         if use_cache:
             at = slice(p + t, p + t + 1)
@@ -120,6 +104,41 @@ def generate_window(
         full = torch.cat([prompt, out + to_input], dim=1)
         on_window(full, torch.stack(kept, dim=1), p, cond_len)
     return out
+
+
+def guidance_rows(
+    layout: Any, prompt: torch.Tensor, cond_len: int, sampling: SamplingConfig
+) -> torch.Tensor:
+    """The rows one forward pass decodes: the prompt, then with guidance the prompt without
+    the text (streams guided by their entry, the beat clock, kept: text guidance is against
+    them), then with ``stream_cfg_scale`` the prompt without the text and those streams."""
+    if not sampling.guided:
+        return prompt
+    if not layout.uses_mulan:
+        raise ValueError(
+            f"cfg_scale={sampling.cfg_scale}: the {layout.stage} stage has no MuLan "
+            "conditioning to drop; use cfg_scale 1"
+        )
+    every = torch.ones(prompt.shape[0], dtype=torch.bool, device=prompt.device)
+    if not getattr(layout, "guided_streams", ()):
+        if sampling.stream_guided:
+            raise ValueError(
+                f"stream_cfg_scale={sampling.stream_cfg_scale}: no conditioning entry of the "
+                f"{layout.stage} stage says guided: true; use stream_cfg_scale 1"
+            )
+        return torch.cat([prompt, layout.drop_conditioning(prompt, every, cond_len)])
+    text = layout.drop_conditioning(prompt, every, cond_len, text_only=True)
+    if not sampling.stream_guided:
+        return torch.cat([prompt, text])
+    return torch.cat([prompt, text, layout.drop_conditioning(prompt, every, cond_len)])
+
+
+def guided_logits(logits: torch.Tensor, b: int, sampling: SamplingConfig) -> torch.Tensor:
+    """The guided logits (b, V) of the rows ``guidance_rows`` stacked."""
+    if not sampling.stream_guided:
+        return guide(logits[:b], logits[b:], sampling.cfg_scale)
+    cond, text, none = logits[:b], logits[b : 2 * b], logits[2 * b :]
+    return guide_streams(cond, text, none, sampling.cfg_scale, sampling.stream_cfg_scale)
 
 
 def targets_to_codes(layout: Any, targets: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@
     semantic_tokenizer: {name: music-features, args: {kmeans: km.safetensors}}  # --continue
     stages:
       semantic: {checkpoint: semantic.ckpt, temperature: 1.0, context_seconds: 30,
-                 prefix_seconds: 15}
+                 prefix_seconds: 15}   # stream_cfg_scale: toward its guided beat clock
       coarse: {checkpoint: coarse.ckpt, temperature: 0.95, top_k: null, top_p: null,
                cfg_scale: 3.0}
       fine: {checkpoint: fine.ckpt, temperature: 0.4}   # optional: else coarse levels only
@@ -43,7 +43,7 @@ from musiclm.tokenizers.joint import JointEmbeddingSpec
 
 TOP_KEYS = {"manifest", "mulan", "melody", "codec", "semantic_tokenizer", "stages", "device"}
 STAGE_KEYS = {"checkpoint", "context_seconds", "prefix_seconds"}
-SAMPLING_KEYS = {"temperature", "top_k", "top_p", "cfg_scale"}
+SAMPLING_KEYS = {"temperature", "top_k", "top_p", "cfg_scale", "stream_cfg_scale"}
 
 
 class PipelineFileError(ValueError):

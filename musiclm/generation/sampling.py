@@ -4,6 +4,13 @@ Guidance follows Ho & Salimans: ``cond + (scale - 1) * (cond - uncond)``, writte
 ``scale == 1`` returns the conditional logits bit for bit. The conditional and unconditional
 rows go through the network in one batched forward pass (``decode.generate_window`` stacks
 them); this module only combines their logits.
+
+A stage whose conditioning list marks a stream ``guided: true`` (the semantic stage's beat
+clock) is guided toward it with a scale of its own, composed with the text's as for several
+conditions (Liu et al. 2022, Brooks et al. 2023): ``none + stream_cfg_scale * (streams -
+none) + cfg_scale * (cond - streams)``, where ``streams`` drops the text only and ``none``
+drops the text and those streams. With ``stream_cfg_scale == 1`` this is plain text guidance
+against ``streams``.
 """
 
 from __future__ import annotations
@@ -29,12 +36,15 @@ class SamplingConfig:
         top_p: keep the smallest set whose probability reaches ``p`` (None or 1.0: all).
         cfg_scale: classifier-free guidance scale (1.0: plain conditional sampling); needs
             a stage trained with conditioning dropout.
+        stream_cfg_scale: guidance toward the streams whose conditioning entry says
+            ``guided: true`` (1.0: none), composed with ``cfg_scale`` (module docstring).
     """
 
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
     cfg_scale: float = 1.0
+    stream_cfg_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -45,10 +55,16 @@ class SamplingConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.cfg_scale < 0:
             raise ValueError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
+        if self.stream_cfg_scale < 0:
+            raise ValueError(f"stream_cfg_scale must be >= 0, got {self.stream_cfg_scale}")
 
     @property
     def guided(self) -> bool:
-        return self.cfg_scale != 1.0
+        return self.cfg_scale != 1.0 or self.stream_cfg_scale != 1.0
+
+    @property
+    def stream_guided(self) -> bool:
+        return self.stream_cfg_scale != 1.0
 
     def replace(self, **changes: Any) -> SamplingConfig:
         return SamplingConfig(**{**asdict(self), **changes})
@@ -69,6 +85,19 @@ class SamplingConfig:
 def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
     """Classifier-free guidance; exactly ``cond`` when ``scale == 1``."""
     return cond + (scale - 1.0) * (cond - uncond)
+
+
+def guide_streams(
+    cond: torch.Tensor,
+    streams: torch.Tensor,
+    none: torch.Tensor,
+    scale: float,
+    stream_scale: float,
+) -> torch.Tensor:
+    """Guidance toward the text (``cond`` against ``streams``, the text dropped) and toward
+    the guided streams (``streams`` against ``none``, both dropped); exactly ``guide(cond,
+    streams, scale)`` when ``stream_scale == 1``."""
+    return guide(cond, streams, scale) + (stream_scale - 1.0) * (streams - none)
 
 
 def filter_logits(

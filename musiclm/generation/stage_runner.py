@@ -468,6 +468,11 @@ def load_stage(name: str, entry: StageEntry, device: str, where: str) -> LoadedS
             f"{entry.checkpoint} was trained without conditioning dropout (cond_dropout=0), "
             "so it has no unconditional mode to guide against; use cfg_scale 1"
         )
+    if entry.sampling.stream_guided and not getattr(layout, "guided_streams", ()):
+        raise PipelineFileError(
+            f"{where}: 'stages.{name}.stream_cfg_scale' is {entry.sampling.stream_cfg_scale} "
+            f"but no conditioning entry of {entry.checkpoint} says guided: true; use 1"
+        )
     tempo = load_tempo(entry.checkpoint, layout)
     stage = LoadedStage(
         name,

@@ -294,20 +294,28 @@ class TokenLayout:
         return LMSequence(tokens, self.codes_to_targets(codes), prefix.shape[1])
 
     def drop_conditioning(
-        self, tokens: torch.Tensor, drop: torch.Tensor, cond_len: int | None = None
+        self,
+        tokens: torch.Tensor,
+        drop: torch.Tensor,
+        cond_len: int | None = None,
+        *,
+        text_only: bool = False,
     ) -> torch.Tensor:
         """Replace the ids of the guided streams (MuLan tokens, and melody, which is dropped
         with the text so that classifier-free guidance strengthens it too; any stream whose
         entry says ``guided: true``) of rows where ``drop`` is true by NULL (a copy).
 
+        ``text_only``: drop the streams guided by default (the text's) but keep those that
+        only their entry guides (``guided_streams``), for guidance composed of the two.
         ``cond_len``: length of ``[BOS] + conditioning`` in ``tokens``, needed where a timed
-        stream (the beat clock) is guided: its ids fill the prompt up to there.
+        stream (the beat clock) is dropped: its ids fill the prompt up to there.
         """
         spans = self._untimed_spans()
         guided = [
             spans.get(s.name)
             for f, s in zip(self._fuses, self._cond, strict=True)
             if (s.guided if f.guided is None else f.guided)
+            and not (text_only and s.name in self.guided_streams)
         ]
         if not guided:
             return tokens
@@ -322,6 +330,13 @@ class TokenLayout:
                 span = slice(self.untimed_len, cond_len)
             out[:, span] = torch.where(drop.view(-1, 1), NULL, tokens[:, span])
         return out
+
+    @property
+    def guided_streams(self) -> tuple[str, ...]:
+        """Streams that guidance drops only because their entry says ``guided: true`` (the
+        beat clock): ``SamplingConfig.stream_cfg_scale`` guides toward them."""
+        pairs = zip(self._fuses, self._cond, strict=True)
+        return tuple(s.name for f, s in pairs if f.guided and not s.guided)
 
     # --- timed conditioning -------------------------------------------------------------
 

@@ -222,8 +222,7 @@ class TokenLMStage(LightningModule):
         seq = self.layout.sequence(batch)
         tokens = seq.tokens
         if train and self.hparams.cond_dropout > 0:
-            drop = torch.rand(tokens.shape[0], device=tokens.device) < self.hparams.cond_dropout
-            tokens = self.layout.drop_conditioning(tokens, drop, seq.prefix_len)
+            tokens = self._drop_conditioning(tokens, seq.prefix_len)
         if train and self.hparams.target_noise > 0:
             tokens = corrupt_targets(tokens, seq, self.hparams.target_noise)
         logits = target_logits(self._forward, self.layout, tokens, seq.prefix_len)
@@ -231,6 +230,19 @@ class TokenLMStage(LightningModule):
         self.last_batch_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
         self.last_context = tokens.shape[1] - 1
         return loss, logits, seq
+
+    def _drop_conditioning(self, tokens: torch.Tensor, prefix_len: int) -> torch.Tensor:
+        """Conditioning dropout: a share ``cond_dropout`` of rows lose every guided stream;
+        with streams guided by their entry (the beat clock), another such share loses the
+        text only, so that guidance toward the text and toward those streams can be composed
+        (``musiclm.generation.sampling``)."""
+        p = self.hparams.cond_dropout
+        draw = torch.rand(tokens.shape[0], device=tokens.device)
+        tokens = self.layout.drop_conditioning(tokens, draw < p, prefix_len)
+        if getattr(self.layout, "guided_streams", ()):
+            text = (draw >= p) & (draw < 2 * p)
+            tokens = self.layout.drop_conditioning(tokens, text, prefix_len, text_only=True)
+        return tokens
 
     def _tempo_loss(self, batch: dict[str, Any], split: str) -> torch.Tensor | None:
         """The loss of the network a conditioning stream trains beside the LM (the beat
