@@ -59,7 +59,7 @@ def _cfg_scale(text: str) -> float | dict[str, float]:
         return float(value)
     if not isinstance(value, dict):
         raise ValueError(f'--cfg-scale {text!r}: give a number or {{"stage": number, ...}}')
-    return _stage_values(text, "--cfg-scale")
+    return _stage_map(value, text, "--cfg-scale")
 
 
 def _stage_values(text: str | None, flag: str) -> dict[str, float]:
@@ -70,6 +70,11 @@ def _stage_values(text: str | None, flag: str) -> dict[str, float]:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{flag} {text!r} is not valid JSON: {exc}") from None
+    return _stage_map(value, text, flag)
+
+
+def _stage_map(value: object, text: str, flag: str) -> dict[str, float]:
+    """A parsed ``{"stage": number, ...}``; anything else is an error naming ``flag``."""
     if isinstance(value, dict) and all(_is_number(v) for v in value.values()):
         return {str(k): float(v) for k, v in value.items()}
     raise ValueError(f'{flag} {text!r}: give {{"stage": number, ...}}')
