@@ -11,7 +11,12 @@ import torch.nn.functional as F
 from mulan_helpers import SAMPLE_RATE, TINY, ToneDataset
 
 from musiclm.commands.fit_rvq import mulan_main as main
-from musiclm.conditioning.conditioning_rvq import ConditioningRVQ, MulanConditioner
+from musiclm.conditioning.conditioning_rvq import (
+    ConditioningRVQ,
+    MissingEmbeddingsError,
+    MulanConditioner,
+    neighbour_mean,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -80,6 +85,76 @@ def test_save_load_is_exact_and_pickle_free(rvq, tmp_path):
         ConditioningRVQ.load(tmp_path / "nope.safetensors")
 
 
+def test_kept_embeddings_round_trip_and_leave_the_fingerprint(rvq, tmp_path):
+    emb = _embeddings()
+    kept = ConditioningRVQ.fit(emb, levels=4, codebook_size=16, iters=10, keep_embeddings=1000)
+    # the tokens do not depend on the kept embeddings, so neither does the fingerprint
+    assert kept.fingerprint() == rvq.fingerprint() and rvq.audio_embeddings is None
+    assert torch.equal(kept.audio_embeddings, emb)
+    kept.save(tmp_path / "rvq.safetensors")
+    again = ConditioningRVQ.load(tmp_path / "rvq.safetensors")
+    assert again.fingerprint() == rvq.fingerprint()
+    torch.testing.assert_close(again.audio_embeddings, emb, atol=1e-3, rtol=0)  # fp16 on disk
+    # more embeddings than asked for: a seeded sample of distinct rows of them
+    sample = ConditioningRVQ.fit(emb, levels=1, codebook_size=16, iters=2, keep_embeddings=100)
+    same = ConditioningRVQ.fit(emb, levels=1, codebook_size=16, iters=2, keep_embeddings=100)
+    assert sample.audio_embeddings.shape == (100, 16)
+    assert torch.equal(sample.audio_embeddings, same.audio_embeddings)
+    rows = (sample.audio_embeddings[:, None] == emb[None]).all(-1)  # (100, 512)
+    assert bool(rows.any(1).all()) and len(set(rows.int().argmax(1).tolist())) == 100
+    with pytest.raises(ValueError, match=r"\(N, 16\)"):
+        ConditioningRVQ(rvq.codebooks, audio_embeddings=torch.zeros(3, 5))
+
+
+def test_neighbour_mean_is_the_mean_of_the_k_most_similar_rows():
+    bank = F.normalize(torch.randn(50, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    query = 3.0 * bank[[7, 21]] + 0.01  # unnormalised: only directions count
+    for k in (1, 4):
+        got = neighbour_mean(query, bank, k)
+        for row in range(2):
+            cos = F.cosine_similarity(query[row][None], bank)
+            top = cos.argsort(descending=True)[:k]
+            want = F.normalize(bank[top].mean(0), dim=0)
+            torch.testing.assert_close(got[row], want)
+    torch.testing.assert_close(neighbour_mean(query, bank, 1), bank[[7, 21]])
+    # more neighbours than rows: the mean of them all
+    everything = F.normalize(bank.mean(0), dim=0).expand(2, -1)
+    torch.testing.assert_close(neighbour_mean(query, bank, 500), everything)
+
+
+def test_text_neighbours_quantise_a_prompt_from_its_nearest_audio(tmp_path):
+    ckpt = _checkpoint(tmp_path)
+    plain = MulanConditioner.from_files(ckpt, _fitted_rvq(tmp_path, ckpt, keep=0))
+    with_bank = _fitted_rvq(tmp_path, ckpt, keep=64)
+    cond = MulanConditioner.from_files(ckpt, with_bank, text_neighbours=3)
+    texts = ["a piano melody", "a harp melody"]
+    bank = cond.rvq.audio_embeddings
+    want = neighbour_mean(cond.embed_text(texts), bank, 3)
+    torch.testing.assert_close(cond.text_condition(texts), want)
+    assert torch.equal(cond.text_tokens(texts), cond.rvq.tokens(want))
+    # off (0): the text embedding itself, as MusicLM quantises it
+    torch.testing.assert_close(plain.text_condition(texts), plain.embed_text(texts))
+    assert torch.equal(plain.text_tokens(texts), plain.rvq.tokens(plain.embed_text(texts)))
+    with pytest.raises(MissingEmbeddingsError, match="rvq0.safetensors holds no audio"):
+        MulanConditioner.from_files(ckpt, str(tmp_path / "rvq0.safetensors"), text_neighbours=2)
+    with pytest.raises(ValueError, match=">= 0"):
+        MulanConditioner.from_files(ckpt, with_bank, text_neighbours=-1)
+
+
+def _fitted_rvq(tmp_path, ckpt: str, *, keep: int) -> str:
+    """A 2 x 4 RVQ over random unit vectors, fitted for the MuLan at ``ckpt``."""
+    from musiclm.conditioning.conditioning_rvq import mulan_fingerprint
+    from musiclm.models.mulan import load_mulan
+
+    meta = {"mulan_fingerprint": mulan_fingerprint(load_mulan(ckpt))}
+    rvq = ConditioningRVQ.fit(
+        _embeddings(64, d=32), levels=2, codebook_size=4, meta=meta, keep_embeddings=keep
+    )
+    path = tmp_path / f"rvq{keep}.safetensors"
+    rvq.save(path)
+    return str(path)
+
+
 def test_too_few_embeddings_is_a_clear_error():
     with pytest.raises(ValueError, match="smaller --codebook-size"):
         ConditioningRVQ.fit(_embeddings(10), levels=2, codebook_size=64)
@@ -127,6 +202,7 @@ def test_cli_fits_an_rvq_that_the_conditioner_uses(tmp_path, capsys):
     assert main([*argv, "--levels", "3", "--codebook-size", "4", "--device", "cpu"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["clips"] == 24 and len(printed["quantization_mse_by_levels"]) == 3
+    assert printed["kept_embeddings"] == 24  # what text_neighbours reads at generation
 
     cond = MulanConditioner.from_files(ckpt, str(out))
     assert (cond.sample_rate, cond.num_levels, cond.codebook_size) == (SAMPLE_RATE, 3, 4)
@@ -139,6 +215,10 @@ def test_cli_fits_an_rvq_that_the_conditioner_uses(tmp_path, capsys):
     assert cond.embed_text(["x"]).shape == (1, 32)
     fp = cond.fingerprint()
     assert fp.startswith("mulan:") and cond.rvq.fingerprint() in fp
+    clips = torch.stack([ToneDataset(24, 1.0, seed=5)[i]["audio"] for i in range(24)])
+    torch.testing.assert_close(
+        cond.rvq.audio_embeddings, cond.embed_audio(clips[:, None]), atol=2e-3, rtol=0
+    )
 
 
 def test_conditioner_refuses_an_rvq_fitted_on_another_mulan(tmp_path):

@@ -286,6 +286,8 @@ def test_quick_demo_end_to_end_and_resume(tmp_path):
     assert len(wavs) == DemoSettings.quick().prompts
     assert (out / "plots" / "loss_curves.png").is_file()
     assert (out / "plots" / "spectrograms.png").is_file()
+    # the prompts' MuLan tokens come through their nearest training clips, kept in the RVQ
+    assert yaml.safe_load((out / "PIPELINE.yaml").read_text())["mulan"]["text_neighbours"] == 8
     for stage in ("mulan", "semantic", "delay"):
         assert (out / stage / "checkpoints" / "last.ckpt").is_file()
         assert list((out / stage / "tensorboard" / "run").glob("events.out.tfevents.*"))
@@ -420,6 +422,9 @@ def test_acoustic_delay_trains_one_stage_in_place_of_coarse_and_fine(tmp_path):
         outputs.write_pipeline(p, stream_cfg_scale={"coarse": 2.0}, acoustic="delay")
     with pytest.raises(ValueError, match="temperature for stage 'coarse'"):
         outputs.write_pipeline(p, temperatures={"coarse": 0.6}, acoustic="delay")
+    assert load_pipeline_file(p.pipeline).text_neighbours == 0  # MusicLM's text tokens
+    outputs.write_pipeline(p, acoustic="delay", text_neighbours=8)
+    assert load_pipeline_file(p.pipeline).text_neighbours == 8
 
 
 @pytest.mark.slow
@@ -452,3 +457,6 @@ def test_write_yaml_takes_one_scale_or_one_per_stage(tmp_path, capsys):
     assert tools._cfg_scale('{"semantic": 2, "delay": 3.5}') == {"semantic": 2.0, "delay": 3.5}
     assert tools.main(["write-yaml", "--run", run, "--stream-cfg-scale", "2"]) == 2
     assert "--stream-cfg-scale '2': give {" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        tools.main(["write-yaml", "--run", run, "--text-neighbours", "-1"])
+    assert exit_.value.code == 2 and "--text-neighbours" in capsys.readouterr().err

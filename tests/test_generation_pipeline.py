@@ -73,6 +73,39 @@ def test_pipeline_file_errors_name_file_and_key(plain, tmp_path):
         Pipeline.from_file(str(no_dropout))
 
 
+def test_text_neighbours_reach_the_mulan_tokens(conditioned, tmp_path):
+    from musiclm.conditioning.conditioning_rvq import ConditioningRVQ, neighbour_mean
+
+    for value, message in [(-1, ">= 0"), (2.5, "integer"), (True, "integer")]:
+        path = _edit(conditioned, tmp_path, lambda d, v=value: d["mulan"].update(text_neighbours=v))
+        with pytest.raises(PipelineFileError, match=f"'mulan.text_neighbours' must be .*{message}"):
+            load_pipeline_file(path)
+    # the fixture's RVQ kept no audio embeddings: refused, naming the key and the file
+    asked = _edit(conditioned, tmp_path, lambda d: d["mulan"].update(text_neighbours=2))
+    with pytest.raises(PipelineFileError, match="'mulan.text_neighbours'.*refit") as err:
+        _ = Pipeline.from_file(str(asked)).conditioner
+    assert str(asked) in str(err.value) and "rvq.safetensors" in str(err.value)
+
+    rvq = ConditioningRVQ.load(conditioned.parent / "rvq.safetensors")
+    gen = torch.Generator().manual_seed(0)
+    bank = torch.nn.functional.normalize(torch.randn(40, rvq.dim, generator=gen), dim=-1)
+    ConditioningRVQ(rvq.codebooks, rvq.meta, bank).save(tmp_path / "rvq_kept.safetensors")
+
+    def use_bank(d):
+        d["mulan"].update(rvq=str(tmp_path / "rvq_kept.safetensors"), text_neighbours=2)
+
+    pipe = Pipeline.from_file(str(_edit(conditioned, tmp_path, use_bank)))
+    texts = ["a flute melody", "a harp melody"]
+    tokens = pipe.mulan_tokens(texts)
+    text = pipe.conditioner.embed_text(sorted(texts))
+    rvq = pipe.conditioner.rvq
+    want = rvq.tokens(neighbour_mean(text, rvq.audio_embeddings, 2))
+    assert torch.equal(torch.stack([tokens[t] for t in sorted(texts)]), want)
+    assert not torch.equal(want, rvq.tokens(text))  # not the text's own
+    out = pipe.generate([[(0.0, "a flute melody")]], seconds=1.0, seed=0)
+    assert out.audio.shape == (1, 1, 1600)
+
+
 def test_checkpoints_load_without_unpickling(plain):
     for entry in load_pipeline_file(plain).stages.values():
         ckpt = torch.load(entry.checkpoint, weights_only=True)

@@ -18,7 +18,11 @@ from typing import Any
 
 import torch
 
-from musiclm.conditioning.conditioning_rvq import ConditioningRVQ, embed_audio_shards
+from musiclm.conditioning.conditioning_rvq import (
+    MAX_KEPT_EMBEDDINGS,
+    ConditioningRVQ,
+    embed_audio_shards,
+)
 from musiclm.conditioning.melody_tokens import MelodyRVQ, melody_fingerprint
 from musiclm.conditioning.melody_tokens import embed_audio_shards as embed_melody_shards
 from musiclm.datamodules.shards import read_manifest
@@ -62,16 +66,19 @@ def fit_save_report(
     meta: dict,
     *,
     count: str,
+    keep_embeddings: int = 0,
 ) -> int:
     """Fit ``cls`` on ``emb`` with the job's arguments, save it and print a JSON summary."""
     rvq = cls.fit(
         emb, levels=args.levels, codebook_size=args.codebook_size, iters=args.iters,
-        seed=args.seed, meta=meta,
+        seed=args.seed, meta=meta, keep_embeddings=keep_embeddings,
     )  # fmt: skip
     rvq.save(args.out)
     errors = rvq.meta["quantization_mse"]
+    kept = 0 if rvq.audio_embeddings is None else rvq.audio_embeddings.shape[0]
     print(json.dumps({"out": args.out, count: emb.shape[0], "fingerprint": rvq.fingerprint(),
-                      "quantization_mse_by_levels": [round(e, 5) for e in errors]}))  # fmt: skip
+                      "quantization_mse_by_levels": [round(e, 5) for e in errors],
+                      "kept_embeddings": kept}))  # fmt: skip
     return 0
 
 
@@ -105,7 +112,10 @@ def _run_mulan(args: argparse.Namespace, source: str | joint.JointEmbeddingSpec)
     else:
         meta["joint_embedding"] = spec.to_block()
     meta |= {"audio": os.path.abspath(args.audio), "seed": args.seed}
-    return fit_save_report(ConditioningRVQ, emb, args, meta, count="clips")
+    # kept for generation's text_neighbours (a prompt read through its nearest training clips)
+    return fit_save_report(
+        ConditioningRVQ, emb, args, meta, count="clips", keep_embeddings=MAX_KEPT_EMBEDDINGS
+    )
 
 
 def melody_main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,11 @@
 
 ``ConditioningRVQ`` is fitted on the MuLan audio embeddings of the training set and saved as
 safetensors (codebooks) with its configuration, quantisation error and fingerprint as JSON in
-the header and in a ``.json`` sidecar; nothing is pickled. ``MulanConditioner`` pairs a joint
+the header and in a ``.json`` sidecar; nothing is pickled. The MuLan RVQ also keeps the audio
+embeddings it was fitted on (``audio_embeddings``, at most ``MAX_KEPT_EMBEDDINGS`` rows), so
+generation can read a prompt through its nearest training clips (``text_neighbours``:
+``docs/decisions/text-neighbours.md``); they are not part of the fingerprint, since the tokens
+of an embedding do not depend on them. ``MulanConditioner`` pairs a joint
 embedding (a MuLan checkpoint, or a plugin such as a pretrained CLAP) with its RVQ and is what
 token preparation and generation call; what it shares with the melody conditioner
 (``musiclm.conditioning.melody_tokens``) is ``RVQConditioner``.
@@ -20,11 +24,18 @@ from pathlib import Path
 from typing import Any, Self
 
 import torch
+import torch.nn.functional as F
 
 from musiclm.datamodules.shards import atomic_write_json
 from musiclm.tokenizers import joint
 
 KIND = "mulan_rvq"
+# 65,536 embeddings of 128 floats stored as fp16 are 16 MB: enough neighbours for any prompt
+MAX_KEPT_EMBEDDINGS = 65536
+
+
+class MissingEmbeddingsError(ValueError):
+    """``text_neighbours`` asked of a MuLan RVQ that kept no audio embeddings."""
 
 
 class ConditioningRVQ:
@@ -33,11 +44,24 @@ class ConditioningRVQ:
     # The artifact kind written into saved files and fingerprints; subclasses name their own.
     kind: str = KIND
 
-    def __init__(self, codebooks: torch.Tensor, meta: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        codebooks: torch.Tensor,
+        meta: dict[str, Any] | None = None,
+        audio_embeddings: torch.Tensor | None = None,
+    ) -> None:
         if codebooks.dim() != 3:
             raise ValueError(f"codebooks must be (levels, size, dim), got {tuple(codebooks.shape)}")
         self.codebooks = codebooks.float().cpu()
         self.meta = {k: v for k, v in (meta or {}).items() if k != "fingerprint"}
+        if audio_embeddings is not None and (
+            audio_embeddings.dim() != 2 or audio_embeddings.shape[1] != self.dim
+        ):
+            raise ValueError(
+                f"audio_embeddings must be (N, {self.dim}), got {tuple(audio_embeddings.shape)}"
+            )
+        # the embeddings the codebooks were fitted on (or a sample of them), or None
+        self.audio_embeddings = None if audio_embeddings is None else audio_embeddings.float()
 
     @property
     def num_levels(self) -> int:
@@ -61,8 +85,10 @@ class ConditioningRVQ:
         iters: int = 20,
         seed: int = 0,
         meta: dict[str, Any] | None = None,
+        keep_embeddings: int = 0,
     ) -> ConditioningRVQ:
-        """Fit ``levels`` codebooks of ``codebook_size`` entries on embeddings (N, D)."""
+        """Fit ``levels`` codebooks of ``codebook_size`` entries on embeddings (N, D); keep
+        up to ``keep_embeddings`` of them (a seeded sample when there are more)."""
         from musiclm.tokenizers.kmeans import fit_residual_kmeans
 
         if levels < 1 or codebook_size < 1:
@@ -79,7 +105,13 @@ class ConditioningRVQ:
         )
         info = {**(meta or {}), "kind": cls.kind, "levels": levels, "codebook_size": codebook_size}
         info.update(dim=int(emb.shape[1]), fit_count=int(emb.shape[0]), seed=seed, iters=iters)
-        rvq = cls(books, info)
+        kept = None
+        if keep_embeddings > 0:
+            kept = emb.float().cpu()
+            if kept.shape[0] > keep_embeddings:
+                gen = torch.Generator().manual_seed(seed)
+                kept = kept[torch.randperm(kept.shape[0], generator=gen)[:keep_embeddings]]
+        rvq = cls(books, info, kept)
         rvq.meta["quantization_mse"] = rvq.quantization_errors(emb)
         return rvq
 
@@ -118,7 +150,10 @@ class ConditioningRVQ:
         """Atomically write ``path`` (safetensors) and ``path``.json (a readable copy of meta)."""
         from musiclm.tokenizers.artifacts import save_artifact
 
-        save_artifact(path, {"codebooks": self.codebooks}, self.meta)
+        tensors = {"codebooks": self.codebooks}
+        if self.audio_embeddings is not None:
+            tensors["audio_embeddings"] = self.audio_embeddings.half()
+        save_artifact(path, tensors, self.meta)
         report = {**self.meta, "fingerprint": self.fingerprint()}
         atomic_write_json(Path(f"{path}.json"), report)
 
@@ -130,7 +165,7 @@ class ConditioningRVQ:
         tensors, meta = load_artifact(path, kind=cls.kind)
         if "codebooks" not in tensors:
             raise ValueError(f"{path}: {cls.kind} artifact lacks 'codebooks'")
-        return cls(tensors["codebooks"], meta)
+        return cls(tensors["codebooks"], meta, tensors.get("audio_embeddings"))
 
 
 def mulan_fingerprint(model: torch.nn.Module) -> str:
@@ -190,15 +225,40 @@ class MulanConditioner(RVQConditioner):
 
     kind, network = "mulan", "joint embedding"
 
-    def __init__(self, mulan: torch.nn.Module, rvq: ConditioningRVQ) -> None:
+    def __init__(
+        self,
+        mulan: torch.nn.Module,
+        rvq: ConditioningRVQ,
+        *,
+        text_neighbours: int = 0,
+        rvq_path: str = "the MuLan RVQ",
+    ) -> None:
         super().__init__(mulan, rvq, mulan.fingerprint())
+        if text_neighbours < 0:
+            raise ValueError(f"text_neighbours must be >= 0, got {text_neighbours}")
+        if text_neighbours and rvq.audio_embeddings is None:
+            raise MissingEmbeddingsError(
+                f"{rvq_path} holds no audio embeddings, which text_neighbours={text_neighbours} "
+                "reads: refit it with `musiclm prepare mulan-rvq`"
+            )
+        self.text_neighbours = text_neighbours
 
     @classmethod
     def from_files(
-        cls, mulan: str | joint.JointEmbeddingSpec, rvq: str, *, device: str = "cpu"
+        cls,
+        mulan: str | joint.JointEmbeddingSpec,
+        rvq: str,
+        *,
+        device: str = "cpu",
+        text_neighbours: int = 0,
     ) -> MulanConditioner:
         """``mulan``: a MuLan checkpoint path or a joint-embedding plugin spec."""
-        return cls(joint.load_joint_embedding(mulan, device=device), ConditioningRVQ.load(rvq))
+        return cls(
+            joint.load_joint_embedding(mulan, device=device),
+            ConditioningRVQ.load(rvq),
+            text_neighbours=text_neighbours,
+            rvq_path=str(rvq),
+        )
 
     @property
     def mulan(self) -> torch.nn.Module:
@@ -222,9 +282,30 @@ class MulanConditioner(RVQConditioner):
         """wav (B, 1, T) -> conditioning tokens (B, num_levels) long."""
         return self.rvq.tokens(self.embed_audio(wav))
 
+    @torch.no_grad()
+    def text_condition(self, texts: list[str]) -> torch.Tensor:
+        """What a prompt is quantised from (B, D): its text embedding, or with
+        ``text_neighbours`` = k the re-normalised mean of the k training audio embeddings
+        nearest to it. The LMs are trained on audio embeddings' tokens, and a prompt's own
+        embedding lies apart from them (the modality gap), the more so for wording unlike the
+        captions'; its neighbours are audio the LMs have read."""
+        emb = self.embed_text(texts)
+        if not self.text_neighbours:
+            return emb
+        return neighbour_mean(emb, self.rvq.audio_embeddings, self.text_neighbours)
+
     def text_tokens(self, texts: list[str]) -> torch.Tensor:
-        """Prompts -> conditioning tokens (B, num_levels) long."""
-        return self.rvq.tokens(self.embed_text(texts))
+        """Prompts -> conditioning tokens (B, num_levels) long (``text_condition``)."""
+        return self.rvq.tokens(self.text_condition(texts))
+
+
+def neighbour_mean(query: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
+    """For each row of ``query`` (B, D), the unit-normalised mean of the ``k`` rows of ``bank``
+    (N, D) with the highest cosine similarity to it (all N when k >= N)."""
+    bank = bank.to(query.device, torch.float32)
+    sim = F.normalize(query.float(), dim=-1) @ F.normalize(bank, dim=-1).T
+    idx = sim.topk(min(k, bank.shape[0]), dim=-1).indices  # (B, k)
+    return F.normalize(bank[idx].mean(1), dim=-1)
 
 
 def _clip_batches(

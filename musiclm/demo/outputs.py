@@ -74,13 +74,16 @@ def write_pipeline(
     semantic_run: str = "semantic",
     acoustic: str = "cascade",
     out: Path | None = None,
+    text_neighbours: int = 0,
 ) -> Path:
     """Write PIPELINE.yaml naming every checkpoint and artifact of the run (validated by the
     generation package's own schema, so a missing file fails here, naming the key).
 
     ``cfg_scale``: classifier-free guidance of every guided stage the run has, or by stage
     (``{"semantic": 2.0, "delay": 3.0}``); 1 leaves a stage unguided. ``stream_cfg_scale``: by
-    stage, guidance toward the streams its conditioning entries guide (the beat clock)."""
+    stage, guidance toward the streams its conditioning entries guide (the beat clock).
+    ``text_neighbours``: read each prompt's MuLan tokens through its k nearest training clips
+    (``mulan.text_neighbours``; 0 leaves it out)."""
     from musiclm.generation.pipeline_file import write_pipeline_file
 
     data = pipeline_dict(p, joint, melody=melody, semantic_run=semantic_run, acoustic=acoustic)
@@ -106,6 +109,8 @@ def write_pipeline(
         if stage not in stages:
             raise ValueError(f"stream_cfg_scale for stage {stage!r}: the run has {sorted(stages)}")
         stages[stage]["stream_cfg_scale"] = scale
+    if text_neighbours:
+        data["mulan"]["text_neighbours"] = text_neighbours
     return write_pipeline_file(out or p.pipeline, data)
 
 

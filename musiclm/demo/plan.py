@@ -229,6 +229,8 @@ def pipeline_commands(p: DemoPaths, s: DemoSettings) -> list[list[str]]:
             "--temperatures", json.dumps(temperatures)]  # fmt: skip
     if streams:
         args += ["--stream-cfg-scale", json.dumps(streams)]
+    if s.text_neighbours:
+        args += ["--text-neighbours", str(s.text_neighbours)]
     if s.acoustic != "cascade":
         args += ["--acoustic", s.acoustic]
     if s.joint_embedding:

@@ -61,6 +61,10 @@ class DemoSettings:
         default_factory=lambda: {"semantic": 3.0, "coarse": 3.0, "delay": 3.0}
     )
     stream_cfg_scale: dict[str, float] = field(default_factory=lambda: {"semantic": 2.0})
+    # A prompt's MuLan tokens from the mean of its 8 nearest training clips' audio embeddings
+    # rather than from its text embedding: prompts in other words than the captions' keep
+    # their instrument (docs/decisions/text-neighbours.md); 0 is MusicLM's text tokens.
+    text_neighbours: int = 8
     # Below the paper's 1.0 / 0.95 / 0.4: at demo scale cooler sampling makes the text heard
     # (instrument, tempo) at the cost of note motion (docs/decisions/sampling-temperatures.md)
     # The semantically guided delay stage: hotter overshoots real pitch variety and raises FAD

@@ -1,6 +1,7 @@
 """The small jobs between a run's big commands, as command lines of their own.
 
     musiclm pipeline write-yaml --run RUN [--cfg-scale F|JSON] [--temperatures JSON]
+        [--stream-cfg-scale JSON] [--text-neighbours K]
     musiclm pipeline prompts --held-out RUN/audio --count N --out RUN/prompts.jsonl
     musiclm pipeline other-prompts --held-out MANIFEST --per-instrument N --out FILE
     musiclm pipeline attach-attributes --prompts RUN/prompts.jsonl --generated RUN/generated
@@ -22,7 +23,7 @@ from musiclm.demo.paths import DemoPaths
 from musiclm.demo.report import write_report
 from musiclm.demo.settings import ACOUSTIC
 from musiclm.tokenizers import joint
-from musiclm.usage import run_command
+from musiclm.usage import number, run_command
 
 
 def _write_yaml(a: argparse.Namespace) -> None:
@@ -42,6 +43,7 @@ def _write_yaml(a: argparse.Namespace) -> None:
         semantic_run=a.semantic_run,
         acoustic=a.acoustic,
         out=Path(a.out) if a.out else None,
+        text_neighbours=a.text_neighbours,
     )
 
 
@@ -131,6 +133,10 @@ def _parsers() -> dict[str, tuple[argparse.ArgumentParser, Callable[[argparse.Na
     w.add_argument(
         "--stream-cfg-scale", help='JSON {"semantic": F}: guidance toward its guided streams'
     )
+    w.add_argument(
+        "--text-neighbours", type=number(int, low=0), default=0,
+        help="read each prompt's MuLan tokens through its K nearest training clips (0: off)",
+    )  # fmt: skip
     w.add_argument(
         "--acoustic", choices=sorted(ACOUSTIC), default="cascade",
         help="acoustic stages of the run: coarse + fine, or the delay stage",

@@ -134,7 +134,10 @@ class Pipeline:
         from musiclm.conditioning.conditioning_rvq import MulanConditioner
 
         expected = self._recorded("mulan.fingerprint")
-        return self._checked_conditioner("mulan", MulanConditioner, self.spec.mulan, expected)
+        return self._checked_conditioner(
+            "mulan", MulanConditioner, self.spec.mulan, expected,
+            text_neighbours=self.spec.text_neighbours,
+        )  # fmt: skip
 
     @property
     def uses_melody(self) -> bool:
@@ -149,7 +152,7 @@ class Pipeline:
         return self._checked_conditioner("melody", MelodyConditioner, self.spec.melody, expected)
 
     def _checked_conditioner(
-        self, key: str, cls: Any, files: tuple[str, str] | None, expected: str | None
+        self, key: str, cls: Any, files: tuple[str, str] | None, expected: str | None, **kw: Any
     ) -> Any:
         """``cls.from_files(checkpoint, rvq)`` for pipeline key ``key``, refusing a conditioner
         whose fingerprint differs from the one the stages' token shards were made with."""
@@ -159,7 +162,12 @@ class Pipeline:
                 f"{self.spec.path}: the stages are conditioned on {label} tokens; add '{key}: "
                 "{checkpoint, rvq}' (or a 'manifest' whose shards name them)"
             )
-        cond = cls.from_files(*files, device=self.device)
+        from musiclm.conditioning.conditioning_rvq import MissingEmbeddingsError
+
+        try:
+            cond = cls.from_files(*files, device=self.device, **kw)
+        except MissingEmbeddingsError as err:
+            raise PipelineFileError(f"{self.spec.path}: 'mulan.text_neighbours': {err}") from None
         if expected and cond.fingerprint() != expected:
             raise PipelineFileError(
                 f"{self.spec.path}: {label} fingerprint {cond.fingerprint()} differs from "

@@ -3,6 +3,7 @@
     # musiclm generate "calm piano" --pipeline PIPELINE.yaml --seconds 10
     manifest: tokens/train/manifest.json   # optional: codec, semantic tokenizer, MuLan from it
     mulan: {checkpoint: mulan.ckpt, rvq: rvq.safetensors}  # needed when stages use M
+    # text_neighbours: 8 in the mulan block reads a prompt through its 8 nearest training clips
     # or a joint-embedding plugin: mulan: {name: clap, args: {model: clap/}, rvq: rvq.safetensors}
     melody: {checkpoint: melody.ckpt, rvq: melody_rvq.safetensors}  # stages with melody: true
     codec: {name: stft-rvq, args: {codebooks: codec.safetensors}}
@@ -78,6 +79,9 @@ class PipelineFile:
     semantic_tokenizer: PluginSpec | None = None
     device: str = "cpu"
     melody: tuple[str, str] | None = None  # (checkpoint, rvq) of the melody conditioner
+    # quantise a prompt's MuLan tokens from the mean of its k nearest training audio
+    # embeddings (0: from the text embedding, as MusicLM does)
+    text_neighbours: int = 0
 
 
 def load_pipeline_file(path: str | os.PathLike) -> PipelineFile:
@@ -129,6 +133,15 @@ def parse_pipeline(data: Any, *, where: str, root: Path) -> PipelineFile:
             embedding,
             _file(_require(mulan_block, "rvq", where, "mulan"), mulan_root, where, "mulan.rvq"),
         )
+    text_neighbours = (data.get("mulan") or {}).get("text_neighbours", 0)
+    if isinstance(text_neighbours, bool) or not isinstance(text_neighbours, int):
+        raise PipelineFileError(
+            f"{where}: 'mulan.text_neighbours' must be an integer >= 0, got {text_neighbours!r}"
+        )
+    if text_neighbours < 0:
+        raise PipelineFileError(
+            f"{where}: 'mulan.text_neighbours' must be >= 0, got {text_neighbours}"
+        )
     melody_block, melody_root = data.get("melody") or None, root
     if melody_block is None and manifest.get("melody"):
         melody_block, melody_root = manifest["melody"], root_m
@@ -157,6 +170,7 @@ def parse_pipeline(data: Any, *, where: str, root: Path) -> PipelineFile:
         semantic_tokenizer=semantic,
         device=device,
         melody=melody,
+        text_neighbours=text_neighbours,
     )
 
 
