@@ -230,7 +230,7 @@ def test_printed_commands_rebuild_the_same_run_folder(tmp_path):
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     lines = [x for x in printed.splitlines() if not x.startswith("#")]
-    assert len(lines) == 15  # 11 single-command steps, generate's three, the report
+    assert len(lines) == 14  # 10 single-command steps (one delay LM), generate's three, the report
     for line in lines:
         argv = shlex.split(line)
         assert argv[0] == "musiclm"
