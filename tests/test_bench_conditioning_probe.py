@@ -1,19 +1,12 @@
 """The conditioning probe reads attributes linearly from one-hot tokens
 (research/conditioning_probe.py)."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
-
-SCRIPT = Path(__file__).resolve().parents[1] / "research" / "conditioning_probe.py"
+from research_script import load_research_script
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("conditioning_probe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_research_script("conditioning_probe")
 
 
 def _labels(codes: np.ndarray) -> dict:

@@ -1,23 +1,16 @@
 """The demo diagnosis reads tempo from semantic tokens (research/demo_diagnose.py)."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+from research_script import load_research_script
 
 from musiclm.evaluation.attributes import TempoEstimator, bpm_correct
 from musiclm.tokenizers.semantic.music_features import ONSET_COLUMN
 
-SCRIPT = Path(__file__).resolve().parents[1] / "research" / "demo_diagnose.py"
-
 
 @pytest.fixture(scope="module")
 def diagnose():
-    spec = importlib.util.spec_from_file_location("demo_diagnose", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_research_script("demo_diagnose")
 
 
 @pytest.mark.parametrize("period", [12, 15, 20])  # frames at 25 Hz: 125, 100, 75 BPM

@@ -1,17 +1,12 @@
 """research/demo_seeds.py: per-run figures, mean and sample spread over seeds."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "research" / "demo_seeds.py"
+from research_script import load_research_script
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("demo_seeds", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_research_script("demo_seeds")
 
 
 def _metrics(motion: float, instrument: float) -> dict:

@@ -1,25 +1,19 @@
 """Where the instrument is lost, MuLan's text side or after it (research/text_side.py)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from mulan_helpers import TINY
+from research_script import load_research_script
 
 from musiclm.models.mulan import MuLan
-
-SCRIPT = Path(__file__).resolve().parents[1] / "research" / "text_side.py"
 
 
 @pytest.fixture(scope="module")
 def text_side():
-    spec = importlib.util.spec_from_file_location("text_side", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_research_script("text_side")
 
 
 def test_adherence_is_split_by_what_mulan_reads(text_side, tmp_path):
