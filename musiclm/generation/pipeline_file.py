@@ -134,13 +134,13 @@ def parse_pipeline(data: Any, *, where: str, root: Path) -> PipelineFile:
             _file(_require(mulan_block, "rvq", where, "mulan"), mulan_root, where, "mulan.rvq"),
         )
     text_neighbours = (data.get("mulan") or {}).get("text_neighbours", 0)
-    if isinstance(text_neighbours, bool) or not isinstance(text_neighbours, int):
+    if (
+        isinstance(text_neighbours, bool)
+        or not isinstance(text_neighbours, int)
+        or text_neighbours < 0
+    ):
         raise PipelineFileError(
             f"{where}: 'mulan.text_neighbours' must be an integer >= 0, got {text_neighbours!r}"
-        )
-    if text_neighbours < 0:
-        raise PipelineFileError(
-            f"{where}: 'mulan.text_neighbours' must be >= 0, got {text_neighbours}"
         )
     melody_block, melody_root = data.get("melody") or None, root
     if melody_block is None and manifest.get("melody"):
